@@ -1,0 +1,20 @@
+"""fxrec: train one foundation model (FM), make many small expert models (VMs) better with it."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def _check_stack() -> None:
+    """Fail early, with the fix, when the pinned torch / fbgemm / torchrec trio is missing or mismatched."""
+    try:
+        import torchrec  # noqa: F401
+    except ImportError as error:  # pragma: no cover - exercised only on a broken install
+        raise ImportError(
+            "fxrec needs torchrec==1.8.0 with fbgemm-gpu-cpu==1.8.0 and torch==2.13.0. "
+            "Run `make setup` (it installs torchrec with --no-deps, as its metadata asks for the CUDA fbgemm). "
+            f"Original error: {error}"
+        ) from error
+
+
+_check_stack()

@@ -1,0 +1,1 @@
+"""Event logs, dataset specs, leak-free histories and batches."""

@@ -1,0 +1,190 @@
+"""Arrow -> Batch: the tensors a RankingModel takes, with sparse features as a TorchRec KJT.
+
+A day of events is converted once into column tensors (`EventFrame`); batches are then cheap
+slices of those tensors. Sparse ids are hashed into their table: row = 1 + id mod (cardinality - 1),
+with row 0 kept for a missing value, so unseen (cold-start) ids land in a shared row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torchrec import KeyedJaggedTensor
+
+from fxrec.data.history import HISTORY_TS
+from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
+
+META_COLUMNS = ("event_id", "user_id", "item_id", "ts")
+
+
+@dataclass
+class Batch:
+    """One mini-batch of B events.
+
+    dense:      (B, D) float32 dense features (D may be 0)
+    sparse:     KJT of sparse + multi features; values are table rows
+    sequences:  KJT of sequence features (every key has the same lengths: the user's history), or None
+    sequence_ages: (sum of lengths,) float32 seconds from each history entry to its event, or None
+    labels:     {task: (B,) float32}
+    meta:       {"event_id", "user_id", "item_id", "ts", "surface": (B,) int64}; surface is the index
+                into DatasetSpec.surfaces
+    extras:     {name: tensor} inputs that transfer channels attach (FM logits, user embeddings, ...)
+    """
+
+    dense: torch.Tensor
+    sparse: KeyedJaggedTensor
+    sequences: KeyedJaggedTensor | None
+    sequence_ages: torch.Tensor | None
+    labels: dict[str, torch.Tensor]
+    meta: dict[str, torch.Tensor]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.dense.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        return replace(
+            self,
+            dense=self.dense.to(device),
+            sparse=self.sparse.to(device),
+            sequences=move(self.sequences),
+            sequence_ages=move(self.sequence_ages),
+            labels={k: v.to(device) for k, v in self.labels.items()},
+            meta={k: v.to(device) for k, v in self.meta.items()},
+            extras={k: move(v) if isinstance(v, torch.Tensor) else v for k, v in self.extras.items()},
+        )
+
+
+def hash_rows(ids: np.ndarray, cardinality: int, valid: np.ndarray | None = None) -> np.ndarray:
+    """Table rows for raw ids: 1 + id mod (cardinality - 1); row 0 where the value is missing."""
+    rows = 1 + np.mod(ids.astype(np.int64), cardinality - 1)
+    if valid is not None:
+        rows = np.where(valid, rows, 0)
+    return rows
+
+
+def _cardinality(spec: DatasetSpec, feature: FeatureSpec) -> int:
+    return feature.cardinality or spec.feature(feature.table_name).cardinality  # type: ignore[return-value]
+
+
+def _ids(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    valid = np.asarray(array.is_valid()) if array.null_count else np.ones(len(array), dtype=bool)
+    values = array.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return values, valid
+
+
+def _list_ids(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = array.fill_null(pa.scalar([], type=array.type))
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    values = array.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = offsets - offsets[0]
+    return offsets, values
+
+
+class EventFrame:
+    """One day's events (or any slice of the log) as tensors, ready to be cut into batches."""
+
+    def __init__(
+        self,
+        table: pa.Table,
+        spec: DatasetSpec,
+        features: list[FeatureSpec],
+        history: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ):
+        self.spec = spec
+        self.num_rows = table.num_rows
+        sparse = [f for f in features if f.kind in (FeatureKind.sparse, FeatureKind.multi)]
+        dense = [f for f in features if f.kind is FeatureKind.dense]
+        sequences = [f for f in features if f.kind is FeatureKind.sequence]
+        self.sparse_keys = [f.name for f in sparse]
+        self.sequence_keys = [f.name for f in sequences]
+        self.dense_keys = [f.name for f in dense]
+
+        # Single-valued sparse features: one (K, N) row matrix, key-major like a KJT.
+        single = [f for f in sparse if f.kind is FeatureKind.sparse]
+        self._single_keys = [f.name for f in single]
+        rows = [hash_rows(ids, _cardinality(spec, f), valid) for f, (ids, valid) in ((f, _ids(table.column(f.name))) for f in single)]
+        self._single = torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, self.num_rows, dtype=torch.int64)
+        self._multi: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        for f in sparse:
+            if f.kind is FeatureKind.multi:
+                offsets, values = _list_ids(table.column(f.name))
+                self._multi.append((f.name, torch.from_numpy(offsets), torch.from_numpy(hash_rows(values, _cardinality(spec, f)))))
+
+        if dense:
+            matrix = np.stack([table.column(f.name).fill_null(0.0).to_numpy(zero_copy_only=False) for f in dense], axis=1)
+            self._dense = torch.from_numpy(np.nan_to_num(matrix.astype(np.float32)))
+        else:
+            self._dense = torch.zeros(self.num_rows, 0)
+
+        self._sequences: list[torch.Tensor] = []
+        self._sequence_offsets: torch.Tensor | None = None
+        self._sequence_ages: torch.Tensor | None = None
+        if sequences:
+            if history is None:
+                raise ValueError(f"sequence features {self.sequence_keys} need histories (HistoryTracker)")
+            offsets, history_ts = history[HISTORY_TS]
+            self._sequence_offsets = torch.from_numpy(offsets)
+            event_ts = table.column("ts").to_numpy()
+            lengths = np.diff(offsets)
+            ages = np.repeat(event_ts, lengths) - history_ts
+            self._sequence_ages = torch.from_numpy(ages.astype(np.float32))
+            for f in sequences:
+                self._sequences.append(torch.from_numpy(hash_rows(history[f.source][1], _cardinality(spec, f))))
+
+        self._labels = {t: torch.from_numpy(table.column(t).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)) for t in spec.tasks}
+        self._meta = {c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64)) for c in META_COLUMNS}
+        surface_index = {s: i for i, s in enumerate(spec.surfaces)}
+        surfaces = table.column("surface").to_pylist() if self.num_rows < 64 else None
+        if surfaces is None:
+            codes = table.column("surface").combine_chunks().dictionary_encode()
+            lookup = np.array([surface_index[s] for s in codes.dictionary.to_pylist()], dtype=np.int64)
+            self._meta["surface"] = torch.from_numpy(lookup[codes.indices.to_numpy(zero_copy_only=False)])
+        else:
+            self._meta["surface"] = torch.tensor([surface_index[s] for s in surfaces], dtype=torch.int64)
+
+    def batch(self, start: int, end: int) -> Batch:
+        size = end - start
+        values = [self._single[:, start:end].reshape(-1)]
+        lengths = [torch.ones(len(self._single_keys) * size, dtype=torch.int32)]
+        for _, offsets, flat in self._multi:
+            lo, hi = int(offsets[start]), int(offsets[end])
+            values.append(flat[lo:hi])
+            lengths.append((offsets[start + 1 : end + 1] - offsets[start:end]).to(torch.int32))
+        sparse = KeyedJaggedTensor(
+            keys=self._single_keys + [name for name, _, _ in self._multi],
+            values=torch.cat(values) if len(values) > 1 else values[0],
+            lengths=torch.cat(lengths) if len(lengths) > 1 else lengths[0],
+        )
+        sequences = ages = None
+        if self._sequence_offsets is not None:
+            offsets = self._sequence_offsets
+            lo, hi = int(offsets[start]), int(offsets[end])
+            seq_lengths = (offsets[start + 1 : end + 1] - offsets[start:end]).to(torch.int32)
+            sequences = KeyedJaggedTensor(
+                keys=self.sequence_keys,
+                values=torch.cat([ids[lo:hi] for ids in self._sequences]),
+                lengths=seq_lengths.repeat(len(self._sequences)),
+            )
+            ages = self._sequence_ages[lo:hi]
+        return Batch(
+            dense=self._dense[start:end],
+            sparse=sparse,
+            sequences=sequences,
+            sequence_ages=ages,
+            labels={k: v[start:end] for k, v in self._labels.items()},
+            meta={k: v[start:end] for k, v in self._meta.items()},
+        )
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, self.num_rows, batch_size):
+            yield self.batch(start, min(start + batch_size, self.num_rows))

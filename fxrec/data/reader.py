@@ -1,0 +1,63 @@
+"""Stream an event log as EventFrames, one day at a time, with leak-free histories attached."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fxrec.data.batches import EventFrame
+from fxrec.data.eventlog import EventLog
+from fxrec.data.history import HistoryTracker, _gather_ranges
+from fxrec.data.schema import FeatureKind, FeatureSpec
+
+
+def _take_jagged(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.diff(offsets)[rows]
+    index = _gather_ranges(offsets[:-1][rows], lengths)
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), values[index]
+
+
+def iter_frames(
+    log: EventLog,
+    features: list[FeatureSpec],
+    days: list[str] | None = None,
+    surfaces: list[str] | None = None,
+) -> Iterator[tuple[str, EventFrame]]:
+    """Yield (day, EventFrame) in time order for `days` (default: all), optionally one surface's rows.
+
+    Histories are built from every earlier day and every surface, so a VM on one surface still sees
+    the user's clicks elsewhere if its features include the history.
+    """
+    spec = log.spec
+    wanted = set(days or log.days)
+    last = max(wanted)
+    sequence_sources = sorted({f.source for f in features if f.kind is FeatureKind.sequence and f.source})
+    tracker = HistoryTracker(spec.history_length, sequence_sources, spec.history_label) if sequence_sources else None
+    needed = [c for c in spec.columns() if c in _columns_of(log)]
+    for day in log.days:
+        if day > last:
+            break
+        if tracker is None and day not in wanted:
+            continue
+        table = log.read_day(day, needed)
+        history = tracker.attach(table)[1] if tracker else None
+        if day not in wanted:
+            continue
+        if surfaces is not None:
+            mask = pc.is_in(table.column("surface"), value_set=pa.array(surfaces)).to_numpy(zero_copy_only=False)
+            rows = np.flatnonzero(mask)
+            table = table.take(pa.array(rows))
+            if history is not None:
+                history = {k: _take_jagged(o, v, rows) for k, (o, v) in history.items()}
+        if table.num_rows == 0:
+            continue
+        yield day, EventFrame(table, spec, features, history)
+
+
+def _columns_of(log: EventLog) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_schema(log.day_files(log.days[0])[0]).names)

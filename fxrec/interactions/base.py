@@ -1,0 +1,47 @@
+"""The contract every interaction module keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SequenceTokens:
+    """A jagged batch of history tokens (the user's past events), never padded to the batch max.
+
+    values:  (sum of lengths, d) one token per history entry, oldest first within each user
+    offsets: (B + 1,) int64; rows offsets[b]:offsets[b+1] belong to example b (may be empty)
+    ages:    (sum of lengths,) float32 seconds between each history entry and its example's event
+    max_len: the history cap L (a python int, for kernels that scale by it or bucket on it)
+    """
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+    ages: torch.Tensor | None
+    max_len: int
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.offsets.numel() - 1)
+
+
+class Interaction(nn.Module):
+    """Base class: `forward(tokens (B, n, d), sequence) -> (B, num_outputs, d)`.
+
+    Modules that do not model sequences set `sequence_aware = False`; the model then pools the
+    history into one extra token before calling them. Sequence-aware modules (InterFormer, Kunlun)
+    receive the jagged `SequenceTokens` themselves.
+    """
+
+    sequence_aware: bool = False
+    num_outputs: int
+
+    def forward(self, tokens: torch.Tensor, sequence: SequenceTokens | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError

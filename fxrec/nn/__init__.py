@@ -1,0 +1,1 @@
+"""Building blocks shared by interactions, models and transfer channels."""
