@@ -90,6 +90,18 @@ def _list_ids(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return offsets, values
 
 
+def _jagged_rows(offsets: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lengths of the chosen rows and the flat indices of their values, in row order."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return lengths, torch.zeros(0, dtype=torch.int64)
+    row_offsets = torch.cumsum(lengths, 0) - lengths
+    within = torch.arange(total) - torch.repeat_interleave(row_offsets, lengths)
+    return lengths, torch.repeat_interleave(starts, lengths) + within
+
+
 class EventFrame:
     """One day's events (or any slice of the log) as tensors, ready to be cut into batches."""
 
@@ -141,16 +153,16 @@ class EventFrame:
             for f in sequences:
                 self._sequences.append(torch.from_numpy(hash_rows(history[f.source][1], _cardinality(spec, f))))
 
-        self._labels = {t: torch.from_numpy(table.column(t).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)) for t in spec.tasks}
-        self._meta = {c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64)) for c in META_COLUMNS}
+        self.labels = {t: torch.from_numpy(table.column(t).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)) for t in spec.tasks}
+        self.meta = {c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64)) for c in META_COLUMNS}
         surface_index = {s: i for i, s in enumerate(spec.surfaces)}
         surfaces = table.column("surface").to_pylist() if self.num_rows < 64 else None
         if surfaces is None:
             codes = table.column("surface").combine_chunks().dictionary_encode()
             lookup = np.array([surface_index[s] for s in codes.dictionary.to_pylist()], dtype=np.int64)
-            self._meta["surface"] = torch.from_numpy(lookup[codes.indices.to_numpy(zero_copy_only=False)])
+            self.meta["surface"] = torch.from_numpy(lookup[codes.indices.to_numpy(zero_copy_only=False)])
         else:
-            self._meta["surface"] = torch.tensor([surface_index[s] for s in surfaces], dtype=torch.int64)
+            self.meta["surface"] = torch.tensor([surface_index[s] for s in surfaces], dtype=torch.int64)
 
     def batch(self, start: int, end: int) -> Batch:
         size = end - start
@@ -181,8 +193,41 @@ class EventFrame:
             sparse=sparse,
             sequences=sequences,
             sequence_ages=ages,
-            labels={k: v[start:end] for k, v in self._labels.items()},
-            meta={k: v[start:end] for k, v in self._meta.items()},
+            labels={k: v[start:end] for k, v in self.labels.items()},
+            meta={k: v[start:end] for k, v in self.meta.items()},
+        )
+
+    def take(self, rows: torch.Tensor) -> Batch:
+        """A batch of arbitrary rows (e.g. a shuffled slice), gathered with index ops."""
+        rows = rows.to(torch.int64)
+        size = int(rows.numel())
+        values = [self._single[:, rows].reshape(-1)]
+        lengths = [torch.ones(len(self._single_keys) * size, dtype=torch.int32)]
+        for _, offsets, flat in self._multi:
+            row_lengths, index = _jagged_rows(offsets, rows)
+            values.append(flat[index])
+            lengths.append(row_lengths.to(torch.int32))
+        sparse = KeyedJaggedTensor(
+            keys=self._single_keys + [name for name, _, _ in self._multi],
+            values=torch.cat(values) if len(values) > 1 else values[0],
+            lengths=torch.cat(lengths) if len(lengths) > 1 else lengths[0],
+        )
+        sequences = ages = None
+        if self._sequence_offsets is not None:
+            row_lengths, index = _jagged_rows(self._sequence_offsets, rows)
+            sequences = KeyedJaggedTensor(
+                keys=self.sequence_keys,
+                values=torch.cat([ids[index] for ids in self._sequences]),
+                lengths=row_lengths.to(torch.int32).repeat(len(self._sequences)),
+            )
+            ages = self._sequence_ages[index]
+        return Batch(
+            dense=self._dense[rows],
+            sparse=sparse,
+            sequences=sequences,
+            sequence_ages=ages,
+            labels={k: v[rows] for k, v in self.labels.items()},
+            meta={k: v[rows] for k, v in self.meta.items()},
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:

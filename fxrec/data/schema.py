@@ -7,7 +7,7 @@ subset it uses.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,7 +30,7 @@ OPTIONAL_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
-class FeatureKind(str, Enum):
+class FeatureKind(StrEnum):
     sparse = "sparse"  # one categorical id per event
     multi = "multi"  # a list of categorical ids per event
     dense = "dense"  # one float per event

@@ -6,9 +6,17 @@ from typing import Any
 
 from fxrec.interactions.base import Interaction
 from fxrec.interactions.dcnv2 import DCNv2
+from fxrec.interactions.dhen import DHEN
+from fxrec.interactions.dot import DOT
+from fxrec.interactions.interformer import InterFormer
+from fxrec.interactions.kunlun import Kunlun
 
 INTERACTIONS: dict[str, type[Interaction]] = {
     "dcnv2": DCNv2,
+    "dot": DOT,
+    "dhen": DHEN,
+    "interformer": InterFormer,
+    "kunlun": Kunlun,
 }
 
 

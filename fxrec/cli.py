@@ -1,0 +1,148 @@
+"""The `fxrec` command line: one sub-command per pipeline stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="fxrec: train one foundation model, make every expert model better with it.", no_args_is_help=True)
+data_app = typer.Typer(help="Create event logs: simulate an ads world or import a dataset.", no_args_is_help=True)
+import_app = typer.Typer(help="Import a dataset into an fxrec event log.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the foundation model or the expert models of a run.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(import_app, name="import")
+app.add_typer(train_app, name="train")
+console = Console()
+
+ConfigOption = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="run config (YAML)")
+RunOption = typer.Option(Path("runs/demo"), "--run", "-r", help="run directory")
+FreshOption = typer.Option(False, "--fresh", help="redo work that is already done")
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[red]error:[/] {error}")
+    raise typer.Exit(code=2)
+
+
+@data_app.command("simulate")
+def simulate(config: Path = ConfigOption, out: Path = typer.Option(Path("runs/demo/events"), "--out", "-o")) -> None:
+    """Simulate the ads world of a config's `simulator:` section into an event log."""
+    from fxrec.config import load_config
+    from fxrec.data.eventlog import EventLog
+    from fxrec.data.simulator import simulate_to
+
+    run_config = load_config(config)
+    if run_config.simulator is None:
+        _fail(ValueError(f"{config} has no simulator section"))
+    simulate_to(run_config.simulator, out)
+    log = EventLog(out)
+    console.print(f"wrote {log.num_rows():,} events over {len(log.days)} days to {out}")
+
+
+@import_app.command("movielens-100k")
+def import_movielens(out: Path = typer.Option(Path("data/movielens-100k"), "--out", "-o")) -> None:
+    """MovieLens-100K from the recbole wheel on PyPI (rating >= 4 is a click)."""
+    from fxrec.data.sources import import_movielens_100k
+
+    _report_import(lambda: import_movielens_100k(out), out)
+
+
+@import_app.command("open-bandit")
+def import_open_bandit(
+    out: Path = typer.Option(Path("data/open-bandit"), "--out", "-o"),
+    campaign: str = typer.Option("all", help="all | men | women"),
+    policy: str = typer.Option("random", help="random | bts"),
+) -> None:
+    """The Open Bandit Dataset sample (CC BY 4.0) from the obp wheel on PyPI."""
+    from fxrec.data.sources import import_open_bandit as run_import
+
+    _report_import(lambda: run_import(out, campaign=campaign, policy=policy), out)
+
+
+@import_app.command("table")
+def import_table(
+    files: list[Path] = typer.Argument(..., help="CSV or Parquet files"),
+    spec: Path = typer.Option(..., "--spec", help="DatasetSpec + column mapping (YAML)"),
+    out: Path = typer.Option(..., "--out", "-o"),
+) -> None:
+    """Any CSV/Parquet table, with a column mapping onto the event log."""
+    from fxrec.data.sources import import_table as run_import
+
+    _report_import(lambda: run_import(spec, list(files), out), out)
+
+
+def _report_import(run, out: Path) -> None:
+    from fxrec.data.eventlog import EventLog, EventLogError
+
+    try:
+        run()
+    except (EventLogError, FileNotFoundError) as error:
+        _fail(error)
+    log = EventLog(out)
+    console.print(f"wrote {log.num_rows():,} events over {len(log.days)} days to {out} (spec: {out / 'spec.yaml'})")
+
+
+def _load(config: Path, run: Path, events: Path | None):
+    from fxrec.config import load_config
+    from fxrec.pipeline import prepare_events
+
+    run_config = load_config(config)
+    if events is not None:
+        run_config = run_config.model_copy(update={"events": str(events)})
+    return run_config, prepare_events(run_config, run)
+
+
+EventsOption = typer.Option(None, "--events", help="use this event log instead of the config's")
+
+
+@train_app.command("fm")
+def train_fm(config: Path = ConfigOption, run: Path = RunOption, events: Path | None = EventsOption, fresh: bool = FreshOption) -> None:
+    """Train the foundation model progressively (resumes from its checkpoint)."""
+    from fxrec.pipeline import train_model
+
+    run_config, log = _load(config, run, events)
+    train_model(run_config.fm, run_config, run, log, fresh=fresh)
+
+
+@train_app.command("vm")
+def train_vm(
+    config: Path = ConfigOption,
+    run: Path = RunOption,
+    name: str | None = typer.Option(None, "--name", help="one VM by name (default: all)"),
+    events: Path | None = EventsOption,
+    fresh: bool = FreshOption,
+) -> None:
+    """Train the expert models progressively."""
+    from fxrec.pipeline import train_model
+
+    run_config, log = _load(config, run, events)
+    vms = run_config.expand_vms(log.spec.surfaces)
+    chosen = [v for v in vms if name is None or v.name == name]
+    if not chosen:
+        _fail(ValueError(f"no VM named {name!r}; the config has {[v.name for v in vms]}"))
+    for vm in chosen:
+        train_model(vm, run_config, run, log, fresh=fresh)
+
+
+@app.command("eval")
+def evaluate(config: Path = ConfigOption, run: Path = RunOption, events: Path | None = EventsOption) -> None:
+    """NE, AUC, GAUC and calibration for every trained model; writes report.json and report.html."""
+    from fxrec.pipeline import evaluate_and_report
+
+    run_config, log = _load(config, run, events)
+    evaluate_and_report(run_config, run, log)
+
+
+@app.command("demo")
+def demo(config: Path = ConfigOption, run: Path = RunOption, fresh: bool = FreshOption) -> None:
+    """Simulate -> train FM -> train one VM per surface -> evaluate -> report."""
+    from fxrec.config import load_config
+    from fxrec.pipeline import run_demo
+
+    run_demo(load_config(config), run, fresh=fresh)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,214 @@
+"""Kunlun (Meta, 2026): InterFormer-style blocks rebuilt for compute efficiency.
+
+Per layer i, with X (B, n, d) the non-sequence tokens and S the jagged history:
+
+- weight generation: X_sum = Gate(TokenMLP(X)), num_summary tokens;
+- sequence side, CompSkip (`comp_skip=True`): even layers are *global* — GDPA personalized FFN with K, V
+  generated from X_sum, then a fresh summary H = HSP(S) (or PMA); odd layers are *local* — sliding-window
+  self-attention with ROTE, reusing the previous H. With `comp_skip=False` every layer runs GDPA-FFN,
+  sliding-window attention and a fresh pooling;
+- global interaction: X <- LayerNorm(X + Wukong([X_sum ‖ H])) back to n tokens.
+
+Output: [X_sum ‖ H] from a final summary of X and a final pooling of S:
+(B, num_summary + num_event_types * num_sequence_tokens, d).
+
+Event-level personalization (`num_event_types > 1`): pass `event_types (N,)` int64 to forward; the history
+is split by type (order kept, still jagged) and each type runs its own sequence tower (own weights,
+same width/heads/window), each contributing its own H to the interaction and the output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fxrec.interactions.base import Interaction, SequenceTokens
+from fxrec.interactions.jagged import JaggedPlan, jagged_select
+from fxrec.interactions.pooling import build_pooling
+from fxrec.interactions.sequence_blocks import GDPAFeedForward, JaggedSelfAttentionBlock
+from fxrec.interactions.wukong import WukongBlock
+from fxrec.nn.token_mixing import GatedSummary
+
+
+class KunlunSequenceTower(nn.Module):
+    """The sequence side of every layer for one event type: (N, d) jagged -> (N, d) and H (B, m, d)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_summary: int,
+        num_heads: int,
+        num_layers: int,
+        num_sequence_tokens: int,
+        pooling: str,
+        seed_multiplier: int,
+        pooling_rank: int,
+        ffn_hidden: int,
+        gdpa_activation: str,
+        gdpa_scale: float | None,
+        window: int | None,
+        comp_skip: bool,
+        rotary: str,
+    ):
+        super().__init__()
+        self.is_global = [not comp_skip or i % 2 == 0 for i in range(num_layers)]
+        has_attention = [not comp_skip or i % 2 == 1 for i in range(num_layers)]
+
+        def pool() -> nn.Module:
+            return build_pooling(pooling, dim, num_sequence_tokens, num_heads, seed_multiplier, pooling_rank)
+
+        # ModuleDicts keyed by layer index: CompSkip layers own only the parts they run.
+        self.ffn = nn.ModuleDict(
+            {
+                str(i): GDPAFeedForward(dim, num_summary, num_heads, ffn_hidden, gdpa_activation, gdpa_scale)
+                for i in range(num_layers)
+                if self.is_global[i]
+            }
+        )
+        self.attention = nn.ModuleDict(
+            {
+                str(i): JaggedSelfAttentionBlock(dim, num_heads, window=window, rotary=rotary)
+                for i in range(num_layers)
+                if has_attention[i]
+            }
+        )
+        self.pool = nn.ModuleDict({str(i): pool() for i in range(num_layers) if self.is_global[i]})
+        self.final_pool = pool()
+
+    def layer(
+        self,
+        i: int,
+        values: torch.Tensor,
+        x_sum: torch.Tensor,
+        plan: JaggedPlan,
+        ages: torch.Tensor | None,
+        max_len: int,
+        cached: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(i)
+        if key in self.ffn:
+            values = self.ffn[key](values, x_sum, plan, max_len)
+        if key in self.attention:
+            values = self.attention[key](values, plan, ages)
+        if key in self.pool:
+            return values, self.pool[key](values, plan)
+        assert cached is not None, "a local layer needs an earlier global layer's summary"
+        return values, cached
+
+
+class Kunlun(Interaction):
+    """Tokens (B, n, d) + jagged history (N, d) -> (B, l, d), l = num_summary + T * num_sequence_tokens.
+
+    T = num_event_types (1 unless event-level personalization is on).
+
+    `rotary`: "time" (ROTE, angle from log(1 + age); falls back to positions when ages are missing),
+    "position" (RoPE) or "none". `window=None` means full attention in the local layers.
+    `gdpa_scale=None` scales GDPA by 1 / sequence.max_len.
+
+    Example::
+
+        model = Kunlun(num_tokens=6, dim=16, num_layers=2, window=4)
+        seq = SequenceTokens(torch.randn(5, 16), torch.tensor([0, 0, 1, 5]), torch.rand(5) * 1e4, max_len=8)
+        model(torch.randn(3, 6, 16), seq).shape  # (3, 8, 16)
+    """
+
+    sequence_aware = True
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        num_summary: int = 4,
+        num_sequence_tokens: int = 4,
+        pooling: str = "hsp",
+        seed_multiplier: int = 4,
+        pooling_rank: int = 2,
+        ffn_hidden: int = 64,
+        gdpa_activation: str = "silu",
+        gdpa_scale: float | None = None,
+        window: int | None = 32,
+        comp_skip: bool = True,
+        rotary: str = "time",
+        num_event_types: int = 1,
+        interaction_hidden: int = 128,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError("Kunlun needs num_layers >= 1")
+        self.num_layers = num_layers
+        self.num_event_types = num_event_types
+        self.towers = nn.ModuleList(
+            KunlunSequenceTower(
+                dim,
+                num_summary,
+                num_heads,
+                num_layers,
+                num_sequence_tokens,
+                pooling,
+                seed_multiplier,
+                pooling_rank,
+                ffn_hidden,
+                gdpa_activation,
+                gdpa_scale,
+                window,
+                comp_skip,
+                rotary,
+            )
+            for _ in range(num_event_types)
+        )
+        summary_tokens = num_summary + num_event_types * num_sequence_tokens
+        self.summaries = nn.ModuleList(
+            GatedSummary(num_tokens, num_summary, hidden=[max(num_tokens, num_summary)])
+            for _ in range(num_layers + 1)
+        )
+        self.interactions = nn.ModuleList(
+            WukongBlock(summary_tokens, num_tokens, dim, hidden=interaction_hidden) for _ in range(num_layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_layers))
+        self.num_outputs = summary_tokens
+
+    def split(self, sequence: SequenceTokens, event_types: torch.Tensor | None):
+        """One (values, ages, plan) per event type, each still jagged over the same B examples."""
+        offsets = sequence.offsets.long()
+        if self.num_event_types == 1:
+            return [(sequence.values, sequence.ages, JaggedPlan.from_offsets(offsets))]
+        if event_types is None or event_types.shape[0] != sequence.values.shape[0]:
+            raise ValueError(
+                f"Kunlun with num_event_types={self.num_event_types} needs `event_types`: "
+                "one int64 type id per history entry"
+            )
+        parts = []
+        for t in range(self.num_event_types):
+            values, type_offsets, ages = jagged_select(
+                event_types == t, sequence.values, offsets, sequence.ages
+            )
+            parts.append((values, ages, JaggedPlan.from_offsets(type_offsets)))
+        return parts
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        sequence: SequenceTokens | None = None,
+        event_types: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if sequence is None:
+            raise ValueError("Kunlun is sequence-aware: pass the jagged history as `sequence`")
+        streams = self.split(sequence, event_types)
+        values = [v for v, _, _ in streams]
+        cached: list[torch.Tensor | None] = [None] * self.num_event_types
+        x = tokens
+        for i in range(self.num_layers):
+            x_sum = self.summaries[i](x)  # (B, num_summary, d): the weights the GDPA-FFN is generated from
+            for t, (tower, (_, ages, plan)) in enumerate(zip(self.towers, streams, strict=True)):
+                values[t], cached[t] = tower.layer(
+                    i, values[t], x_sum, plan, ages, sequence.max_len, cached[t]
+                )
+            z = torch.cat([x_sum, *cached], dim=1)  # (B, num_summary + T*m, d)
+            x = self.norms[i](x + self.interactions[i](z))
+        pooled = [
+            tower.final_pool(v, plan)
+            for tower, v, (_, _, plan) in zip(self.towers, values, streams, strict=True)
+        ]
+        return torch.cat([self.summaries[-1](x), *pooled], dim=1)

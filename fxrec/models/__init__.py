@@ -1,0 +1,1 @@
+"""Ranking models: features -> tokens -> interaction stack -> multi-task heads."""

@@ -1,0 +1,1 @@
+"""GDPA (Kunlun's generalized dot-product attention): reference, cpu and triton backends."""

@@ -1,0 +1,1 @@
+"""Jagged self-attention and jagged-dense attention: reference, cpu and triton backends."""

@@ -1,0 +1,106 @@
+"""The main job's stages, each reading and writing files in a run directory.
+
+    runs/<name>/
+      config.yaml                the config the run used
+      events/                    the event log (simulated here, or `events:` points elsewhere)
+      models/<model>/            checkpoint.pt, snapshots/day=*.pt, predictions/day=*.parquet, model.pt
+      report.json, report.html
+
+Each stage skips work that is already done (a finished model has model.pt), so a stage can be
+re-run or resumed after a crash; `fresh=True` redoes it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from fxrec.config import ModelConfig, RunConfig
+from fxrec.data.eventlog import EventLog
+from fxrec.data.simulator import simulate_to
+from fxrec.models.ranking import build_model
+from fxrec.report.evaluate import ModelEntry, evaluate_run
+from fxrec.report.render import write_report
+from fxrec.train.trainer import Trainer
+
+console = Console()
+
+
+def events_path(config: RunConfig, run: Path) -> Path:
+    return Path(config.events) if config.events else run / "events"
+
+
+def prepare_events(config: RunConfig, run: Path, fresh: bool = False) -> EventLog:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    path = events_path(config, run)
+    if config.events is None and (fresh or not (path / "spec.yaml").exists()):
+        if config.simulator is None:
+            raise ValueError("the config has neither `events:` (an existing log) nor `simulator:` settings")
+        console.print(f"simulating {config.simulator.days} days x {config.simulator.impressions_per_day:,} impressions -> {path}")
+        simulate_to(config.simulator, path)
+    return EventLog(path)
+
+
+def train_model(model_config: ModelConfig, config: RunConfig, run: Path, log: EventLog, fresh: bool = False) -> Path:
+    model_dir = run / "models" / model_config.name
+    if fresh and model_dir.exists():
+        shutil.rmtree(model_dir)
+    if (model_dir / "model.pt").exists():
+        console.print(f"{model_config.name}: already trained ({model_dir}); skipping")
+        return model_dir
+    unknown = set(model_config.surfaces or []) - set(log.spec.surfaces)
+    if unknown:
+        raise ValueError(f"model {model_config.name!r} names surfaces {sorted(unknown)} not in the log's {log.spec.surfaces}")
+    model = build_model(model_config, log.spec, embedding_lr=config.train.embedding_lr)
+    parameters = sum(p.numel() for p in model.parameters())
+    console.print(
+        f"[bold]{model_config.name}[/] ({model_config.role}, {model_config.interaction.get('name')}, "
+        f"{len(model.features)} features, {parameters:,} parameters, surfaces: {model_config.surfaces or 'all'})"
+    )
+    Trainer(model, config.train, model_dir).fit(log, surfaces=model_config.surfaces)
+    return model_dir
+
+
+def entries(config: RunConfig, run: Path, log: EventLog) -> list[ModelEntry]:
+    models = [config.fm, *config.expand_vms(log.spec.surfaces)]
+    return [
+        ModelEntry(m.name, m.role, m.surfaces, list(m.channels), run / "models" / m.name / "predictions")
+        for m in models
+        if (run / "models" / m.name / "predictions").exists()
+    ]
+
+
+def evaluate_and_report(config: RunConfig, run: Path, log: EventLog) -> dict:
+    content = evaluate_run(log, entries(config, run, log), config.train.report_days)
+    json_path, html_path = write_report(content, run, title=config.name)
+    print_summary(content)
+    console.print(f"report: {json_path} and {html_path}")
+    return content
+
+
+def print_summary(content: dict) -> None:
+    table = Table(title=f"{content['dataset']}: progressive evaluation over {len(content['eval_days'])} days")
+    for column in ("model", "role", "surface", "NE", "AUC", "GAUC", "calibration", "events", "FM NE on same events"):
+        table.add_column(column, justify="left" if column in ("model", "role", "surface") else "right")
+    fm_on = {c["vm"]: c for c in content["comparisons"]}
+    for m in content["models"]:
+        comparison = fm_on.get(m["name"])
+        fm_text = f"{comparison['fm_ne']:.4f} ({comparison['fm_ne_gain_pct']:+.2f}%)" if comparison else "-"
+        gauc = f"{m['gauc']:.4f}" if m.get("gauc") is not None else "-"
+        table.add_row(m["name"], m["role"], m["surface"], f"{m['ne']:.4f}", f"{m['auc']:.4f}", gauc, f"{m['calibration']:.3f}", f"{m['n_eval']:,}", fm_text)
+    console.print(table)
+    if "oracle" in content:
+        console.print(f"oracle (simulator ground truth) on all evaluation events: NE {content['oracle']['ne']:.4f}, AUC {content['oracle']['auc']:.4f}")
+
+
+def run_demo(config: RunConfig, run: Path, fresh: bool = False) -> dict:
+    log = prepare_events(config, run, fresh=fresh)
+    train_model(config.fm, config, run, log, fresh=fresh)
+    for vm in config.expand_vms(log.spec.surfaces):
+        train_model(vm, config, run, log, fresh=fresh)
+    return evaluate_and_report(config, run, log)

@@ -1,0 +1,116 @@
+"""Metrics for every model of a run, computed from the progressive predictions on disk.
+
+Each VM is compared with the FM on exactly the VM's evaluation events (joined by event_id), which
+is the comparison the transfer ratio is defined on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from fxrec.data.eventlog import EventLog
+from fxrec.metrics import evaluate, relative_ne_change
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    role: str  # "fm" | "vm"
+    surfaces: list[str] | None
+    channels: list[str]
+    predictions: Path  # folder of day=*.parquet
+
+
+def load_predictions(entry: ModelEntry) -> pl.DataFrame:
+    files = sorted(entry.predictions.glob("day=*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"model {entry.name!r} has no predictions under {entry.predictions}; train it first")
+    frames = [pl.read_parquet(f).with_columns(day=pl.lit(f.stem.removeprefix("day="))) for f in files]
+    return pl.concat(frames)
+
+
+def _metrics(frame: pl.DataFrame, task: str) -> dict[str, float]:
+    return evaluate(frame[f"label_{task}"].to_numpy(), frame[f"pred_{task}"].to_numpy(), frame["user_id"].to_numpy())
+
+
+def report_days(frame: pl.DataFrame, last: int | None) -> list[str]:
+    days = sorted(frame["day"].unique().to_list())
+    return days[-last:] if last else days
+
+
+def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None) -> dict:
+    """The report's content: per-model metrics, VM-vs-FM comparisons, NE per day, oracle."""
+    spec = log.spec
+    tasks = spec.tasks
+    predictions = {e.name: load_predictions(e) for e in entries}
+    fm = next((e for e in entries if e.role == "fm"), None)
+    days = report_days(predictions[fm.name] if fm else next(iter(predictions.values())), last_days)
+    oracle = _oracle(log, days)
+    models, comparisons, daily = [], [], {}
+    for entry in entries:
+        frame = predictions[entry.name].filter(pl.col("day").is_in(days))
+        row = {
+            "name": entry.name,
+            "role": entry.role,
+            "surface": ",".join(entry.surfaces) if entry.surfaces else "all",
+            "channels": entry.channels,
+        }
+        primary = _metrics(frame, tasks[0])
+        row.update({k: primary[k] for k in ("ne", "auc", "gauc", "calibration", "log_loss", "n_eval")})
+        row["tasks"] = {t: _metrics(frame, t) for t in tasks if frame[f"label_{t}"].sum() > 0}
+        models.append(row)
+        daily[entry.name] = [
+            {"day": day, **{k: v for k, v in _metrics(group, tasks[0]).items() if k in ("ne", "auc", "n_eval")}}
+            for (day,), group in sorted(frame.group_by("day"), key=lambda item: item[0][0])
+        ]
+        if fm is not None and entry.role == "vm":
+            same = predictions[fm.name].join(frame.select("event_id"), on="event_id", how="inner")
+            if same.height != frame.height:
+                raise ValueError(f"FM predictions cover {same.height} of VM {entry.name!r}'s {frame.height} evaluation events")
+            fm_metrics = _metrics(same, tasks[0])
+            comparison = {
+                "vm": entry.name,
+                "surface": row["surface"],
+                "n_eval": row["n_eval"],
+                "vm_ne": row["ne"],
+                "fm_ne": fm_metrics["ne"],
+                "vm_auc": row["auc"],
+                "fm_auc": fm_metrics["auc"],
+                "fm_ne_gain_pct": relative_ne_change(fm_metrics["ne"], row["ne"]),
+            }
+            if oracle is not None:
+                joined = oracle.join(frame.select("event_id"), on="event_id", how="inner")
+                comparison["oracle_ne"] = _metrics(joined, "click")["ne"] if "label_click" in joined.columns else None
+            comparisons.append(comparison)
+    result = {
+        "dataset": spec.name,
+        "tasks": tasks,
+        "eval_days": days,
+        "models": models,
+        "comparisons": comparisons,
+        "daily": daily,
+    }
+    if oracle is not None:
+        result["oracle"] = {k: v for k, v in _metrics(oracle, "click").items() if k != "gauc"}
+    return result
+
+
+def _oracle(log: EventLog, days: list[str]) -> pl.DataFrame | None:
+    """The simulator's ground-truth click probability on the evaluation days, when the log has it."""
+    import pyarrow.parquet as pq
+
+    if "oracle_logit" not in pq.read_schema(log.day_files(log.days[0])[0]).names:
+        return None
+    frames = [pl.from_arrow(log.read_day(d, ["event_id", "user_id", "click", "oracle_logit"])) for d in days if d in log.days]
+    frame = pl.concat(frames)
+    logits = frame["oracle_logit"].to_numpy().astype(np.float64)
+    return frame.select(
+        "event_id",
+        "user_id",
+        label_click=pl.col("click"),
+        pred_click=pl.Series(1.0 / (1.0 + np.exp(-logits))),
+    )

@@ -1,0 +1,1 @@
+"""Streaming training with progressive evaluation, checkpoints and resume."""

@@ -1,0 +1,230 @@
+"""The streaming trainer: progressive evaluation over a time-ordered log.
+
+For each day t in order: first predict day t with the model trained through day t-1 (those
+predictions are the evaluation: the model never saw these events), then train one pass over day t.
+The last day is only evaluated. Predictions go to `<model_dir>/predictions/day=<t>.parquet`;
+metrics are computed from them afterwards, so any two models can be compared on the same events.
+
+Embeddings are updated by the fused row-wise AdaGrad inside TorchRec's fused embedding bags;
+dense parameters by Adam. A checkpoint every `checkpoint_every` steps holds everything needed to
+resume mid-day and reach the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+import torchrec.optim as trec_optim
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fxrec.config import TrainConfig
+from fxrec.data.batches import Batch, EventFrame
+from fxrec.data.eventlog import EventLog
+from fxrec.data.reader import iter_frames
+from fxrec.models.ranking import RankingModel
+from fxrec.train.checkpoint import load, model_state, save_atomic
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised when `max_steps` stops a run early; the checkpoint lets the next run resume."""
+
+
+@dataclass
+class RunningNE:
+    """Running NE of the click task over the examples trained so far (for the progress bar)."""
+
+    loss_sum: float = 0.0
+    label_sum: float = 0.0
+    count: int = 0
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += float(F.binary_cross_entropy_with_logits(logits, labels, reduction="sum"))
+        self.label_sum += float(labels.sum())
+        self.count += int(labels.numel())
+
+    @property
+    def value(self) -> float:
+        if self.count == 0:
+            return float("nan")
+        p = min(max(self.label_sum / self.count, 1e-7), 1 - 1e-7)
+        return (self.loss_sum / self.count) / -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+
+class Trainer:
+    """Trains one RankingModel progressively over an event log and writes its predictions."""
+
+    def __init__(self, model: RankingModel, config: TrainConfig, model_dir: Path, progress: bool = True):
+        self.model = model
+        self.config = config
+        self.model_dir = Path(model_dir)
+        self.progress = progress
+        self.task_weights = {t: config.task_weights.get(t, 1.0) for t in model.tasks}
+        fused = model.fused_optimizer()
+        embedding_params = [] if fused is not None else list(model.sparse_arch.parameters())
+        embedding_ids = {id(p) for p in model.sparse_arch.parameters()}
+        dense_params = [p for p in model.parameters() if id(p) not in embedding_ids]
+        self.dense_optimizer = torch.optim.Adam(dense_params, lr=config.dense_lr, weight_decay=config.weight_decay)
+        # Without the fused TBE (jagged sequences on CPU), rows get TorchRec's row-wise AdaGrad.
+        self.embedding_optimizer = fused or trec_optim.RowWiseAdagrad(embedding_params, lr=config.embedding_lr)
+        self.step = 0
+        self.trained_through: str | None = None  # the last day this model has finished training on
+
+    # -- one step ---------------------------------------------------------------------------
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        output = self.model(batch)
+        total = torch.zeros(())
+        for task, weight in self.task_weights.items():
+            total = total + weight * F.binary_cross_entropy_with_logits(output.logits[task], batch.labels[task])
+        return total, output.logits
+
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.model.train()
+        self.dense_optimizer.zero_grad(set_to_none=True)
+        self.embedding_optimizer.zero_grad(set_to_none=True)  # a no-op for the fused optimizer
+        loss, logits = self.loss(batch)
+        loss.backward()  # the fused embedding bags update their rows here
+        self.dense_optimizer.step()
+        self.embedding_optimizer.step()  # a no-op for the fused optimizer: backward already applied it
+        self.step += 1
+        return logits
+
+    @torch.no_grad()
+    def predict(self, frame: EventFrame) -> dict[str, np.ndarray]:
+        self.model.eval()
+        chunks: dict[str, list[np.ndarray]] = {t: [] for t in self.model.tasks}
+        for batch in frame.batches(max(self.config.batch_size, 4096)):
+            logits = self.model(batch).logits
+            for task in self.model.tasks:
+                chunks[task].append(torch.sigmoid(logits[task]).numpy())
+        return {t: np.concatenate(v) for t, v in chunks.items()}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _checkpoint(self, day: str, batches_done: int, day_finished: bool) -> None:
+        save_atomic(
+            {
+                "model": model_state(self.model),
+                "dense_optimizer": self.dense_optimizer.state_dict(),
+                "embedding_optimizer": self.embedding_optimizer.state_dict(),
+                "day": day,
+                "batches_done": batches_done,
+                "day_finished": day_finished,
+                "step": self.step,
+                "trained_through": self.trained_through or "",
+                "rng": torch.get_rng_state(),
+            },
+            self.model_dir / CHECKPOINT,
+        )
+
+    def _restore(self) -> tuple[str, int, bool] | None:
+        path = self.model_dir / CHECKPOINT
+        if not path.exists():
+            return None
+        state = load(path)
+        self.model.load_state_dict(state["model"])
+        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        self.embedding_optimizer.load_state_dict(state["embedding_optimizer"])
+        self.step = int(state["step"])
+        self.trained_through = state["trained_through"] or None
+        torch.set_rng_state(state["rng"])
+        return state["day"], int(state["batches_done"]), bool(state["day_finished"])
+
+    # -- the progressive loop ---------------------------------------------------------------
+    def fit(self, log: EventLog, surfaces: list[str] | None = None) -> Path:
+        """Progressive train/evaluate over the whole log; resumes from a checkpoint if there is one."""
+        torch.set_num_threads(self.config.threads)
+        torch.manual_seed(self.config.seed)
+        features = [log.spec.feature(n) for n in self.model.features]
+        resume = self._restore()
+        predictions_dir = self.model_dir / "predictions"
+        predictions_dir.mkdir(parents=True, exist_ok=True)
+        running = RunningNE()
+        started, examples = time.perf_counter(), 0
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>8} ex/s  NE {task.fields[ne]}"),
+            TimeElapsedColumn(),
+            disable=not self.progress,
+        ) as bar:
+            task = bar.add_task(self.model_dir.name, total=len(log.days), rate="-", ne="-")
+            for index, (day, frame) in enumerate(iter_frames(log, features, surfaces=surfaces)):
+                if resume is not None and day < resume[0]:
+                    bar.advance(task)
+                    continue
+                skip = 0
+                if resume is not None and day == resume[0]:
+                    if resume[2]:
+                        resume = None
+                        bar.advance(task)
+                        continue
+                    skip = resume[1]
+                if index > 0 and not (predictions_dir / f"day={day}.parquet").exists():
+                    self._write_predictions(frame, day, predictions_dir)
+                if day != log.days[-1]:
+                    for batches_done, batch in enumerate(self._batches(frame, index), start=1):
+                        if batches_done <= skip:
+                            continue
+                        logits = self.train_step(batch)
+                        running.update(logits["click"].detach() if "click" in logits else next(iter(logits.values())).detach(),
+                                       batch.labels.get("click", next(iter(batch.labels.values()))))
+                        examples += batch.size
+                        if self.step % self.config.checkpoint_every == 0:
+                            self._checkpoint(day, batches_done, day_finished=False)
+                        if self.config.max_steps is not None and self.step >= self.config.max_steps:
+                            self._checkpoint(day, batches_done, day_finished=False)
+                            raise TrainingInterrupted(f"stopped after {self.step} steps (max_steps); run again to resume")
+                        if batches_done % 20 == 0:
+                            rate = examples / (time.perf_counter() - started)
+                            bar.update(task, rate=f"{rate:,.0f}", ne=f"{running.value:.4f}")
+                    self.trained_through = day
+                    if self.config.keep_snapshots:
+                        save_atomic(model_state(self.model), self.model_dir / "snapshots" / f"day={day}.pt")
+                    self._checkpoint(day, -1, day_finished=True)
+                resume = None
+                bar.advance(task)
+        save_atomic(model_state(self.model), self.model_dir / "model.pt")
+        return predictions_dir
+
+    def _batches(self, frame: EventFrame, day_index: int):
+        """A day's training batches; shuffled within the day (seeded per day, so resume is exact).
+
+        Shuffling inside the training day leaks nothing: every event's features are as of its own
+        ts, and the model trained on day t is only evaluated on day t+1.
+        """
+        size = self.config.batch_size
+        for repeat in range(self.config.passes_per_day):
+            if not self.config.shuffle_within_day:
+                yield from frame.batches(size)
+                continue
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + day_index * 101 + repeat)
+            order = torch.randperm(frame.num_rows, generator=generator)
+            for start in range(0, frame.num_rows, size):
+                yield frame.take(order[start : start + size])
+
+    def _write_predictions(self, frame: EventFrame, day: str, directory: Path) -> None:
+        predictions = self.predict(frame)
+        columns = {
+            "event_id": frame.meta["event_id"].numpy(),
+            "user_id": frame.meta["user_id"].numpy(),
+            "ts": frame.meta["ts"].numpy(),
+            "surface": frame.meta["surface"].numpy(),
+            # Which model version made these predictions: always a day strictly before `day`.
+            "trained_through": pa.array([self.trained_through or ""] * frame.num_rows),
+        }
+        for task, probs in predictions.items():
+            columns[f"label_{task}"] = frame.labels[task].numpy()
+            columns[f"pred_{task}"] = probs.astype(np.float32)
+        path = directory / f"day={day}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(pa.table(columns), tmp)
+        tmp.replace(path)

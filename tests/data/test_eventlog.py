@@ -1,0 +1,73 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fxrec.data.eventlog import EventLog, EventLogError, write_events
+from fxrec.data.schema import DatasetSpec, FeatureSpec
+
+SPEC = DatasetSpec(
+    name="tiny",
+    surfaces=["feed"],
+    features=[FeatureSpec(name="item_id", kind="sparse", cardinality=10), FeatureSpec(name="price", kind="dense")],
+)
+
+
+def _table(n=5, **overrides):
+    columns = {
+        "event_id": np.arange(n, dtype=np.int64),
+        "ts": 1_700_000_000 + np.arange(n, dtype=np.int64) * 40_000,
+        "user_id": np.arange(n, dtype=np.int64) % 2,
+        "item_id": np.arange(n, dtype=np.int64),
+        "surface": ["feed"] * n,
+        "click": np.array([1, 0, 0, 1, 0][:n], dtype=np.float32),
+        "price": np.ones(n, dtype=np.float32),
+    }
+    columns.update(overrides)
+    return pa.table(columns)
+
+
+def test_written_log_is_partitioned_by_day_and_time_ordered(tmp_path):
+    shuffled = _table().take(pa.array([4, 2, 0, 3, 1]))
+    write_events(shuffled, SPEC, tmp_path / "events")
+    log = EventLog(tmp_path / "events")
+    assert len(log.days) == 3  # 5 events 40,000 s apart span three UTC days
+    ts = log.read_all(["ts"]).column("ts").to_numpy()
+    assert np.all(np.diff(ts) >= 0)
+    assert log.num_rows() == 5
+    assert log.spec == SPEC
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (_table().drop_columns(["item_id"]), "missing column 'item_id'"),
+        (_table(user_id=["a", "b", "c", "d", "e"]), "column 'user_id' has type string, expected int64"),
+        (_table(event_id=np.array([1, 1, 2, 3, 4])), "column 'event_id' has duplicate values"),
+        (_table(surface=["feed", "feed", "tv", "feed", "feed"]), "not in the spec's surfaces"),
+        (_table().slice(0, 0), "no rows"),
+    ],
+)
+def test_bad_input_names_source_and_column_and_writes_nothing(tmp_path, table, message):
+    out = tmp_path / "events"
+    write_events(_table(), SPEC, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(EventLogError, match=message) as error:
+        write_events(table, SPEC, out, source="upload.csv")
+    assert "upload.csv" in str(error.value)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert before == after
+    assert [p.name for p in tmp_path.iterdir()] == ["events"]  # no temp folders left behind
+
+
+def test_not_an_event_log(tmp_path):
+    with pytest.raises(EventLogError, match="not an event log"):
+        EventLog(tmp_path)
+
+
+def test_parquet_row_order_within_day(tmp_path):
+    table = _table(ts=np.full(5, 1_700_000_000, dtype=np.int64)).take(pa.array([3, 1, 4, 0, 2]))
+    write_events(table, SPEC, tmp_path / "events")
+    (day,) = EventLog(tmp_path / "events").days
+    ids = pq.read_table(tmp_path / "events" / f"day={day}" / "part-0.parquet").column("event_id").to_pylist()
+    assert ids == [0, 1, 2, 3, 4]  # ties in ts broken by event_id
