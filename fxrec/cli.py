@@ -26,14 +26,25 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _config(path: Path):
+    """Load a run config; a missing file or a bad key is a short, specific error, not a traceback."""
+    from pydantic import ValidationError
+
+    from fxrec.config import load_config
+
+    try:
+        return load_config(path)
+    except (FileNotFoundError, ValidationError) as error:
+        _fail(ValueError(f"{path}: {error}"))
+
+
 @data_app.command("simulate")
 def simulate(config: Path = ConfigOption, out: Path = typer.Option(Path("runs/demo/events"), "--out", "-o")) -> None:
     """Simulate the ads world of a config's `simulator:` section into an event log."""
-    from fxrec.config import load_config
     from fxrec.data.eventlog import EventLog
     from fxrec.data.simulator import simulate_to
 
-    run_config = load_config(config)
+    run_config = _config(config)
     if run_config.simulator is None:
         _fail(ValueError(f"{config} has no simulator section"))
     simulate_to(run_config.simulator, out)
@@ -85,10 +96,9 @@ def _report_import(run, out: Path) -> None:
 
 
 def _load(config: Path, run: Path, events: Path | None):
-    from fxrec.config import load_config
     from fxrec.pipeline import prepare_events
 
-    run_config = load_config(config)
+    run_config = _config(config)
     if events is not None:
         run_config = run_config.model_copy(update={"events": str(events)})
     return run_config, prepare_events(run_config, run)
@@ -138,10 +148,9 @@ def evaluate(config: Path = ConfigOption, run: Path = RunOption, events: Path | 
 @app.command("demo")
 def demo(config: Path = ConfigOption, run: Path = RunOption, fresh: bool = FreshOption) -> None:
     """Simulate -> train FM -> train one VM per surface -> evaluate -> report."""
-    from fxrec.config import load_config
     from fxrec.pipeline import run_demo
 
-    run_demo(load_config(config), run, fresh=fresh)
+    run_demo(_config(config), run, fresh=fresh)
 
 
 if __name__ == "__main__":

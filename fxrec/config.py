@@ -6,13 +6,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fxrec.data.simulator import SimulatorConfig
 
 
 class ModelConfig(BaseModel):
     """One ranking model: the FM (all features, all surfaces) or a VM (a surface, a feature subset)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str
     role: Literal["fm", "vm"]
@@ -27,6 +29,8 @@ class ModelConfig(BaseModel):
 
 
 class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     batch_size: int = Field(default=1024, ge=1)
     dense_lr: float = 1e-3
     embedding_lr: float = 0.05
@@ -44,6 +48,8 @@ class TrainConfig(BaseModel):
 
 class RunConfig(BaseModel):
     """What `fxrec demo` runs: a log (simulated or imported), one FM and a list of VMs."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = "demo"
     simulator: SimulatorConfig | None = SimulatorConfig()

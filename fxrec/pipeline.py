@@ -27,7 +27,7 @@ from fxrec.report.evaluate import ModelEntry, evaluate_run
 from fxrec.report.render import write_report
 from fxrec.train.trainer import Trainer
 
-console = Console()
+console = Console(width=160)
 
 
 def events_path(config: RunConfig, run: Path) -> Path:

@@ -64,7 +64,11 @@ class Batch:
 
 def hash_rows(ids: np.ndarray, cardinality: int, valid: np.ndarray | None = None) -> np.ndarray:
     """Table rows for raw ids: 1 + id mod (cardinality - 1); row 0 where the value is missing."""
-    rows = 1 + np.mod(ids.astype(np.int64), cardinality - 1)
+    ids = ids.astype(np.int64, copy=False)
+    if len(ids) and 0 <= ids.min() and ids.max() < cardinality - 1:
+        rows = ids + 1  # the modulo is the identity here; min/max cost far less than an int64 modulo
+    else:
+        rows = 1 + np.mod(ids, cardinality - 1)
     if valid is not None:
         rows = np.where(valid, rows, 0)
     return rows
@@ -201,7 +205,8 @@ class EventFrame:
         """A batch of arbitrary rows (e.g. a shuffled slice), gathered with index ops."""
         rows = rows.to(torch.int64)
         size = int(rows.numel())
-        values = [self._single[:, rows].reshape(-1)]
+        # index_select: the same gather as advanced indexing at about half the cost per column on CPU.
+        values = [self._single.index_select(1, rows).reshape(-1)]
         lengths = [torch.ones(len(self._single_keys) * size, dtype=torch.int32)]
         for _, offsets, flat in self._multi:
             row_lengths, index = _jagged_rows(offsets, rows)
@@ -222,12 +227,12 @@ class EventFrame:
             )
             ages = self._sequence_ages[index]
         return Batch(
-            dense=self._dense[rows],
+            dense=self._dense.index_select(0, rows),
             sparse=sparse,
             sequences=sequences,
             sequence_ages=ages,
-            labels={k: v[rows] for k, v in self.labels.items()},
-            meta={k: v[rows] for k, v in self.meta.items()},
+            labels={k: v.index_select(0, rows) for k, v in self.labels.items()},
+            meta={k: v.index_select(0, rows) for k, v in self.meta.items()},
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:

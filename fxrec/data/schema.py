@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Columns every event log has, with their Arrow types.
 CORE_COLUMNS: dict[str, pa.DataType] = {
@@ -40,6 +40,8 @@ class FeatureKind(StrEnum):
 class FeatureSpec(BaseModel):
     """One model input. Sparse ids are hashed into `cardinality` rows; row 0 means missing."""
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     kind: FeatureKind
     cardinality: int | None = Field(default=None, ge=2)
@@ -62,6 +64,8 @@ class FeatureSpec(BaseModel):
 
 class DatasetSpec(BaseModel):
     """What a log contains: features, label tasks, surfaces and the user-history length."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str
     features: list[FeatureSpec]

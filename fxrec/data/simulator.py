@@ -21,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fxrec.data.eventlog import write_events
 from fxrec.data.schema import DatasetSpec, FeatureSpec
 
 
 class SurfaceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     share: float  # share of impressions
     base_logit: float  # click base rate on the logit scale
@@ -35,6 +37,8 @@ class SurfaceConfig(BaseModel):
 
 
 class SimulatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     seed: int = 7
     days: int = Field(default=14, ge=2)
     start_date: str = "2026-01-05"

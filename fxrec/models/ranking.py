@@ -32,14 +32,19 @@ class ModelOutput:
 
 
 class DenseArch(nn.Module):
-    """(B, D) dense features -> (B, 1, d): one token, as DLRM's bottom MLP."""
+    """(B, D) dense features -> (B, 1, d): one token, as DLRM's bottom MLP.
+
+    Inputs pass through sign(x)·log1p(|x|) first: counts, prices and ages are heavy-tailed and
+    keep growing in a streaming log (an ad's age tomorrow exceeds any age seen today), and raw
+    values would make tomorrow's predictions extrapolate.
+    """
 
     def __init__(self, in_features: int, layers: list[int], dim: int):
         super().__init__()
         self.mlp = MLP(in_features, [*layers, dim])
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
-        return self.mlp(dense).unsqueeze(1)
+        return self.mlp(torch.sign(dense) * torch.log1p(dense.abs())).unsqueeze(1)
 
 
 class RankingModel(nn.Module):

@@ -44,8 +44,10 @@ def test_history_is_exactly_the_last_clicks_strictly_before(days, length):
             got_items = items[offsets[row] : offsets[row + 1]]
             assert np.all(got_ts < ts), "a history entry is at or after the event's own timestamp"
             assert np.all(np.diff(got_ts) >= 0), "history must be oldest-first"
-            expected = sorted((t, i) for u, t, i in everything if u == user and t < ts)[-length:]
-            assert sorted(zip(got_ts.tolist(), got_items.tolist(), strict=True)) == sorted(expected)
+            # The last `length` clicks before ts; clicks in the same second keep log (event_id) order.
+            earlier = [(t, i) for u, t, i in everything if u == user and t < ts]
+            expected = sorted(earlier, key=lambda entry: entry[0])[-length:]
+            assert list(zip(got_ts.tolist(), got_items.tolist(), strict=True)) == expected
         seen += day_clicks
 
 

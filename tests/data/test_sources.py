@@ -28,6 +28,7 @@ from fxrec.data.sources import (
 )
 from fxrec.data.sources.ids import hashed_cardinality, stable_hash
 from fxrec.data.sources.movielens import split_points
+from fxrec.data.sources.table import TableImportSpec
 
 # ---------------------------------------------------------------------------------------------- fakes
 
@@ -383,7 +384,7 @@ def test_import_table_bad_input_names_file_column_and_expectation(tmp_path: Path
     existing = write_events(
         pa.table({"event_id": [7], "ts": [86_400], "user_id": [1], "item_id": [2], "surface": ["web"], "click": [1.0],
                   "tags": [[1]], "price": [2.0]}),
-        DatasetSpec.load(spec_path),
+        TableImportSpec.load(spec_path).dataset,
         out,
     )  # fmt: skip
     before = _snapshot(existing)
