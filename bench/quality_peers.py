@@ -143,6 +143,36 @@ def summarise(dataset: str, model: str, runs: list[dict]) -> dict[str, Any]:
     }
 
 
+def compare(table: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]:
+    """Per dataset: fxrec DCNv2 minus DeepCTR DCN, and the best fxrec backbone minus the best peer (test AUC)."""
+    ratios: dict[str, Any] = {}
+    for dataset in datasets:
+        by_model = {r["model"]: r["test_auc"] for r in table if r["dataset"] == dataset}
+        fx = {m: a for m, a in by_model.items() if m in FXREC_MODELS}
+        peers = {m: a for m, a in by_model.items() if m in PEER_MODELS}
+        entry: dict[str, Any] = {}
+        if "fxrec_dcnv2" in fx and "deepctr_dcn" in peers:
+            entry["dcnv2_minus_peer_dcn_auc"] = fx["fxrec_dcnv2"] - peers["deepctr_dcn"]
+        if fx and peers:
+            best_fx, best_peer = max(fx, key=fx.get), max(peers, key=peers.get)  # type: ignore[arg-type]
+            entry.update(
+                best_fxrec=best_fx,
+                best_peer=best_peer,
+                best_fxrec_minus_best_peer_auc=fx[best_fx] - peers[best_peer],
+            )
+        ratios[dataset] = entry
+    return ratios
+
+
+def settings(epochs: int, patience: int) -> dict[str, Any]:
+    return {
+        "embedding_dim": EMBEDDING_DIM, "batch_size": BATCH_SIZE, "dense_lr": DENSE_LR, "epochs": epochs, "patience": patience,
+        "fxrec_models": FXREC_MODELS, "heads": HEADS, "peer_hidden": [128, 64], "simulator": SIMULATOR.model_dump(),
+        "fuxictr": "not run: its wheel ships DCNv2/DIN only under model_zoo.LongCTR, which needs FuxiCTR's own "
+        "FeatureMap + LongCTR dataloader pipeline (see the report)",
+    }  # fmt: skip
+
+
 def main() -> None:
     args = parse_args(
         "quality_peers",
@@ -202,31 +232,24 @@ def main() -> None:
                 )
             raw[dataset][model] = runs
             table.append(summarise(dataset, model, runs))
-    print_table("test AUC / log loss, mean ± std over seeds (best validation epoch)", table)
-    ratios: dict[str, Any] = {}
-    for dataset in datasets:
-        by_model = {r["model"]: r["test_auc"] for r in table if r["dataset"] == dataset}
-        fx = {m: a for m, a in by_model.items() if m in FXREC_MODELS}
-        peers = {m: a for m, a in by_model.items() if m in PEER_MODELS}
-        entry: dict[str, Any] = {}
-        if "fxrec_dcnv2" in fx and "deepctr_dcn" in peers:
-            entry["dcnv2_minus_peer_dcn_auc"] = fx["fxrec_dcnv2"] - peers["deepctr_dcn"]
-        if fx and peers:
-            best_fx, best_peer = max(fx, key=fx.get), max(peers, key=peers.get)  # type: ignore[arg-type]
-            entry.update(
-                best_fxrec=best_fx,
-                best_peer=best_peer,
-                best_fxrec_minus_best_peer_auc=fx[best_fx] - peers[best_peer],
+            # Written after every model, so a long run interrupted midway keeps what it measured.
+            partial_settings = settings(epochs, patience)
+            write_result(
+                args,
+                "quality_peers",
+                table,
+                compare(table, datasets),
+                runs=raw,
+                settings=partial_settings,
+                complete=False,
             )
-        ratios[dataset] = entry
+    print_table("test AUC / log loss, mean ± std over seeds (best validation epoch)", table)
+    ratios = compare(table, datasets)
+    for dataset, entry in ratios.items():
         print(dataset, entry)
-    settings = {
-        "embedding_dim": EMBEDDING_DIM, "batch_size": BATCH_SIZE, "dense_lr": DENSE_LR, "epochs": epochs, "patience": patience,
-        "fxrec_models": FXREC_MODELS, "heads": HEADS, "peer_hidden": [128, 64], "simulator": SIMULATOR.model_dump(),
-        "fuxictr": "not run: its wheel ships DCNv2/DIN only under model_zoo.LongCTR, which needs FuxiCTR's own "
-        "FeatureMap + LongCTR dataloader pipeline (see the report)",
-    }  # fmt: skip
-    write_result(args, "quality_peers", table, ratios, runs=raw, settings=settings)
+    write_result(
+        args, "quality_peers", table, ratios, runs=raw, settings=settings(epochs, patience), complete=True
+    )
 
 
 if __name__ == "__main__":

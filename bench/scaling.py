@@ -47,6 +47,7 @@ BATCH_SIZE = 1024
 # (embedding dim, layers): the same ladder for both families.
 SIZES = [(8, 1), (16, 2), (32, 2)]
 QUICK_SIZES = [(4, 1), (8, 1), (8, 2)]
+TRAIN_ROWS = 16_000  # the most recent training events; 2 shared cores bound the budget
 FAMILIES = ("interformer", "kunlun")
 
 
@@ -65,19 +66,18 @@ def dense_flops_per_example(model: RankingModel, frames: SplitFrames) -> float:
     return counter.get_total_flops() / batch.size
 
 
-def masks(table: pa.Table, train_end: int, valid_end: int, rows: int | None) -> dict[str, np.ndarray]:
-    """The chronological split; with `rows`, only the last `rows` training and first `rows` valid/test events."""
+def masks(
+    table: pa.Table, train_end: int, valid_end: int, train_rows: int, rows: int | None
+) -> dict[str, np.ndarray]:
+    """The chronological split, training on the last `train_rows` training events; with `rows`, only
+    the first `rows` valid and test events."""
     ids = table.column("event_id").to_numpy()
-    if rows is None:
-        return {
-            "train": ids < train_end,
-            "valid": (ids >= train_end) & (ids < valid_end),
-            "test": ids >= valid_end,
-        }
+    valid_stop = valid_end if rows is None else min(valid_end, train_end + rows)
+    test_stop = int(ids.max()) + 1 if rows is None else valid_end + rows
     return {
-        "train": (ids < train_end) & (ids >= train_end - 2 * rows),
-        "valid": (ids >= train_end) & (ids < min(valid_end, train_end + rows)),
-        "test": (ids >= valid_end) & (ids < valid_end + rows),
+        "train": (ids < train_end) & (ids >= train_end - train_rows),
+        "valid": (ids >= train_end) & (ids < valid_stop),
+        "test": (ids >= valid_end) & (ids < test_stop),
     }
 
 
@@ -103,9 +103,16 @@ def main() -> None:
     log = EventLog(path)
     train_end, valid_end = split_points(log.read_all(["event_id"]).column("event_id").to_numpy())
     # --quick: small slices of each split; histories still come from the whole log.
-    assign = partial(masks, train_end=train_end, valid_end=valid_end, rows=600 if args.quick else None)
+    train_rows = 1_200 if args.quick else TRAIN_ROWS
+    assign = partial(
+        masks,
+        train_end=train_end,
+        valid_end=valid_end,
+        train_rows=train_rows,
+        rows=600 if args.quick else None,
+    )
     frames = split_by_mask(log, list(log.spec.features), assign)
-    epochs = 1 if args.quick else 2
+    epochs = 1  # one pass at a fixed data budget: NE differences come from model size alone
     rows: list[dict[str, Any]] = []
     for family in FAMILIES:
         for dim, layers in QUICK_SIZES if args.quick else SIZES:
@@ -166,6 +173,7 @@ def main() -> None:
         settings={
             "sizes": QUICK_SIZES if args.quick else SIZES,
             "epochs": epochs,
+            "train_rows": train_rows,
             "batch_size": BATCH_SIZE,
             "simulator": SIMULATOR.model_dump(),
             "flops": "torch.utils.flop_counter.FlopCounterMode, forward+backward of one batch / batch size; "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -329,11 +330,13 @@ def measure(log: EventLog, batch_size: int, epochs: int, workdir: Path, quick: b
     """Round-robin epochs over every framework; then held-out logloss / AUC per framework."""
     runners = [make() for make in _runners(log, batch_size, workdir, quick)]
     rates: dict[str, list[float]] = {r.name: [] for r in runners}
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for runner in runners:
             started = time.perf_counter()
             examples = runner.epoch()
             rates[runner.name].append(examples / (time.perf_counter() - started))
+            print(f"  b{batch_size} epoch {epoch + 1}/{epochs} {runner.name}: {rates[runner.name][-1]:,.0f} ex/s",
+                  file=sys.stderr, flush=True)
     labels = _arrays(log.read_day(log.days[-1], ["click"]), [])["click"]
     rows = []
     for runner in runners:

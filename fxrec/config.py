@@ -22,6 +22,7 @@ class ModelConfig(BaseModel):
     features: list[str] | None = None  # None: the FM sees all, a VM the spec's `vm: true` features
     tasks: list[str] | None = None  # None: the dataset's tasks
     embedding_dim: int = 16
+    min_count: int = 0  # training occurrences before an id gets its own row (0: every id at once)
     dense_layers: list[int] = [64]
     interaction: dict[str, Any] = {"name": "dcnv2", "num_layers": 2, "low_rank": 32}
     heads: dict[str, Any] = {"kind": "shared_bottom", "hidden": [128, 64]}

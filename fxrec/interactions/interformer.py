@@ -20,12 +20,12 @@ from torch import nn
 
 from fxrec.interactions.base import Interaction, SequenceTokens
 from fxrec.interactions.dhen import DHEN
-from fxrec.interactions.jagged import JaggedPlan, jagged_first, jagged_last, jagged_prepend
 from fxrec.interactions.masknet import MaskNetMerge
 from fxrec.interactions.pooling import PMA
 from fxrec.interactions.sequence_blocks import JaggedSelfAttentionBlock
 from fxrec.nn.mlp import MLP
 from fxrec.nn.token_mixing import GatedSummary
+from fxrec.ops import JaggedPlan, jagged_first, jagged_last, jagged_prepend
 
 
 class CrossArch(nn.Module):
@@ -174,7 +174,7 @@ class InterFormer(Interaction):
         ages = None
         if sequence.ages is not None:
             ages = sequence.ages.new_zeros(values.shape[0]).masked_scatter(~is_cls, sequence.ages)
-        plan = JaggedPlan.from_offsets(offsets)  # built once: every layer keeps the lengths
+        plan = JaggedPlan(offsets)  # built once: every layer keeps the lengths
         x = tokens
         for i, layer in enumerate(self.layers):
             if i > 0:

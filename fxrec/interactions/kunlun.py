@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from fxrec.interactions.base import Interaction, SequenceTokens
-from fxrec.interactions.jagged import JaggedPlan, jagged_select
 from fxrec.interactions.pooling import build_pooling
 from fxrec.interactions.sequence_blocks import GDPAFeedForward, JaggedSelfAttentionBlock
 from fxrec.interactions.wukong import WukongBlock
 from fxrec.nn.token_mixing import GatedSummary
+from fxrec.ops import JaggedPlan, jagged_select
 
 
 class KunlunSequenceTower(nn.Module):
@@ -173,7 +173,7 @@ class Kunlun(Interaction):
         """One (values, ages, plan) per event type, each still jagged over the same B examples."""
         offsets = sequence.offsets.long()
         if self.num_event_types == 1:
-            return [(sequence.values, sequence.ages, JaggedPlan.from_offsets(offsets))]
+            return [(sequence.values, sequence.ages, JaggedPlan(offsets))]
         if event_types is None or event_types.shape[0] != sequence.values.shape[0]:
             raise ValueError(
                 f"Kunlun with num_event_types={self.num_event_types} needs `event_types`: "
@@ -184,7 +184,7 @@ class Kunlun(Interaction):
             values, type_offsets, ages = jagged_select(
                 event_types == t, sequence.values, offsets, sequence.ages
             )
-            parts.append((values, ages, JaggedPlan.from_offsets(type_offsets)))
+            parts.append((values, ages, JaggedPlan(type_offsets)))
         return parts
 
     def forward(

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fxrec.interactions.attention import jagged_dense_attention
-from fxrec.interactions.jagged import JaggedPlan
+from fxrec.ops import JaggedPlan, jagged_dense_attention
 
 
 class PoolingAttention(nn.Module):
@@ -21,7 +20,7 @@ class PoolingAttention(nn.Module):
     Example::
 
         pool = PoolingAttention(dim=16, num_heads=2)
-        plan = JaggedPlan.from_offsets(torch.tensor([0, 3, 3]))
+        plan = JaggedPlan(torch.tensor([0, 3, 3]))
         pool(torch.randn(2, 4, 16), torch.randn(3, 16), plan).shape  # (2, 4, 16)
     """
 
@@ -39,7 +38,7 @@ class PoolingAttention(nn.Module):
         heads, head_dim = self.num_heads, dim // self.num_heads
         q = self.query(queries).reshape(batch, m, heads, head_dim)
         k, v = self.key_value(values).reshape(-1, 2, heads, head_dim).unbind(1)
-        return self.out(jagged_dense_attention(q, k, v, plan).reshape(batch, m, dim))
+        return self.out(jagged_dense_attention(q, k, v, plan, plan.max_len).reshape(batch, m, dim))
 
 
 class PMA(nn.Module):
@@ -50,7 +49,7 @@ class PMA(nn.Module):
     Example::
 
         pma = PMA(dim=16, num_seeds=2, num_heads=2)
-        pma(torch.randn(3, 16), JaggedPlan.from_offsets(torch.tensor([0, 3, 3]))).shape  # (2, 2, 16)
+        pma(torch.randn(3, 16), JaggedPlan(torch.tensor([0, 3, 3]))).shape  # (2, 2, 16)
     """
 
     def __init__(self, dim: int, num_seeds: int, num_heads: int):
@@ -96,7 +95,7 @@ class HierarchicalSeedPooling(nn.Module):
     Example::
 
         hsp = HierarchicalSeedPooling(dim=16, num_outputs=2, num_heads=2)
-        hsp(torch.randn(3, 16), JaggedPlan.from_offsets(torch.tensor([0, 3, 3]))).shape  # (2, 2, 16)
+        hsp(torch.randn(3, 16), JaggedPlan(torch.tensor([0, 3, 3]))).shape  # (2, 2, 16)
     """
 
     def __init__(self, dim: int, num_outputs: int, num_heads: int, seed_multiplier: int = 4, rank: int = 2):

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fxrec.interactions.attention import gdpa, jagged_self_attention
-from fxrec.interactions.jagged import JaggedPlan
 from fxrec.interactions.rope import Rotary, apply_rotary
 from fxrec.nn.token_mixing import TokenLinear
+from fxrec.ops import JaggedPlan, gdpa, jagged_self_attention
 
 
 class JaggedSelfAttentionBlock(nn.Module):
@@ -25,7 +24,7 @@ class JaggedSelfAttentionBlock(nn.Module):
     Example::
 
         block = JaggedSelfAttentionBlock(dim=16, num_heads=2, window=4)
-        plan = JaggedPlan.from_offsets(torch.tensor([0, 3, 3, 4]))
+        plan = JaggedPlan(torch.tensor([0, 3, 3, 4]))
         block(torch.randn(4, 16), plan).shape  # (4, 16)
     """
 
@@ -48,7 +47,7 @@ class JaggedSelfAttentionBlock(nn.Module):
         angles = self.rotary.angles(plan.positions, ages)
         if angles is not None:
             q, k = apply_rotary(q, angles), apply_rotary(k, angles)
-        attended = jagged_self_attention(q, k, v, plan, window=self.window).reshape(rows, dim)
+        attended = jagged_self_attention(q, k, v, plan, plan.max_len, window=self.window).reshape(rows, dim)
         return self.norm(values + self.out(attended))
 
 
@@ -62,7 +61,7 @@ class GDPAFeedForward(nn.Module):
     Example::
 
         ffn = GDPAFeedForward(dim=16, num_summary=4, num_heads=2, hidden=32)
-        plan = JaggedPlan.from_offsets(torch.tensor([0, 3, 3]))
+        plan = JaggedPlan(torch.tensor([0, 3, 3]))
         ffn(torch.randn(3, 16), torch.randn(2, 4, 16), plan, max_len=8).shape  # (3, 16)
     """
 
@@ -100,5 +99,5 @@ class GDPAFeedForward(nn.Module):
         v = (self.value_base + self.value_from_summary(summary)).reshape(batch, -1, heads, head_dim)
         # GDPA's 1/max_len scale (the kernel's qk_scale) keeps the un-normalised sum bounded.
         scale = self.scale if self.scale is not None else 1.0 / max(max_len, 1)
-        out = gdpa(q, k, v, plan, activation=self.activation, scale=scale).reshape(rows, dim)
+        out = gdpa(q, k, v, plan, plan.max_len, activation=self.activation, scale=scale).reshape(rows, dim)
         return self.norm(values + self.out(out))

@@ -61,6 +61,7 @@ class RankingModel(nn.Module):
         heads: dict[str, Any] | None = None,
         embedding_lr: float = 0.05,
         fused_embeddings: bool = True,
+        min_count: int = 0,
     ):
         super().__init__()
         interaction = dict(interaction or {"name": "dcnv2"})
@@ -71,7 +72,13 @@ class RankingModel(nn.Module):
         self.features = [f.name for f in features]
         self.tasks = list(tasks)
         self.sparse_arch = SparseArch(
-            spec, features, embedding_dim, jagged_sequences=sequence_aware, fused=fused_embeddings, embedding_lr=embedding_lr
+            spec,
+            features,
+            embedding_dim,
+            jagged_sequences=sequence_aware,
+            fused=fused_embeddings,
+            embedding_lr=embedding_lr,
+            min_count=min_count,
         )
         n_dense = sum(f.kind is FeatureKind.dense for f in features)
         self.dense_arch = DenseArch(n_dense, dense_layers or [64], embedding_dim) if n_dense else None
@@ -110,4 +117,5 @@ def build_model(config: ModelConfig, spec: DatasetSpec, embedding_lr: float = 0.
         interaction=config.interaction,
         heads=config.heads,
         embedding_lr=embedding_lr,
+        min_count=config.min_count,
     )

@@ -32,6 +32,7 @@ from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
 from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
 from fxrec.interactions.base import SequenceTokens
+from fxrec.nn.admission import FrequencyAdmission
 
 
 def _tables(spec: DatasetSpec, features: list[FeatureSpec]) -> dict[str, tuple[int, list[str]]]:
@@ -130,6 +131,7 @@ class SparseArch(nn.Module):
         jagged_sequences: bool = False,
         fused: bool = True,
         embedding_lr: float = 0.05,
+        min_count: int = 0,
     ):
         super().__init__()
         self.dim = dim
@@ -139,6 +141,12 @@ class SparseArch(nn.Module):
         self.multi_keys = {f.name for f in features if f.kind is FeatureKind.multi}
         self.sequence_keys = [f.name for f in features if f.kind is FeatureKind.sequence]
         tables = _tables(spec, features)
+        self.admission = FrequencyAdmission(
+            table_rows={t: c for t, (c, _) in tables.items()},
+            feature_tables={f: t for t, (_, names) in tables.items() for f in names},
+            counted=set(self.sparse_keys),
+            min_count=min_count,
+        )
         self.num_tokens = len(self.sparse_keys) + (0 if jagged_sequences else len(self.sequence_keys))
         self.fused = fused and not jagged_sequences
         if jagged_sequences:
@@ -184,13 +192,13 @@ class SparseArch(nn.Module):
         self, sparse: KeyedJaggedTensor, sequences: KeyedJaggedTensor | None, ages: torch.Tensor | None
     ) -> tuple[torch.Tensor, SequenceTokens | None]:
         batch = sparse.stride()
+        kjt = sparse if sequences is None or not self.sequence_keys else KeyedJaggedTensor.concat([sparse, sequences])
+        kjt = self.admission(kjt)  # one call: every key reads the counts from before this batch
         if not self.jagged_sequences:
-            kjt = sparse if sequences is None or not self.sequence_keys else KeyedJaggedTensor.concat([sparse, sequences])
             if self._direct is not None and type(self.collection) is FusedEmbeddingBagCollection:
                 return self._direct(kjt).reshape(batch, -1, self.dim), None
             pooled = self.collection(kjt)
             return pooled.values().reshape(batch, -1, self.dim), None
-        kjt = sparse if sequences is None or not self.sequence_keys else KeyedJaggedTensor.concat([sparse, sequences])
         embedded = self.collection(kjt)
         tokens = []
         for key in self.sparse_keys:

@@ -2,7 +2,9 @@
 
 Every op takes the jagged layout of `fxrec.interactions.base.SequenceTokens`: `values` (sum_len, H, D)
 or (sum_len, D) — rows offsets[b]:offsets[b+1] belong to example b, lengths 0..max_len — plus
-`offsets` (B + 1,) int64 and `max_len`. Nothing is padded to the batch maximum.
+`offsets` (B + 1,) int64 and `max_len`. Nothing is padded to the batch maximum. `offsets` may also be a
+`JaggedPlan` of them: a model that calls several ops over one batch builds the plan once, so the cpu
+backend's length buckets are planned once per batch (the sequence arches in `fxrec.interactions` do).
 
 Each op has one dispatch point and three backends (`Backend`): "reference" (plain PyTorch, the test
 oracle), "cpu" (length buckets + tiled flash kernel, hand-written backward) and "triton" (offsets-driven
@@ -24,12 +26,25 @@ from typing import Literal
 
 import torch
 
-from fxrec.ops._jagged import check_jagged
+from fxrec.ops._jagged import (
+    JaggedPlan,
+    as_plan,
+    check_jagged,
+    jagged_first,
+    jagged_last,
+    jagged_prepend,
+    jagged_select,
+)
 from fxrec.ops.dispatch import Backend, implementation, resolve_backend
 
 __all__ = [
     "Backend",
     "resolve_backend",
+    "JaggedPlan",
+    "jagged_prepend",
+    "jagged_first",
+    "jagged_last",
+    "jagged_select",
     "jagged_self_attention",
     "sliding_window_attention",
     "jagged_dense_attention",
@@ -38,7 +53,7 @@ __all__ = [
 ]
 
 Normalize = Literal["softmax", "max_len"]
-GDPA_ACTIVATIONS = ("gelu", "silu", "relu")
+GDPA_ACTIVATIONS = ("gelu", "silu", "relu", "relu2", "raw")
 
 
 def _with_heads(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -63,7 +78,7 @@ def jagged_self_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    offsets: torch.Tensor | JaggedPlan,
     max_len: int,
     *,
     causal: bool = False,
@@ -80,7 +95,7 @@ def jagged_self_attention(
 
     Args:
         q, k: (sum_len, H, D) or (sum_len, D); v: (sum_len, H, Dv) or (sum_len, Dv).
-        offsets: (B + 1,) int64; max_len: cap on every length.
+        offsets: (B + 1,) int64, or a `JaggedPlan` of them; max_len: cap on every length.
         causal: query at position i sees keys at positions j <= i of its sequence.
         scale: multiplies q k^T; default 1/sqrt(D).
         normalize: "softmax" (rows sum to 1) or "max_len" (rows sum to 1/max_len).
@@ -90,12 +105,13 @@ def jagged_self_attention(
         (sum_len, H, Dv), or (sum_len, Dv) for 2-D inputs.
     """
     (q, squeeze), (k, _), (v, _) = _with_heads(q), _with_heads(k), _with_heads(v)
+    plan = as_plan(offsets)
     for name, tensor in (("q", q), ("k", k), ("v", v)):
-        check_jagged(name, tensor, offsets, max_len)
+        check_jagged(name, tensor, plan, max_len)
     _check_window(window)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     fn = implementation("jagged_self_attention", backend, q.device)
-    out = fn(q, k, v, offsets, max_len, causal, scale, _out_scale(normalize, max_len), window)
+    out = fn(q, k, v, plan, max_len, causal, scale, _out_scale(normalize, max_len), window)
     return out.squeeze(-2) if squeeze else out
 
 
@@ -103,7 +119,7 @@ def sliding_window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    offsets: torch.Tensor | JaggedPlan,
     max_len: int,
     window: int,
     *,
@@ -122,7 +138,7 @@ def jagged_dense_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    offsets: torch.Tensor | JaggedPlan,
     max_len: int,
     *,
     scale: float | None = None,
@@ -134,7 +150,7 @@ def jagged_dense_attention(
     Args:
         q: (B, T, H, D) or (B, T, D) dense queries (shared seeds: `seeds.expand(B, ...)`, no copy needed).
         k: (sum_len, H, D) or (sum_len, D); v: (sum_len, H, Dv) or (sum_len, Dv) jagged history.
-        offsets: (B + 1,) int64; max_len: cap on every length.
+        offsets: (B + 1,) int64, or a `JaggedPlan` of them; max_len: cap on every length.
         scale: default 1/sqrt(D); normalize: "softmax" or "max_len" (as in `jagged_self_attention`).
     Returns:
         (B, T, H, Dv) or (B, T, Dv). An example with an empty history gets zeros.
@@ -143,13 +159,14 @@ def jagged_dense_attention(
     if squeeze:
         q = q.unsqueeze(-2)
     (k, _), (v, _) = _with_heads(k), _with_heads(v)
-    if q.dim() != 4 or q.shape[0] != offsets.numel() - 1:
+    plan = as_plan(offsets)
+    if q.dim() != 4 or q.shape[0] != plan.batch_size:
         raise ValueError(f"q must be (B, T, H, D) with B = offsets.numel() - 1; got {tuple(q.shape)}")
-    check_jagged("k", k, offsets, max_len)
-    check_jagged("v", v, offsets, max_len)
+    check_jagged("k", k, plan, max_len)
+    check_jagged("v", v, plan, max_len)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     fn = implementation("jagged_dense_attention", backend, q.device)
-    out = fn(q.contiguous(), k, v, offsets, max_len, scale, _out_scale(normalize, max_len))
+    out = fn(q.contiguous(), k, v, plan, max_len, scale, _out_scale(normalize, max_len))
     return out.squeeze(-2) if squeeze else out
 
 
@@ -157,7 +174,7 @@ def gdpa(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    offsets: torch.Tensor | JaggedPlan,
     max_len: int,
     *,
     activation: str = "gelu",
@@ -173,24 +190,26 @@ def gdpa(
     Args:
         q: (sum_len, H, D) or (sum_len, D) jagged queries (history tokens).
         k: (B, T, H, D) or (B, T, D); v: (B, T, H, Dv) or (B, T, Dv) short dense per-example keys/values.
-        offsets: (B + 1,) int64; max_len: cap on every length.
-        activation: "gelu" (exact erf), "silu" or "relu", applied to the raw scores.
+        offsets: (B + 1,) int64, or a `JaggedPlan` of them; max_len: cap on every length.
+        activation: "gelu" (exact erf), "silu", "relu", "relu2" (relu squared) or "raw" (identity),
+            applied to the raw scores.
         scale: multiplies act(q k^T); default 1/max_len.
         window: keep only pairs with |i - j| <= window (i the query's position in its sequence, j the
-            key index); others contribute 0 (act(0) = 0 for all three activations).
+            key index); others contribute 0 (act(0) = 0 for every activation).
     Returns:
         (sum_len, H, Dv) or (sum_len, Dv).
     """
     (q, squeeze) = _with_heads(q)
     if k.dim() == 3:
         k, v = k.unsqueeze(-2), v.unsqueeze(-2)
-    check_jagged("q", q, offsets, max_len)
-    if k.dim() != 4 or k.shape[0] != offsets.numel() - 1 or v.shape[:3] != k.shape[:3]:
+    plan = as_plan(offsets)
+    check_jagged("q", q, plan, max_len)
+    if k.dim() != 4 or k.shape[0] != plan.batch_size or v.shape[:3] != k.shape[:3]:
         raise ValueError(f"k, v must be (B, T, H, D) with B = offsets.numel() - 1; got {tuple(k.shape)}, {tuple(v.shape)}")
     if activation not in GDPA_ACTIVATIONS:
         raise ValueError(f"activation must be one of {GDPA_ACTIVATIONS}; got {activation!r}")
     _check_window(window)
     scale = 1.0 / max(max_len, 1) if scale is None else float(scale)
     fn = implementation("gdpa", backend, q.device)
-    out = fn(q, k.contiguous(), v.contiguous(), offsets, max_len, activation, scale, window)
+    out = fn(q, k.contiguous(), v.contiguous(), plan, max_len, activation, scale, window)
     return out.squeeze(-2) if squeeze else out

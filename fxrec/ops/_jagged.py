@@ -1,30 +1,102 @@
-"""Shared jagged-layout helpers: input checks and the length-bucket planner of the CPU path.
+"""The one home of jagged-layout plumbing: input checks, the layout/planner `JaggedPlan`, and the small
+gather/scatter helpers the sequence arches use (CLS prepend, first/last K, per-type selection).
 
-Layout everywhere: `values` (sum_len, H, D) rows, sequence b owns rows offsets[b]:offsets[b+1],
-offsets (B + 1,) int64 starting at 0, every length <= max_len.
+Layout everywhere: `values` (sum_len, H, D) or (sum_len, d) rows, sequence b owns rows
+offsets[b]:offsets[b+1], offsets (B + 1,) int64 starting at 0, every length <= max_len.
+
+Kernels live in `fxrec.ops`; the interactions depend on this module, never the reverse.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 
-def check_jagged(name: str, values: torch.Tensor, offsets: torch.Tensor, max_len: int) -> None:
+class JaggedPlan:
+    """One jagged batch's layout, with everything derived from its offsets computed once and reused.
+
+    Build one per batch and pass it as `offsets` to every `fxrec.ops` call over that batch: the cpu
+    backend's length buckets (`chunks`) are then planned once, not once per layer. A bare offsets tensor
+    works too (a throwaway plan is made for it).
+
+    Example::
+
+        plan = JaggedPlan(torch.tensor([0, 3, 3, 4]))
+        plan.positions  # tensor([0, 1, 2, 0]); example 1 is empty
+        plan.max_len    # 3
+    """
+
+    def __init__(self, offsets: torch.Tensor):
+        self.offsets = offsets
+        self._chunks: dict[tuple, list[Chunk]] = {}
+
+    @cached_property
+    def lengths(self) -> torch.Tensor:
+        """(B,) int64."""
+        return (self.offsets[1:] - self.offsets[:-1]).long()
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.offsets.numel()) - 1
+
+    @cached_property
+    def max_len(self) -> int:
+        """The longest sequence (0 for an empty or all-empty batch): a valid `max_len` for every op."""
+        return int(self.lengths.max()) if self.batch_size > 0 else 0
+
+    @cached_property
+    def batch_ids(self) -> torch.Tensor:
+        """(sum_len,) the example each row belongs to."""
+        return torch.repeat_interleave(torch.arange(self.batch_size, device=self.offsets.device), self.lengths)
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """(sum_len,) each row's position within its own sequence, 0-based."""
+        rows = torch.arange(self.batch_ids.numel(), device=self.offsets.device)
+        return rows - self.offsets[:-1].long()[self.batch_ids]
+
+    def chunks(
+        self,
+        *,
+        quadratic: bool,
+        row_bytes: int,
+        call_overhead: float = 32768.0,
+        chunk_bytes: int | None = None,
+    ) -> list[Chunk]:
+        """`plan_chunks` of these offsets, memoised per argument set (see `plan_chunks`)."""
+        key = (quadratic, row_bytes, call_overhead, chunk_bytes)
+        if key not in self._chunks:
+            self._chunks[key] = plan_chunks(
+                self.offsets, quadratic=quadratic, row_bytes=row_bytes, call_overhead=call_overhead,
+                chunk_bytes=chunk_bytes,
+            )
+        return self._chunks[key]
+
+
+def as_plan(offsets: torch.Tensor | JaggedPlan) -> JaggedPlan:
+    return offsets if isinstance(offsets, JaggedPlan) else JaggedPlan(offsets)
+
+
+def check_jagged(name: str, values: torch.Tensor, plan: JaggedPlan, max_len: int) -> None:
     """Raise a specific ValueError if `values`/`offsets` break the jagged contract."""
+    offsets = plan.offsets
     if values.dim() != 3:
         raise ValueError(f"{name} must be (sum_len, H, D) or (sum_len, D); got shape {tuple(values.shape)}")
     if offsets.dim() != 1 or offsets.dtype not in (torch.int64, torch.int32) or offsets.numel() < 1:
-        raise ValueError(f"offsets must be a 1-D int64 tensor of size B + 1; got {offsets.dtype} {tuple(offsets.shape)}")
+        raise ValueError(
+            f"offsets must be a 1-D int64 tensor of size B + 1; got {offsets.dtype} {tuple(offsets.shape)}"
+        )
     if offsets.device.type == "cpu":  # the check needs a host sync; CUDA callers are trusted
         first, last = int(offsets[0]), int(offsets[-1])
         if first != 0 or last != values.shape[0]:
             raise ValueError(f"offsets must run from 0 to {name}.shape[0]={values.shape[0]}; got {first}..{last}")
-        lengths = offsets[1:] - offsets[:-1]
-        if offsets.numel() > 1 and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
+        lengths = plan.lengths
+        if offsets.numel() > 1 and (int(lengths.min()) < 0 or plan.max_len > max_len):
             raise ValueError(
-                f"sequence lengths must lie in [0, max_len={max_len}]; got {int(lengths.min())}..{int(lengths.max())}"
+                f"sequence lengths must lie in [0, max_len={max_len}]; got {int(lengths.min())}..{plan.max_len}"
             )
 
 
@@ -165,3 +237,58 @@ def _make_chunk(
         valid=None if valid is None else valid.to(device),
         contiguous=contiguous,
     )
+
+
+# ---- small gather/scatter helpers of the sequence arches (no kernels) ----------------------------------
+
+
+def jagged_prepend(
+    prefix: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Put `prefix (B, c, d)` in front of each example's entries of `values (N, d)`.
+
+    Returns (values (N + B*c, d), offsets (B + 1,), is_prefix (N + B*c,) bool).
+    """
+    batch, c, _ = prefix.shape
+    new_offsets = offsets + c * torch.arange(batch + 1, device=offsets.device)
+    prefix_rows = (new_offsets[:-1][:, None] + torch.arange(c, device=offsets.device)[None, :]).flatten()
+    batch_ids = JaggedPlan(offsets).batch_ids
+    value_rows = torch.arange(values.shape[0], device=offsets.device) + c * (batch_ids + 1)
+    rows = torch.cat([prefix_rows, value_rows])
+    src = torch.cat([prefix.reshape(batch * c, -1), values])
+    out = src.new_zeros(src.shape).index_copy(0, rows, src)
+    is_prefix = torch.zeros(out.shape[0], dtype=torch.bool, device=offsets.device)
+    is_prefix[prefix_rows] = True
+    return out, new_offsets, is_prefix
+
+
+def jagged_first(values: torch.Tensor, offsets: torch.Tensor, k: int) -> torch.Tensor:
+    """The first k entries of each example, (B, k, d); every example must have at least k."""
+    rows = offsets[:-1][:, None] + torch.arange(k, device=offsets.device)[None, :]
+    return values[rows]
+
+
+def jagged_last(values: torch.Tensor, offsets: torch.Tensor, k: int, skip_first: int = 0) -> torch.Tensor:
+    """The k most recent entries of each example, (B, k, d), newest in slot k-1.
+
+    Entries are oldest-first, so these are the last k rows of each segment; slots an example cannot
+    fill (short or empty history, or rows among the first `skip_first`, e.g. CLS tokens) are zero.
+    """
+    slots = torch.arange(k, device=offsets.device)
+    rows = offsets[1:][:, None] - k + slots[None, :]
+    valid = rows >= (offsets[:-1] + skip_first)[:, None]
+    if values.shape[0] == 0:
+        return values.new_zeros(rows.shape[0], k, values.shape[-1])
+    gathered = values[rows.clamp(min=0)]
+    return torch.where(valid[..., None], gathered, torch.zeros((), dtype=values.dtype))
+
+
+def jagged_select(
+    mask: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, ages: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keep the entries where `mask (N,)` is True; returns (values, offsets, ages), order preserved."""
+    plan = JaggedPlan(offsets)
+    batch, batch_ids = plan.batch_size, plan.batch_ids
+    kept = torch.zeros(batch, dtype=torch.long, device=offsets.device).index_add_(0, batch_ids, mask.long())
+    new_offsets = torch.cat([offsets.new_zeros(1), torch.cumsum(kept, 0)])
+    return values[mask], new_offsets, (ages[mask] if ages is not None else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MAX_LEN, RAGGED_LENGTHS, assert_close_all, grads, offsets_of
+from ops_fixtures import MAX_LEN, RAGGED_LENGTHS, assert_close_all, grads, offsets_of
 
 from fxrec.ops import gdpa
 
@@ -24,7 +24,7 @@ def _run(backend: str, q, k, v, **kwargs):
     return (out, *grads(out, (q, k, v)))
 
 
-@pytest.mark.parametrize("activation", ["gelu", "silu", "relu"])
+@pytest.mark.parametrize("activation", ["gelu", "silu", "relu", "relu2", "raw"])
 @pytest.mark.parametrize("window", [None, 3])
 def test_cpu_gdpa_matches_reference_fp32(activation: str, window: int | None) -> None:
     q, k, v = _inputs(torch.float32)

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 triton = pytest.importorskip("triton")
 
 import torch  # noqa: E402
-from conftest import assert_close_all, grads, offsets_of  # noqa: E402
+from ops_fixtures import assert_close_all, grads, offsets_of  # noqa: E402
 
 from fxrec.ops import gdpa, jagged_dense_attention, jagged_self_attention  # noqa: E402
 
@@ -54,7 +54,9 @@ def test_triton_dense_attention() -> None:
              (queries, k, v))
 
 
-@pytest.mark.parametrize(("activation", "window"), [("gelu", None), ("silu", 2), ("relu", None)])
+@pytest.mark.parametrize(
+    ("activation", "window"), [("gelu", None), ("silu", 2), ("relu", None), ("relu2", 2), ("raw", None)]
+)
 def test_triton_gdpa(activation: str, window: int | None) -> None:
     offsets = offsets_of(LENGTHS)
     generator = torch.Generator().manual_seed(3)

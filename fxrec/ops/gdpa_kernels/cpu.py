@@ -12,36 +12,28 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from fxrec.ops._jagged import Chunk, plan_chunks
+from fxrec.ops._jagged import Chunk, JaggedPlan
+from fxrec.ops.gdpa_kernels.reference import activate, window_mask
 
 
 def _activation_backward(grad: torch.Tensor, scores: torch.Tensor, activation: str) -> torch.Tensor:
-    """grad * act'(scores) with ATen's fused backward kernels (one pass, no temporaries)."""
+    """grad * act'(scores), with ATen's fused backward kernels where there is one (one pass, no temporaries)."""
     if activation == "relu":
         return torch.ops.aten.threshold_backward(grad, scores, 0.0)
     if activation == "silu":
         return torch.ops.aten.silu_backward(grad, scores)
     if activation == "gelu":
         return torch.ops.aten.gelu_backward(grad, scores)
+    if activation == "relu2":
+        return grad * scores.clamp(min=0).mul_(2)
+    if activation == "raw":
+        return grad
     raise ValueError(f"unknown GDPA activation {activation!r}")
 
 
-def _activation(scores: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "relu":
-        return F.relu(scores)
-    if activation == "silu":
-        return F.silu(scores)
-    return F.gelu(scores)
-
-
 def _window(length: int, keys: int, window: int | None, device: torch.device) -> torch.Tensor | None:
-    if window is None:
-        return None
-    i = torch.arange(length, device=device)[:, None]
-    j = torch.arange(keys, device=device)[None, :]
-    return (i - j).abs() <= window
+    return None if window is None else window_mask(length, keys, window, device)
 
 
 class _JaggedGDPA(torch.autograd.Function):
@@ -61,7 +53,7 @@ class _JaggedGDPA(torch.autograd.Function):
         for chunk in chunks:
             q_block = chunk.gather(q)  # (n, H, L, D)
             scores = q_block @ k_heads.index_select(0, chunk.seq_ids).transpose(-1, -2)  # (n, H, L, T)
-            weights = _activation(scores, activation)
+            weights = activate(scores, activation)
             mask = _window(chunk.padded_len, k.shape[1], window, q.device)
             if mask is not None:
                 weights = weights * mask
@@ -84,7 +76,7 @@ class _JaggedGDPA(torch.autograd.Function):
             v_block = v_heads.index_select(0, chunk.seq_ids)
             do_block = chunk.gather_zero_padded(grad_out) * ctx.scale
             scores = q_block @ k_block.transpose(-1, -2)  # (n, H, L, T), recomputed rather than saved
-            weights = _activation(scores, ctx.activation)
+            weights = activate(scores, ctx.activation)
             d_weights = do_block @ v_block.transpose(-1, -2)
             mask = _window(chunk.padded_len, k.shape[1], ctx.window, q.device)
             if mask is not None:
@@ -100,7 +92,7 @@ def gdpa(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    plan: JaggedPlan,
     max_len: int,
     activation: str,
     scale: float,
@@ -112,6 +104,6 @@ def gdpa(
     # small next to the jagged tensors while the batched matmuls stay large
     row_bytes = q.shape[1] * max(k.shape[1], q.shape[2]) * 4
     chunk_bytes = min(8 << 20, max(1 << 20, q.shape[0] * row_bytes // 8))
-    chunks = plan_chunks(offsets, quadratic=False, row_bytes=row_bytes, call_overhead=64.0 * k.shape[1],
+    chunks = plan.chunks(quadratic=False, row_bytes=row_bytes, call_overhead=64.0 * k.shape[1],
                          chunk_bytes=chunk_bytes)
     return _JaggedGDPA.apply(q, k, v, chunks, activation, scale, window)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fxrec.ops._jagged import JaggedPlan
+
 
 def activate(scores: torch.Tensor, activation: str) -> torch.Tensor:
-    """The score activation; gelu is the exact (erf) form."""
+    """The score activation; gelu is the exact (erf) form. Every one maps 0 to 0."""
     if activation == "gelu":
         return F.gelu(scores)
     if activation == "silu":
         return F.silu(scores)
     if activation == "relu":
         return F.relu(scores)
+    if activation == "relu2":
+        return F.relu(scores).square()
+    if activation == "raw":
+        return scores
     raise ValueError(f"unknown GDPA activation {activation!r}")
 
 
@@ -30,14 +36,14 @@ def gdpa(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    plan: JaggedPlan,
     max_len: int,
     activation: str,
     scale: float,
     window: int | None,
 ) -> torch.Tensor:
     """q (sum_len, H, D), k (B, T, H, D), v (B, T, H, Dv) -> (sum_len, H, Dv): scale * act(q k^T) v."""
-    batch, lengths = offsets.numel() - 1, (offsets[1:] - offsets[:-1])
+    offsets, batch, lengths = plan.offsets, plan.batch_size, plan.lengths
     padded_len = int(lengths.max()) if batch > 0 and q.shape[0] > 0 else 0
     positions = torch.arange(padded_len, device=q.device)
     valid = positions[None, :] < lengths[:, None]  # (B, L)

@@ -15,9 +15,11 @@ import torch
 import triton
 import triton.language as tl
 
+from fxrec.ops._jagged import JaggedPlan
+
 BLOCK_M = 16
 BLOCK_N = 16
-_ACTIVATIONS = {"gelu": 0, "silu": 1, "relu": 2}
+_ACTIVATIONS = {"gelu": 0, "silu": 1, "relu": 2, "relu2": 3, "raw": 4}
 
 
 @triton.jit
@@ -26,8 +28,13 @@ def _act(s, ACT: tl.constexpr):
         return 0.5 * s * (1.0 + tl.erf(s * 0.7071067811865476))
     elif ACT == 1:
         return s * tl.sigmoid(s)
-    else:
+    elif ACT == 2:
         return tl.maximum(s, 0.0)
+    elif ACT == 3:
+        r = tl.maximum(s, 0.0)
+        return r * r
+    else:
+        return s
 
 
 @triton.jit
@@ -37,8 +44,12 @@ def _act_grad(s, ACT: tl.constexpr):
     elif ACT == 1:
         sig = tl.sigmoid(s)
         return sig * (1.0 + s * (1.0 - sig))
-    else:
+    elif ACT == 2:
         return tl.where(s > 0, 1.0, 0.0)
+    elif ACT == 3:
+        return 2.0 * tl.maximum(s, 0.0)
+    else:
+        return s * 0.0 + 1.0
 
 
 @triton.jit
@@ -216,11 +227,11 @@ def gdpa(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    plan: JaggedPlan,
     max_len: int,
     activation: str,
     scale: float,
     window: int | None,
 ) -> torch.Tensor:
     """q (sum_len, H, D), k (B, T, H, D), v (B, T, H, Dv) -> (sum_len, H, Dv); see `fxrec.ops.gdpa`."""
-    return _TritonGDPA.apply(q, k, v, offsets.to(torch.int64).contiguous(), max_len, activation, scale, window)
+    return _TritonGDPA.apply(q, k, v, plan.offsets.to(torch.int64).contiguous(), max_len, activation, scale, window)

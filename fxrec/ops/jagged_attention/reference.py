@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fxrec.ops._jagged import JaggedPlan
+
 
 def band_mask(query_len: int, key_len: int, causal: bool, window: int | None, device: torch.device) -> torch.Tensor:
     """(query_len, key_len) bool, True where query i may attend key j (positions within the sequence)."""
@@ -21,7 +23,7 @@ def self_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    plan: JaggedPlan,
     max_len: int,
     causal: bool,
     scale: float,
@@ -30,7 +32,7 @@ def self_attention(
 ) -> torch.Tensor:
     """q, k (sum_len, H, D), v (sum_len, H, Dv) -> (sum_len, H, Dv): softmax(scale q k^T + mask) v * out_scale."""
     outputs = []
-    bounds = offsets.tolist()
+    bounds = plan.offsets.tolist()
     for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
         if end == begin:
             continue
@@ -48,7 +50,7 @@ def dense_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    plan: JaggedPlan,
     max_len: int,
     scale: float,
     out_scale: float,
@@ -58,7 +60,7 @@ def dense_attention(
     An empty history gives a zero output (there is nothing to attend to).
     """
     outputs = []
-    bounds = offsets.tolist()
+    bounds = plan.offsets.tolist()
     for b, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         if end == begin:
             outputs.append(q.new_zeros(q.shape[1], q.shape[2], v.shape[2]).float() + 0 * q[b].sum())

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fxrec.ops._jagged import JaggedPlan
+
 BLOCK_M = 16
 BLOCK_N = 16
 
@@ -258,7 +260,7 @@ def self_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    plan: JaggedPlan,
     max_len: int,
     causal: bool,
     scale: float,
@@ -266,7 +268,7 @@ def self_attention(
     window: int | None,
 ) -> torch.Tensor:
     """q, k (sum_len, H, D), v (sum_len, H, Dv) -> (sum_len, H, Dv); see `fxrec.ops.jagged_self_attention`."""
-    offsets = offsets.to(torch.int64).contiguous()
+    offsets = plan.offsets.to(torch.int64).contiguous()
     return _TritonJaggedAttention.apply(q, k, v, offsets, offsets, max_len, max_len, causal, scale, out_scale, window)
 
 
@@ -274,7 +276,7 @@ def dense_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    offsets: torch.Tensor,
+    plan: JaggedPlan,
     max_len: int,
     scale: float,
     out_scale: float,
@@ -283,6 +285,6 @@ def dense_attention(
     batch, num_queries, heads, dim = q.shape
     q_offsets = torch.arange(batch + 1, device=q.device, dtype=torch.int64) * num_queries
     out = _TritonJaggedAttention.apply(q.reshape(batch * num_queries, heads, dim), k, v, q_offsets,
-                                       offsets.to(torch.int64).contiguous(), num_queries, max_len, False, scale,
+                                       plan.offsets.to(torch.int64).contiguous(), num_queries, max_len, False, scale,
                                        out_scale, None)
     return out.view(batch, num_queries, heads, v.shape[2])
