@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -376,6 +377,7 @@ def main() -> None:
         (("--epochs",), {"type": int, "default": None, "help": "epochs per framework (default 3, quick 2)"}),
     ])
     torch.set_num_threads(THREADS)
+    load_before = list(os.getloadavg())  # a shared machine: record how busy it was
     batch_sizes = args.batch_sizes or ([1024] if args.quick else [1024, 256])
     epochs = args.epochs or (2 if args.quick else 3)
     with tempfile.TemporaryDirectory(prefix="fxrec-bench-") as tmp:
@@ -389,7 +391,9 @@ def main() -> None:
     result_ratios = ratios(rows)
     for key, value in result_ratios.items():
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
-    _common.write_result(args, NAME, rows, result_ratios, models=PEERS, examples_per_epoch=examples,
+    conditions = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "default"),
+                  "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": list(os.getloadavg())}
+    _common.write_result(args, NAME, rows, result_ratios, models=PEERS, examples_per_epoch=examples, conditions=conditions,
                          days=f"all surfaces, train {len(log.days) - 1} day(s), hold out the last",
                          features=[f.name for f in _features(log)])
 

@@ -36,7 +36,8 @@ def iter_frames(
     last = max(wanted)
     sequence_sources = sorted({f.source for f in features if f.kind is FeatureKind.sequence and f.source})
     tracker = HistoryTracker(spec.history_length, sequence_sources, spec.history_label) if sequence_sources else None
-    needed = [c for c in spec.columns() if c in _columns_of(log)]
+    available = _columns_of(log)
+    needed = [c for c in _model_columns(spec, features) if c in available]
     for day in log.days:
         if day > last:
             break
@@ -55,6 +56,14 @@ def iter_frames(
         if table.num_rows == 0:
             continue
         yield day, EventFrame(table, spec, features, history)
+
+
+def _model_columns(spec, features: list[FeatureSpec]) -> list[str]:
+    """Only what this model reads: core columns, labels, its features and its histories' sources."""
+    columns = ["event_id", "ts", "user_id", "item_id", "surface", *spec.tasks, spec.history_label]
+    columns += [f.name for f in features if f.kind is not FeatureKind.sequence]
+    columns += [f.source for f in features if f.kind is FeatureKind.sequence and f.source]
+    return list(dict.fromkeys(columns))
 
 
 def _columns_of(log: EventLog) -> set[str]:
