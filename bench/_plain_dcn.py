@@ -66,11 +66,11 @@ class PlainDCN(nn.Module):
             x = x0 * up(down(x)) + x
         return self.tower(x).squeeze(-1)
 
-    def optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+    def optimizers(self, lr: float, fused: bool = False) -> list[torch.optim.Optimizer]:
         """Adam on everything; SparseAdam for the tables when they produce sparse gradients."""
         table_params = list(self.embeddings.parameters())
         table_ids = {id(p) for p in table_params}
         dense_params = [p for p in self.parameters() if id(p) not in table_ids]
         if self.embeddings[0].sparse:
             return [torch.optim.Adam(dense_params, lr=lr), torch.optim.SparseAdam(table_params, lr=lr)]
-        return [torch.optim.Adam(self.parameters(), lr=lr)]
+        return [torch.optim.Adam(self.parameters(), lr=lr, fused=fused)]
