@@ -7,7 +7,7 @@ with row 0 kept for a missing value, so unseen (cold-start) ids land in a shared
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -169,48 +169,37 @@ class EventFrame:
             self.meta["surface"] = torch.tensor([surface_index[s] for s in surfaces], dtype=torch.int64)
 
     def batch(self, start: int, end: int) -> Batch:
-        size = end - start
-        values = [self._single[:, start:end].reshape(-1)]
-        lengths = [torch.ones(len(self._single_keys) * size, dtype=torch.int32)]
-        for _, offsets, flat in self._multi:
-            lo, hi = int(offsets[start]), int(offsets[end])
-            values.append(flat[lo:hi])
-            lengths.append((offsets[start + 1 : end + 1] - offsets[start:end]).to(torch.int32))
-        sparse = KeyedJaggedTensor(
-            keys=self._single_keys + [name for name, _, _ in self._multi],
-            values=torch.cat(values) if len(values) > 1 else values[0],
-            lengths=torch.cat(lengths) if len(lengths) > 1 else lengths[0],
-        )
-        sequences = ages = None
-        if self._sequence_offsets is not None:
-            offsets = self._sequence_offsets
-            lo, hi = int(offsets[start]), int(offsets[end])
-            seq_lengths = (offsets[start + 1 : end + 1] - offsets[start:end]).to(torch.int32)
-            sequences = KeyedJaggedTensor(
-                keys=self.sequence_keys,
-                values=torch.cat([ids[lo:hi] for ids in self._sequences]),
-                lengths=seq_lengths.repeat(len(self._sequences)),
-            )
-            ages = self._sequence_ages[lo:hi]
-        return Batch(
-            dense=self._dense[start:end],
-            sparse=sparse,
-            sequences=sequences,
-            sequence_ages=ages,
-            labels={k: v[start:end] for k, v in self.labels.items()},
-            meta={k: v[start:end] for k, v in self.meta.items()},
-        )
+        """Rows [start, end): slices, no copies of per-event columns."""
+
+        def jagged(offsets: torch.Tensor) -> tuple[torch.Tensor, slice]:
+            return offsets[start + 1 : end + 1] - offsets[start:end], slice(int(offsets[start]), int(offsets[end]))
+
+        return self._assemble(lambda t: t[start:end], self._single[:, start:end], jagged)
 
     def take(self, rows: torch.Tensor) -> Batch:
         """A batch of arbitrary rows (e.g. a shuffled slice), gathered with index ops."""
         rows = rows.to(torch.int64)
-        size = int(rows.numel())
         # index_select: the same gather as advanced indexing at about half the cost per column on CPU.
-        values = [self._single.index_select(1, rows).reshape(-1)]
+        return self._assemble(
+            lambda t: t.index_select(0, rows),
+            self._single.index_select(1, rows),
+            lambda offsets: _jagged_rows(offsets, rows),
+        )
+
+    def _assemble(
+        self,
+        pick: Callable[[torch.Tensor], torch.Tensor],
+        single: torch.Tensor,
+        jagged: Callable[[torch.Tensor], tuple[torch.Tensor, slice | torch.Tensor]],
+    ) -> Batch:
+        """One Batch from a row selection: `pick` selects per-event rows, `jagged(offsets)` gives the
+        chosen rows' lengths and the selector of their values, `single` is the (K, b) id matrix."""
+        size = int(single.shape[1])
+        values = [single.reshape(-1)]
         lengths = [torch.ones(len(self._single_keys) * size, dtype=torch.int32)]
         for _, offsets, flat in self._multi:
-            row_lengths, index = _jagged_rows(offsets, rows)
-            values.append(flat[index])
+            row_lengths, selector = jagged(offsets)
+            values.append(flat[selector])
             lengths.append(row_lengths.to(torch.int32))
         sparse = KeyedJaggedTensor(
             keys=self._single_keys + [name for name, _, _ in self._multi],
@@ -219,20 +208,20 @@ class EventFrame:
         )
         sequences = ages = None
         if self._sequence_offsets is not None:
-            row_lengths, index = _jagged_rows(self._sequence_offsets, rows)
+            row_lengths, selector = jagged(self._sequence_offsets)
             sequences = KeyedJaggedTensor(
                 keys=self.sequence_keys,
-                values=torch.cat([ids[index] for ids in self._sequences]),
+                values=torch.cat([ids[selector] for ids in self._sequences]),
                 lengths=row_lengths.to(torch.int32).repeat(len(self._sequences)),
             )
-            ages = self._sequence_ages[index]
+            ages = self._sequence_ages[selector]
         return Batch(
-            dense=self._dense.index_select(0, rows),
+            dense=pick(self._dense),
             sparse=sparse,
             sequences=sequences,
             sequence_ages=ages,
-            labels={k: v.index_select(0, rows) for k, v in self.labels.items()},
-            meta={k: v.index_select(0, rows) for k, v in self.meta.items()},
+            labels={k: pick(v) for k, v in self.labels.items()},
+            meta={k: pick(v) for k, v in self.meta.items()},
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
