@@ -16,7 +16,7 @@ import _common
 import torch
 
 from fxrec.ops import gdpa
-from fxrec.ops.benchmarking import best_seconds, offsets_from_lengths, peak_bytes, ragged_lengths
+from fxrec.ops.benchmarking import best_seconds, jagged_grid, offsets_from_lengths, peak_bytes, ragged_lengths
 
 KEYS = 256
 # the einsum baseline keeps ~5 (B, H, max_len, T) fp32 tensors alive; skip it beyond 0.5 GiB each
@@ -79,11 +79,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     args = _common.parse_args("gdpa", __doc__.splitlines()[0])
     torch.set_num_threads(1)
-    if args.quick:
-        grid = [(64, 256, r, h, d) for r in (0.25, 1.0) for h, d in ((1, 64), (4, 32))]
-    else:
-        grid = [(b, length, r, h, d) for b in (64, 256) for length in (128, 512, 1024)
-                for r in (0.1, 0.25, 0.5, 1.0) for h, d in ((1, 64), (4, 32))]
+    grid = jagged_grid(args.quick)
     rows = []
     for index, (batch, max_len, ratio, heads, dim) in enumerate(grid):
         rows += measure(batch, max_len, ratio, heads, dim, seed=index)

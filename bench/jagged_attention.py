@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fxrec.ops import jagged_self_attention
-from fxrec.ops.benchmarking import best_seconds, offsets_from_lengths, peak_bytes, ragged_lengths
+from fxrec.ops.benchmarking import best_seconds, jagged_grid, offsets_from_lengths, peak_bytes, ragged_lengths
 
 # the materialising baselines (NJT's padded math fallback, SLL's per-sequence N^2 scores) get skipped
 # above this many score elements: they would need several GiB and minutes on a shared 2-core machine
@@ -139,11 +139,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # NJT "prototype" and profiler chatter
     args = _common.parse_args("jagged_attention", __doc__.splitlines()[0])
     torch.set_num_threads(1)
-    if args.quick:
-        grid = [(64, 256, r, h, d) for r in (0.25, 1.0) for h, d in ((1, 64), (4, 32))]
-    else:
-        grid = [(b, length, r, h, d) for b in (64, 256) for length in (128, 512, 1024)
-                for r in (0.1, 0.25, 0.5, 1.0) for h, d in ((1, 64), (4, 32))]
+    grid = jagged_grid(args.quick)
     rows = []
     for index, (batch, max_len, ratio, heads, dim) in enumerate(grid):
         rows += measure(batch, max_len, ratio, heads, dim, seed=index)

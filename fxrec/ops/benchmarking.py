@@ -59,3 +59,11 @@ def ragged_lengths(batch: int, max_len: int, mean_ratio: float, generator: torch
 
 def offsets_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+
+
+def jagged_grid(quick: bool) -> list[tuple[int, int, float, int, int]]:
+    """The (batch, max_len, mean/max length, heads, head_dim) grid both kernel benchmarks sweep."""
+    if quick:
+        return [(64, 256, r, h, d) for r in (0.25, 1.0) for h, d in ((1, 64), (4, 32))]
+    return [(b, length, r, h, d) for b in (64, 256) for length in (128, 512, 1024)
+            for r in (0.1, 0.25, 0.5, 1.0) for h, d in ((1, 64), (4, 32))]

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from fxrec.ops._jagged import JaggedPlan
+from fxrec.ops._triton import block_size, load_rows
 
 BLOCK_M = 16
 BLOCK_N = 16
@@ -78,16 +79,14 @@ def _gdpa_fwd(Q, K, V, OUT, offsets, scale, window, H, D, DV, KEYS, stride_q, st
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < q_len
-    q = tl.load(Q + (q_begin + offs_m)[:, None] * stride_q + h * D + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+    q = load_rows(Q, q_begin, offs_m, row_ok, stride_q, h * D, offs_d, D)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start_n in range(0, KEYS, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < KEYS
         k = tl.load(K + (b * KEYS + offs_n)[None, :] * stride_k + h * D + offs_d[:, None],
                     mask=key_ok[None, :] & (offs_d < D)[:, None], other=0.0)
-        v = tl.load(V + (b * KEYS + offs_n)[:, None] * stride_v + h * DV + offs_dv[None, :],
-                    mask=key_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
+        v = load_rows(V, b * KEYS, offs_n, key_ok, stride_v, h * DV, offs_dv, DV)
         s = tl.dot(q, k).to(tl.float32)
         p = tl.where(_valid(offs_m, offs_n, q_len, KEYS, window, HAS_WINDOW), _act(s, ACT), 0.0)
         acc += tl.dot(p.to(v.dtype), v).to(tl.float32)
@@ -110,19 +109,15 @@ def _gdpa_bwd_dkdv(Q, K, V, DO, DK, DV_OUT, offsets, scale, window, H, D, DV, KE
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     key_ok = offs_n < KEYS
-    k = tl.load(K + (b * KEYS + offs_n)[:, None] * stride_k + h * D + offs_d[None, :],
-                mask=key_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-    v = tl.load(V + (b * KEYS + offs_n)[:, None] * stride_v + h * DV + offs_dv[None, :],
-                mask=key_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
+    k = load_rows(K, b * KEYS, offs_n, key_ok, stride_k, h * D, offs_d, D)
+    v = load_rows(V, b * KEYS, offs_n, key_ok, stride_v, h * DV, offs_dv, DV)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for start_m in range(0, q_len, BLOCK_M):  # an empty example runs no iteration and stores zeros
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < q_len
-        q = tl.load(Q + (q_begin + offs_m)[:, None] * stride_q + h * D + offs_d[None, :],
-                    mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-        do = tl.load(DO + (q_begin + offs_m)[:, None] * stride_do + h * DV + offs_dv[None, :],
-                     mask=row_ok[:, None] & (offs_dv < DV)[None, :], other=0.0).to(tl.float32) * scale
+        q = load_rows(Q, q_begin, offs_m, row_ok, stride_q, h * D, offs_d, D)
+        do = load_rows(DO, q_begin, offs_m, row_ok, stride_do, h * DV, offs_dv, DV).to(tl.float32) * scale
         s = tl.dot(q, tl.trans(k)).to(tl.float32)
         valid = _valid(offs_m, offs_n, q_len, KEYS, window, HAS_WINDOW)
         p = tl.where(valid, _act(s, ACT), 0.0)
@@ -152,28 +147,20 @@ def _gdpa_bwd_dq(Q, K, V, DO, DQ, offsets, scale, window, H, D, DV, KEYS, stride
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < q_len
-    q = tl.load(Q + (q_begin + offs_m)[:, None] * stride_q + h * D + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-    do = tl.load(DO + (q_begin + offs_m)[:, None] * stride_do + h * DV + offs_dv[None, :],
-                 mask=row_ok[:, None] & (offs_dv < DV)[None, :], other=0.0).to(tl.float32) * scale
+    q = load_rows(Q, q_begin, offs_m, row_ok, stride_q, h * D, offs_d, D)
+    do = load_rows(DO, q_begin, offs_m, row_ok, stride_do, h * DV, offs_dv, DV).to(tl.float32) * scale
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, KEYS, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < KEYS
-        k = tl.load(K + (b * KEYS + offs_n)[:, None] * stride_k + h * D + offs_d[None, :],
-                    mask=key_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-        v = tl.load(V + (b * KEYS + offs_n)[:, None] * stride_v + h * DV + offs_dv[None, :],
-                    mask=key_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
+        k = load_rows(K, b * KEYS, offs_n, key_ok, stride_k, h * D, offs_d, D)
+        v = load_rows(V, b * KEYS, offs_n, key_ok, stride_v, h * DV, offs_dv, DV)
         s = tl.dot(q, tl.trans(k)).to(tl.float32)
         valid = _valid(offs_m, offs_n, q_len, KEYS, window, HAS_WINDOW)
         ds = tl.where(valid, tl.dot(do, tl.trans(v.to(tl.float32))) * _act_grad(s, ACT), 0.0)
         dq += tl.dot(ds, k.to(tl.float32))
     tl.store(DQ + (q_begin + offs_m)[:, None] * stride_q + h * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d < D)[None, :])
-
-
-def _block(size: int) -> int:
-    return max(16, triton.next_power_of_2(size))
 
 
 class _TritonGDPA(torch.autograd.Function):
@@ -197,7 +184,7 @@ class _TritonGDPA(torch.autograd.Function):
                 q, k, v, out, offsets, scale, window or 0, heads, dim, v.shape[3], keys,
                 q.stride(0), k.stride(1), v.stride(1), out.stride(0),
                 ACT=_ACTIVATIONS[activation], HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                BLOCK_D=_block(dim), BLOCK_DV=_block(v.shape[3]))
+                BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[3]))
         ctx.save_for_backward(q, k, v, offsets)
         ctx.args = (max_len, activation, scale, window)
         return out
@@ -210,7 +197,7 @@ class _TritonGDPA(torch.autograd.Function):
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         batch, keys, heads, dim = k.shape
         common = dict(ACT=_ACTIVATIONS[activation], HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M,
-                      BLOCK_N=BLOCK_N, BLOCK_D=_block(dim), BLOCK_DV=_block(v.shape[3]))
+                      BLOCK_N=BLOCK_N, BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[3]))
         strides = (q.stride(0), k.stride(1), v.stride(1), grad_out.stride(0))
         if batch:
             _gdpa_bwd_dkdv[(triton.cdiv(keys, BLOCK_N), batch * heads)](

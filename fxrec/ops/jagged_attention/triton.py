@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from fxrec.ops._jagged import JaggedPlan
+from fxrec.ops._triton import block_size, load_rows
 
 BLOCK_M = 16
 BLOCK_N = 16
@@ -69,8 +70,7 @@ def _attn_fwd(Q, K, V, OUT, LSE, q_offsets, k_offsets, scale, out_scale, window,
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < q_len
-    q = tl.load(Q + (q_begin + offs_m)[:, None] * stride_q + h * D + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+    q = load_rows(Q, q_begin, offs_m, row_ok, stride_q, h * D, offs_d, D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -80,8 +80,7 @@ def _attn_fwd(Q, K, V, OUT, LSE, q_offsets, k_offsets, scale, out_scale, window,
         key_ok = offs_n < k_len
         k = tl.load(K + (k_begin + offs_n)[None, :] * stride_k + h * D + offs_d[:, None],
                     mask=key_ok[None, :] & (offs_d < D)[:, None], other=0.0)
-        v = tl.load(V + (k_begin + offs_n)[:, None] * stride_v + h * DV + offs_dv[None, :],
-                    mask=key_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
+        v = load_rows(V, k_begin, offs_n, key_ok, stride_v, h * DV, offs_dv, DV)
         s = tl.dot(q, k).to(tl.float32) * scale
         s = tl.where(_mask(offs_m, offs_n, k_len, window, CAUSAL, HAS_WINDOW), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -119,10 +118,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_OUT, q_offsets, k_offsets, sc
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     key_ok = offs_n < k_len
-    k = tl.load(K + (k_begin + offs_n)[:, None] * stride_k + h * D + offs_d[None, :],
-                mask=key_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-    v = tl.load(V + (k_begin + offs_n)[:, None] * stride_v + h * DV + offs_dv[None, :],
-                mask=key_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
+    k = load_rows(K, k_begin, offs_n, key_ok, stride_k, h * D, offs_d, D)
+    v = load_rows(V, k_begin, offs_n, key_ok, stride_v, h * DV, offs_dv, DV)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     lo = 0
@@ -135,10 +132,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV_OUT, q_offsets, k_offsets, sc
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < q_len
-        q = tl.load(Q + (q_begin + offs_m)[:, None] * stride_q + h * D + offs_d[None, :],
-                    mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-        do = tl.load(DO + (q_begin + offs_m)[:, None] * stride_do + h * DV + offs_dv[None, :],
-                     mask=row_ok[:, None] & (offs_dv < DV)[None, :], other=0.0).to(tl.float32) * out_scale
+        q = load_rows(Q, q_begin, offs_m, row_ok, stride_q, h * D, offs_d, D)
+        do = load_rows(DO, q_begin, offs_m, row_ok, stride_do, h * DV, offs_dv, DV).to(tl.float32) * out_scale
         lse = tl.load(LSE + (q_begin + offs_m) * H + h, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + (q_begin + offs_m) * H + h, mask=row_ok, other=0.0)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
@@ -174,10 +169,8 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, q_offsets, k_offsets, scale, out_s
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < q_len
-    q = tl.load(Q + (q_begin + offs_m)[:, None] * stride_q + h * D + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-    do = tl.load(DO + (q_begin + offs_m)[:, None] * stride_do + h * DV + offs_dv[None, :],
-                 mask=row_ok[:, None] & (offs_dv < DV)[None, :], other=0.0).to(tl.float32) * out_scale
+    q = load_rows(Q, q_begin, offs_m, row_ok, stride_q, h * D, offs_d, D)
+    do = load_rows(DO, q_begin, offs_m, row_ok, stride_do, h * DV, offs_dv, DV).to(tl.float32) * out_scale
     lse = tl.load(LSE + (q_begin + offs_m) * H + h, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + (q_begin + offs_m) * H + h, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -185,10 +178,8 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, q_offsets, k_offsets, scale, out_s
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < k_len
-        k = tl.load(K + (k_begin + offs_n)[:, None] * stride_k + h * D + offs_d[None, :],
-                    mask=key_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-        v = tl.load(V + (k_begin + offs_n)[:, None] * stride_v + h * DV + offs_dv[None, :],
-                    mask=key_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
+        k = load_rows(K, k_begin, offs_n, key_ok, stride_k, h * D, offs_d, D)
+        v = load_rows(V, k_begin, offs_n, key_ok, stride_v, h * DV, offs_dv, DV)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
         valid = _mask(offs_m, offs_n, k_len, window, CAUSAL, HAS_WINDOW)
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
@@ -197,10 +188,6 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, q_offsets, k_offsets, scale, out_s
         dq += tl.dot(ds, k.to(tl.float32)) * scale
     tl.store(DQ + (q_begin + offs_m)[:, None] * stride_q + h * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d < D)[None, :])
-
-
-def _block(size: int) -> int:
-    return max(16, triton.next_power_of_2(size))
 
 
 class _TritonJaggedAttention(torch.autograd.Function):
@@ -229,7 +216,7 @@ class _TritonJaggedAttention(torch.autograd.Function):
             _attn_fwd[grid](q, k, v, out, lse, q_offsets, k_offsets, scale, out_scale, window or 0, heads, dim,
                             v.shape[2], q.stride(0), k.stride(0), v.stride(0), out.stride(0),
                             CAUSAL=causal, HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                            BLOCK_D=_block(dim), BLOCK_DV=_block(v.shape[2]))
+                            BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[2]))
         ctx.save_for_backward(q, k, v, out, lse, q_offsets, k_offsets)
         ctx.args = (max_q_len, max_k_len, causal, scale, out_scale, window)
         return out
@@ -244,7 +231,7 @@ class _TritonJaggedAttention(torch.autograd.Function):
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         heads, dim, batch = q.shape[1], q.shape[2], q_offsets.numel() - 1
         common = dict(CAUSAL=causal, HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                      BLOCK_D=_block(dim), BLOCK_DV=_block(v.shape[2]))
+                      BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[2]))
         strides = (q.stride(0), k.stride(0), v.stride(0), grad_out.stride(0))
         if q.shape[0] and k.shape[0] and batch:
             _attn_bwd_dkdv[(triton.cdiv(max(max_k_len, 1), BLOCK_N), batch * heads)](
