@@ -14,6 +14,8 @@ train_app = typer.Typer(help="Train the foundation model or the expert models of
 app.add_typer(data_app, name="data")
 data_app.add_typer(import_app, name="import")
 app.add_typer(train_app, name="train")
+experiment_app = typer.Typer(help="Experiments over a run: transfer channels x VMs x seeds.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 console = Console()
 
 ConfigOption = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="run config (YAML)")
@@ -143,6 +145,45 @@ def evaluate(config: Path = ConfigOption, run: Path = RunOption, events: Path | 
 
     run_config, log = _load(config, run, events)
     evaluate_and_report(run_config, run, log)
+
+
+@app.command("publish")
+def publish_fm(
+    config: Path | None = typer.Option(None, "--config", "-c", help="run config (default: the run's config.yaml)"),
+    run: Path = RunOption,
+    delay: list[int] = typer.Option([], "--delay", help="extra days of FM staleness (repeatable; default: the config's publish.delays)"),
+    fresh: bool = FreshOption,
+) -> None:
+    """Run the FM's snapshots over the log as online: logits, user embeddings, LoopFM codes, TAEs."""
+    from fxrec.transfer.publish import publish
+
+    run_config = _config(config or run / "config.yaml")
+    try:
+        for days in delay or run_config.publish.delays:
+            out = publish(run, run_config, delay=days, fresh=fresh)
+            console.print(f"published {run_config.fm.name} (delay {days}) -> {out}")
+    except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+
+
+@experiment_app.command("transfer")
+def experiment_transfer(
+    config: Path = typer.Option(Path("configs/transfer.yaml"), "--config", "-c", help="run config with an `experiment:` section"),
+    run: Path | None = typer.Option(None, "--run", "-r", help="run directory (default: runs/<config name>)"),
+    fresh: bool = FreshOption,
+) -> None:
+    """Every VM x channel set x seed: NE, AUC, transfer ratio, paired test vs KD; into the report."""
+    from fxrec.pipeline import evaluate_and_report, prepare_events
+    from fxrec.transfer.experiment import run_transfer_experiment
+
+    run_config = _config(config)
+    run = run or Path("runs") / run_config.name
+    log = prepare_events(run_config, run, fresh=fresh)
+    try:
+        result = run_transfer_experiment(run_config, run, log, fresh=fresh)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+    evaluate_and_report(run_config, run, log, result)
 
 
 @app.command("demo")

@@ -26,7 +26,17 @@ class ModelConfig(BaseModel):
     dense_layers: list[int] = [64]
     interaction: dict[str, Any] = {"name": "dcnv2", "num_layers": 2, "low_rank": 32}
     heads: dict[str, Any] = {"kind": "shared_bottom", "hidden": [128, 64]}
-    channels: list[str] = []
+    # FM only: a SUM user tower over user-side features (its output is the published user embedding)
+    # and a target-aware attention of the candidate over the user's history (the published TAE).
+    user_tower: dict[str, Any] | None = None
+    target_attention: dict[str, Any] | None = None
+    # VM only: transfer channels, by name or as {name: ..., **constructor arguments}; see fxrec.transfer.
+    channels: list[str | dict[str, Any]] = []
+    fm: str = "fm"  # the FM whose published outputs the channels read (runs/<name>/publish/<fm>)
+    fm_delay: int = Field(default=0, ge=0)  # read the FM published with this many extra days of staleness
+
+    def channel_specs(self) -> list[dict[str, Any]]:
+        return [{"name": c} if isinstance(c, str) else dict(c) for c in self.channels]
 
 
 class TrainConfig(BaseModel):
@@ -47,6 +57,29 @@ class TrainConfig(BaseModel):
     max_steps: int | None = None  # stop (resumably) after this many steps; for crash tests
 
 
+class PublishConfig(BaseModel):
+    """What `fxrec publish` writes from the FM's snapshots (see fxrec.transfer.publish)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delays: list[int] = [0]  # extra days of FM staleness to publish for (0: the snapshot of the day before)
+    loopfm_layers: list[str] = ["top"]  # "top" (the interaction output) or FM submodule names to hook
+    code_dim: int = Field(default=16, ge=1)  # LoopFM code width (int4 each)
+    autoencoder_epochs: int = Field(default=2, ge=1)
+    store: bool = True  # also write the latest user embeddings into the LMDB embedding store
+
+
+class ExperimentConfig(BaseModel):
+    """`fxrec experiment transfer`: every VM x channel set x seed, on the same evaluation events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel_sets: dict[str, list[str | dict[str, Any]]]  # {set name: the VM's `channels`}; include "none" and "kd"
+    seeds: list[int] = [0, 1, 2]
+    delays: list[int] = [0]  # FM staleness in extra days; sets in `delay_sets` also run at each delay > 0
+    delay_sets: list[str] = []
+
+
 class RunConfig(BaseModel):
     """What `fxrec demo` runs: a log (simulated or imported), one FM and a list of VMs."""
 
@@ -60,6 +93,8 @@ class RunConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     vm_per_surface: bool = False  # add one VM per surface, built from `vm_template`
     vm_template: ModelConfig | None = None
+    publish: PublishConfig = PublishConfig()
+    experiment: ExperimentConfig | None = None
 
     def expand_vms(self, surfaces: list[str]) -> list[ModelConfig]:
         vms = list(self.vms)

@@ -22,10 +22,13 @@ from rich.table import Table
 from fxrec.config import ModelConfig, RunConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.simulator import simulate_to
-from fxrec.models.ranking import build_model
+from fxrec.models.ranking import build_model, save_model_card
 from fxrec.report.evaluate import ModelEntry, evaluate_run
 from fxrec.report.render import write_report
 from fxrec.train.trainer import Trainer
+from fxrec.transfer.experiment import print_experiment, run_transfer_experiment
+from fxrec.transfer.publish import publish_dir
+from fxrec.transfer.published import PublishedFM
 
 console = Console(width=160)
 
@@ -46,23 +49,34 @@ def prepare_events(config: RunConfig, run: Path, fresh: bool = False) -> EventLo
     return EventLog(path)
 
 
-def train_model(model_config: ModelConfig, config: RunConfig, run: Path, log: EventLog, fresh: bool = False) -> Path:
+def train_model(
+    model_config: ModelConfig, config: RunConfig, run: Path, log: EventLog, fresh: bool = False, quiet: bool = False
+) -> Path:
     model_dir = run / "models" / model_config.name
     if fresh and model_dir.exists():
         shutil.rmtree(model_dir)
     if (model_dir / "model.pt").exists():
-        console.print(f"{model_config.name}: already trained ({model_dir}); skipping")
+        if not quiet:
+            console.print(f"{model_config.name}: already trained ({model_dir}); skipping")
         return model_dir
     unknown = set(model_config.surfaces or []) - set(log.spec.surfaces)
     if unknown:
         raise ValueError(f"model {model_config.name!r} names surfaces {sorted(unknown)} not in the log's {log.spec.surfaces}")
-    model = build_model(model_config, log.spec, embedding_lr=config.train.embedding_lr)
+    published = None
+    if model_config.channels:
+        published = PublishedFM(publish_dir(run, model_config.fm, model_config.fm_delay))
+    fm_dims = published.dims if published is not None else {}
+    model = build_model(model_config, log.spec, embedding_lr=config.train.embedding_lr, fm_dims=fm_dims)
+    save_model_card(model_dir, model_config, log, config.train.embedding_lr, fm_dims)
     parameters = sum(p.numel() for p in model.parameters())
-    console.print(
-        f"[bold]{model_config.name}[/] ({model_config.role}, {model_config.interaction.get('name')}, "
-        f"{len(model.features)} features, {parameters:,} parameters, surfaces: {model_config.surfaces or 'all'})"
-    )
-    Trainer(model, config.train, model_dir).fit(log, surfaces=model_config.surfaces)
+    if not quiet:
+        channels = ", ".join(c.name for c in model.channels) or "none"
+        console.print(
+            f"[bold]{model_config.name}[/] ({model_config.role}, {model_config.interaction.get('name')}, "
+            f"{len(model.features)} features, {parameters:,} parameters, surfaces: {model_config.surfaces or 'all'}, "
+            f"channels: {channels})"
+        )
+    Trainer(model, config.train, model_dir, progress=not quiet, published=published).fit(log, surfaces=model_config.surfaces)
     return model_dir
 
 
@@ -75,10 +89,14 @@ def entries(config: RunConfig, run: Path, log: EventLog) -> list[ModelEntry]:
     ]
 
 
-def evaluate_and_report(config: RunConfig, run: Path, log: EventLog) -> dict:
+def evaluate_and_report(config: RunConfig, run: Path, log: EventLog, transfer: dict | None = None) -> dict:
     content = evaluate_run(log, entries(config, run, log), config.train.report_days)
+    if transfer is not None:
+        content["transfer"] = transfer
     json_path, html_path = write_report(content, run, title=config.name)
     print_summary(content)
+    if transfer is not None:
+        print_experiment(transfer)
     console.print(f"report: {json_path} and {html_path}")
     return content
 
@@ -103,4 +121,5 @@ def run_demo(config: RunConfig, run: Path, fresh: bool = False) -> dict:
     train_model(config.fm, config, run, log, fresh=fresh)
     for vm in config.expand_vms(log.spec.surfaces):
         train_model(vm, config, run, log, fresh=fresh)
-    return evaluate_and_report(config, run, log)
+    transfer = run_transfer_experiment(config, run, log, fresh=fresh) if config.experiment is not None else None
+    return evaluate_and_report(config, run, log, transfer)

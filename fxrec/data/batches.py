@@ -118,6 +118,7 @@ class EventFrame:
     ):
         self.spec = spec
         self.num_rows = table.num_rows
+        self.day: str | None = None  # the log day these events belong to (set by iter_frames)
         sparse = [f for f in features if f.kind in (FeatureKind.sparse, FeatureKind.multi)]
         dense = [f for f in features if f.kind is FeatureKind.dense]
         sequences = [f for f in features if f.kind is FeatureKind.sequence]
@@ -157,6 +158,10 @@ class EventFrame:
             for f in sequences:
                 self._sequences.append(torch.from_numpy(hash_rows(history[f.source][1], _cardinality(spec, f))))
 
+        # Per-event inputs that transfer channels join on (FM logits, user embeddings, ...): row-aligned
+        # tensors in `extras`, jagged ones (e.g. LoopFM sequences) as (offsets (N+1,), values) pairs.
+        self.extras: dict[str, torch.Tensor] = {}
+        self.jagged_extras: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.labels = {t: torch.from_numpy(table.column(t).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)) for t in spec.tasks}
         self.meta = {c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64)) for c in META_COLUMNS}
         surface_index = {s: i for i, s in enumerate(spec.surfaces)}
@@ -215,6 +220,11 @@ class EventFrame:
                 lengths=row_lengths.to(torch.int32).repeat(len(self._sequences)),
             )
             ages = self._sequence_ages[selector]
+        extras = {k: pick(v) for k, v in self.extras.items()}
+        for name, (offsets, flat) in self.jagged_extras.items():
+            row_lengths, selector = jagged(offsets)
+            extras[name] = flat[selector]
+            extras[f"{name}_offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(row_lengths, 0)])
         return Batch(
             dense=pick(self._dense),
             sparse=sparse,
@@ -222,6 +232,7 @@ class EventFrame:
             sequence_ages=ages,
             labels={k: pick(v) for k, v in self.labels.items()},
             meta={k: pick(v) for k, v in self.meta.items()},
+            extras=extras,
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:

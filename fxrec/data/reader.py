@@ -55,7 +55,9 @@ def iter_frames(
                 history = {k: _take_jagged(o, v, rows) for k, (o, v) in history.items()}
         if table.num_rows == 0:
             continue
-        yield day, EventFrame(table, spec, features, history)
+        frame = EventFrame(table, spec, features, history)
+        frame.day = day
+        yield day, frame
 
 
 def _model_columns(spec, features: list[FeatureSpec]) -> list[str]:

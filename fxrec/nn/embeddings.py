@@ -148,6 +148,10 @@ class SparseArch(nn.Module):
             min_count=min_count,
         )
         self.num_tokens = len(self.sparse_keys) + (0 if jagged_sequences else len(self.sequence_keys))
+        # Which feature each output token is: pooled tokens come in table order (TorchRec's output
+        # order), jagged ones in feature order.
+        pooled_order = [f for _, names in _tables(spec, features).values() for f in names]
+        self.token_names = list(self.sparse_keys) if jagged_sequences else pooled_order
         self.fused = fused and not jagged_sequences
         if jagged_sequences:
             configs = [EmbeddingConfig(name=t, embedding_dim=dim, num_embeddings=c, feature_names=f) for t, (c, f) in tables.items()]

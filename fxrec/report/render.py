@@ -54,6 +54,27 @@ def fm_vs_vm_plot(comparisons: list[dict]) -> str:
     return _png(figure)
 
 
+def transfer_ratio_plot(rows: list[dict]) -> str:
+    """Bars: transfer ratio per channel set (delay 0), one group per VM, error bars over seeds."""
+    rows = [r for r in rows if r["delay"] == 0 and r["channel_set"] != "none" and r["transfer_ratio"] is not None]
+    sets = list(dict.fromkeys(r["channel_set"] for r in rows))
+    vms = list(dict.fromkeys(r["vm"] for r in rows))
+    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(sets) * max(1, len(vms)) / 1.5), 3.8))
+    width = 0.8 / max(1, len(vms))
+    for j, vm in enumerate(vms):
+        by_set = {r["channel_set"]: r for r in rows if r["vm"] == vm}
+        xs = [i + (j - (len(vms) - 1) / 2) * width for i in range(len(sets))]
+        values = [by_set[s]["transfer_ratio"] if s in by_set else 0.0 for s in sets]
+        errors = [by_set[s]["transfer_ratio_std"] or 0.0 if s in by_set else 0.0 for s in sets]
+        axis.bar(xs, values, width=width, yerr=errors, capsize=2, label=vm)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(range(len(sets)), sets, rotation=30, ha="right")
+    axis.set_ylabel("transfer ratio")
+    axis.set_title("Share of the FM's NE gain each channel set captures")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
 def _clean(value):
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -74,6 +95,8 @@ def write_report(content: dict, run_dir: Path, title: str) -> tuple[Path, Path]:
     plots = {"ne_per_day": ne_per_day_plot(content["daily"])}
     if content["comparisons"]:
         plots["fm_vs_vm"] = fm_vs_vm_plot(content["comparisons"])
+    if content.get("transfer"):
+        plots["transfer_ratio"] = transfer_ratio_plot(content["transfer"]["rows"])
     html = environment.get_template("report.html.j2").render(title=title, report=content, plots=plots)
     html_path = run_dir / "report.html"
     html_path.write_text(html)

@@ -30,6 +30,7 @@ from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.models.ranking import RankingModel
 from fxrec.train.checkpoint import load, model_state, save_atomic
+from fxrec.transfer.published import PublishedFM
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -62,16 +63,29 @@ class RunningNE:
 class Trainer:
     """Trains one RankingModel progressively over an event log and writes its predictions."""
 
-    def __init__(self, model: RankingModel, config: TrainConfig, model_dir: Path, progress: bool = True):
+    def __init__(
+        self,
+        model: RankingModel,
+        config: TrainConfig,
+        model_dir: Path,
+        progress: bool = True,
+        published: PublishedFM | None = None,
+    ):
+        if len(model.channels) and published is None:
+            names = [c.name for c in model.channels]
+            raise ValueError(f"model {Path(model_dir).name!r} uses transfer channels {names}: it needs the FM's published outputs")
         self.model = model
+        self.published = published
         self.config = config
         self.model_dir = Path(model_dir)
         self.progress = progress
         self.task_weights = {t: config.task_weights.get(t, 1.0) for t in model.tasks}
         fused = model.fused_optimizer()
         embedding_params = [] if fused is not None else list(model.sparse_arch.parameters())
-        embedding_ids = {id(p) for p in model.sparse_arch.parameters()}
-        dense_params = [p for p in model.parameters() if id(p) not in embedding_ids]
+        # Embedding rows have their own optimizer; so do channel parts with their own update rule.
+        separate = {id(p) for p in model.sparse_arch.parameters()}
+        separate |= {id(p) for channel in model.channels for p in channel.own_parameters()}
+        dense_params = [p for p in model.parameters() if id(p) not in separate]
         # fused: one kernel for the whole update (~5x faster than the per-tensor loop on CPU); it
         # differs from the loop only in float rounding (~1e-8) and is deterministic, so resume is exact.
         self.dense_optimizer = torch.optim.Adam(
@@ -90,10 +104,16 @@ class Trainer:
             task_loss = F.binary_cross_entropy_with_logits(output.logits[task], batch.labels[task])
             task_loss = task_loss if weight == 1.0 else weight * task_loss  # x * 1.0 == x: skip the op
             total = task_loss if total is None else total + task_loss
+        for channel in self.model.channels:
+            extra = channel.loss(output, batch)
+            if extra is not None:
+                total = extra if total is None else total + extra
         return (total if total is not None else torch.zeros(())), output.logits
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.model.train()
+        for channel in self.model.channels:
+            channel.before_step(batch)  # ExFM's student adapter learns from the fresh labels first
         self.dense_optimizer.zero_grad(set_to_none=True)
         self.embedding_optimizer.zero_grad(set_to_none=True)  # a no-op for the fused optimizer
         loss, logits = self.loss(batch)
@@ -126,6 +146,7 @@ class Trainer:
                 "step": self.step,
                 "trained_through": self.trained_through or "",
                 "rng": torch.get_rng_state(),
+                "channel_optimizers": [c.optimizer_state() for c in self.model.channels],
             },
             self.model_dir / CHECKPOINT,
         )
@@ -141,6 +162,8 @@ class Trainer:
         self.step = int(state["step"])
         self.trained_through = state["trained_through"] or None
         torch.set_rng_state(state["rng"])
+        for channel, optimizer_state in zip(self.model.channels, state.get("channel_optimizers", []), strict=False):
+            channel.load_optimizer_state(optimizer_state)
         return state["day"], int(state["batches_done"]), bool(state["day_finished"])
 
     # -- the progressive loop ---------------------------------------------------------------
@@ -174,11 +197,17 @@ class Trainer:
                         bar.advance(task)
                         continue
                     skip = resume[1]
+                if self.published is not None:
+                    for channel in self.model.channels:
+                        channel.attach(frame, self.published)
                 if index > 0 and not (predictions_dir / f"day={day}.parquet").exists():
                     self._write_predictions(frame, day, predictions_dir)
                 if day != log.days[-1]:
                     if self.step == 0 and skip == 0:
-                        self.model.heads.init_bias({t: float(frame.labels[t].mean()) for t in self.model.tasks})
+                        base_rates = {t: float(frame.labels[t].mean()) for t in self.model.tasks}
+                        self.model.heads.init_bias(base_rates)
+                        for channel in self.model.channels:
+                            channel.init_bias(base_rates)
                     for batches_done, batch in enumerate(self._batches(frame, index), start=1):
                         if batches_done <= skip:
                             continue

@@ -1,0 +1,88 @@
+"""The contract every transfer channel keeps: what a VM takes from the FM, and how.
+
+A channel has three sides, each optional:
+
+- data:   `attach(frame, published)` joins what the FM published for the frame's events (logits,
+          user embeddings, LoopFM sequences, TAEs) onto the frame as `extras`, as of each event's ts;
+- inputs: `tokens(batch, tokens) -> (B, k, d)` adds k tokens to the VM's interaction input;
+- loss:   `loss(output, batch) -> scalar` adds a term to the VM's training loss.
+
+Channels are nn.Modules owned by the VM's RankingModel, so their parameters train and checkpoint
+with it. A channel whose parameters follow their own update rule (ExFM's student adapter) returns
+them from `own_parameters()` and steps them in `before_step(batch)`, ahead of the VM update.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fxrec.data.batches import Batch, EventFrame
+
+if TYPE_CHECKING:
+    from fxrec.models.ranking import ModelOutput
+    from fxrec.transfer.published import PublishedFM
+
+
+class TransferChannel(nn.Module):
+    """Base class. Subclasses set `name`, `num_tokens` and override what they use."""
+
+    name: str = ""
+    num_tokens: int = 0
+
+    def __init__(self, dim: int, tasks: list[str]):
+        super().__init__()
+        self.dim = dim
+        self.tasks = list(tasks)
+
+    def build(self, top_features: int) -> None:
+        """Called once the VM's interaction is built: `top_features` is the width of its output."""
+
+    def init_bias(self, base_rates: dict[str, float]) -> None:
+        """Start any heads of the channel's own at the tasks' base rates (as the VM's heads)."""
+
+    def attach(self, frame: EventFrame, published: PublishedFM) -> None:
+        """Join this channel's FM outputs onto the frame's events (as `frame.extras`)."""
+
+    def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, num_tokens, d) extra interaction inputs; `tokens` (B, n, d) are the VM's own."""
+        raise NotImplementedError
+
+    def loss(self, output: ModelOutput, batch: Batch) -> torch.Tensor | None:
+        return None
+
+    def own_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def before_step(self, batch: Batch) -> None:
+        """Runs before each VM training step (ExFM's student adapter updates here)."""
+
+    def optimizer_state(self) -> dict:
+        return {}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        pass
+
+
+def soft_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of logits against soft targets over the rows where mask is 1 (0 if none)."""
+    per_row = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (per_row * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def fm_targets(batch: Batch, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FM logits (B,), found mask (B,)) for a task, as joined by `attach_logits`."""
+    return batch.extras[f"fm_logit_{task}"], batch.extras["fm_found"]
+
+
+def attach_logits(frame: EventFrame, published: PublishedFM, tasks: list[str]) -> None:
+    """FM logits per event (from the snapshot the publish step used for that event's day)."""
+    if "fm_found" in frame.extras:
+        return
+    view = published.view(frame)
+    for task in tasks:
+        frame.extras[f"fm_logit_{task}"] = view.column(f"logit_{task}")
+    frame.extras["fm_found"] = view.found.float()

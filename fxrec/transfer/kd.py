@@ -1,0 +1,33 @@
+"""KD: one head trained on true labels plus the FM's soft labels -- the baseline every paper compares to.
+
+    L = BCE(y_vm, y) + weight * BCE(y_vm, sigmoid(y_fm))
+
+The FM's bias reaches the serving head directly here; ExFM's auxiliary head exists to avoid that.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fxrec.data.batches import Batch, EventFrame
+from fxrec.transfer.base import TransferChannel, attach_logits, fm_targets, soft_bce
+
+
+class KnowledgeDistillation(TransferChannel):
+    name = "kd"
+
+    def __init__(self, dim: int, tasks: list[str], weight: float = 1.0, temperature: float = 1.0):
+        super().__init__(dim, tasks)
+        self.weight = weight
+        self.temperature = temperature
+
+    def attach(self, frame: EventFrame, published) -> None:
+        attach_logits(frame, published, self.tasks)
+
+    def loss(self, output, batch: Batch) -> torch.Tensor:
+        total = torch.zeros(())
+        for task in self.tasks:
+            fm_logits, found = fm_targets(batch, task)
+            target = torch.sigmoid(fm_logits / self.temperature)
+            total = total + soft_bce(output.logits[task] / self.temperature, target, found)
+        return self.weight * total

@@ -1,0 +1,64 @@
+"""SUM (Scaling User Modeling): a user tower inside the FM; experts consume its user embedding.
+
+FM side, `UserTower`: user-side tokens only (user id, demographics, segments, pooled history) and the
+user's dense features -> one user embedding u (B, d_u). The FM's light mix tower is its usual
+interaction over [item/context tokens, proj(u)], so u must carry what the FM's tasks need about the
+user. `fxrec publish` writes u per event and into the embedding store, tagged with the FM version.
+
+VM side, `SUMChannel`: the user's embedding as of the event (written by an earlier request, never
+the current one), averaged over the last k stored FM versions (stabilization: a new FM version
+moves the embedding distribution; the mean of the last k damps the jump) -> LayerNorm -> Linear ->
+one token. A user with no stored embedding gets a learned "missing" token instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fxrec.data.batches import Batch, EventFrame
+from fxrec.nn.mlp import MLP
+from fxrec.transfer.base import TransferChannel
+
+
+class UserTower(nn.Module):
+    """(B, n_u, d) user tokens + (B, D_u) user dense -> (B, dim) user embedding.
+
+    Example::
+
+        tower = UserTower(num_tokens=5, token_dim=16, num_dense=1, dim=32)
+        tower(torch.randn(8, 5, 16), torch.randn(8, 1)).shape  # (8, 32)
+    """
+
+    def __init__(self, num_tokens: int, token_dim: int, num_dense: int, dim: int = 32, hidden: list[int] | None = None):
+        super().__init__()
+        self.dim = dim
+        self.body = MLP(num_tokens * token_dim + num_dense, list(hidden or [128]))
+        self.out = nn.Linear(self.body.out_features, dim)
+
+    def forward(self, tokens: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        dense = torch.sign(dense) * torch.log1p(dense.abs())
+        return self.out(self.body(torch.cat([tokens.flatten(1), dense], dim=1)))
+
+
+class SUMChannel(TransferChannel):
+    name = "sum"
+    num_tokens = 1
+
+    def __init__(self, dim: int, tasks: list[str], input_dim: int, stabilize_k: int = 1):
+        super().__init__(dim, tasks)
+        self.stabilize_k = stabilize_k
+        self.norm = nn.LayerNorm(input_dim)
+        self.project = nn.Linear(input_dim, dim)
+        self.missing = nn.Parameter(torch.zeros(dim))
+
+    def attach(self, frame: EventFrame, published) -> None:
+        view = published.view(frame)
+        vectors, found, _ = view.user_embeddings(self.stabilize_k)
+        frame.extras["sum_user"] = vectors
+        frame.extras["sum_user_found"] = found.float()
+
+    def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
+        found = batch.extras["sum_user_found"].unsqueeze(1)
+        token = self.project(self.norm(batch.extras["sum_user"]))
+        return (found * token + (1 - found) * self.missing).unsqueeze(1)

@@ -1,0 +1,74 @@
+"""Target-aware embeddings (Foundation-Expert): the FM's candidate attends to the user's history.
+
+FM side, `TargetAttention`: the candidate's tokens (by default its item id) form one query that attends
+over the user's jagged history -- the target-aware mask: the candidate sees every past event, the
+history never sees the candidate. Its output (B, d) is both a token of the FM's interaction and the
+published TAE for that (user, candidate) event: what the user's whole history says about this item.
+
+VM side, `TAEChannel`: the published TAE (from the FM snapshot trained before the event's day) ->
+LayerNorm -> Linear -> one token; a learned "missing" token where there is none. At serving time the
+TAE of a pair comes from the SOLARIS precompute cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fxrec.data.batches import Batch, EventFrame
+from fxrec.interactions.base import SequenceTokens
+from fxrec.ops import jagged_dense_attention
+from fxrec.transfer.base import TransferChannel
+
+
+class TargetAttention(nn.Module):
+    """query (B, d) from the candidate, history SequenceTokens -> (B, d).
+
+    Example::
+
+        attention = TargetAttention(16)
+        history = SequenceTokens(torch.randn(5, 16), torch.tensor([0, 2, 5]), None, max_len=20)
+        attention(torch.randn(2, 16), history).shape  # (2, 16)
+    """
+
+    def __init__(self, dim: int, heads: int = 2):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"target attention: dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(2 * dim, dim)
+
+    def forward(self, candidate: torch.Tensor, history: SequenceTokens) -> torch.Tensor:
+        batch, dim = candidate.shape
+        head_dim = dim // self.heads
+        q = self.query(candidate).view(batch, 1, self.heads, head_dim)
+        k = self.key(history.values).view(-1, self.heads, head_dim)
+        v = self.value(history.values).view(-1, self.heads, head_dim)
+        attended = jagged_dense_attention(q, k, v, history.offsets, history.max_len, scale=1 / math.sqrt(head_dim))
+        return self.out(torch.cat([attended.reshape(batch, dim), candidate], dim=1))
+
+
+class TAEChannel(TransferChannel):
+    name = "tae"
+    num_tokens = 1
+
+    def __init__(self, dim: int, tasks: list[str], input_dim: int):
+        super().__init__(dim, tasks)
+        self.norm = nn.LayerNorm(input_dim)
+        self.project = nn.Linear(input_dim, dim)
+        self.missing = nn.Parameter(torch.zeros(dim))
+
+    def attach(self, frame: EventFrame, published) -> None:
+        view = published.view(frame)
+        frame.extras["tae"] = view.vectors("tae")
+        frame.extras["tae_found"] = view.found.float()
+
+    def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
+        found = batch.extras["tae_found"].unsqueeze(1)
+        token = self.project(self.norm(batch.extras["tae"]))
+        return (found * token + (1 - found) * self.missing).unsqueeze(1)

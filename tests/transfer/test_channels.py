@@ -1,0 +1,114 @@
+"""Channels: each trains a VM end to end; the pieces behave as the papers define them."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from fxrec.transfer.exfm import StudentAdapter, scale_gradient
+from fxrec.transfer.loopfm import MatryoshkaAutoencoder, dequantize_int4, quantize_int4
+from fxrec.transfer.ratio import paired_sign_flip_test, transfer_ratio
+
+CHANNEL_SETS = {
+    "kd": ["kd"],
+    "exfm": [{"name": "exfm", "beta": 3.0, "alpha": 2.0, "adapter": True}],
+    "sum": [{"name": "sum", "stabilize_k": 2}],
+    "loopfm_kd": [{"name": "loopfm", "encoder": "attention", "max_len": 5}, "kd"],
+    "loopfm_mean": [{"name": "loopfm", "encoder": "mean"}],
+    "tae": ["tae"],
+}
+
+
+@pytest.mark.parametrize("name", list(CHANNEL_SETS))
+def test_a_vm_trains_with_each_channel(published_run, transfer_config, small_log, name):
+    from fxrec.pipeline import train_model
+
+    vm = transfer_config.vms[0].model_copy(update={"name": f"vm_{name}", "channels": CHANNEL_SETS[name]})
+    model_dir = train_model(vm, transfer_config, published_run, small_log, quiet=True)
+    predictions = pl.concat([pl.read_parquet(p) for p in sorted((model_dir / "predictions").glob("*.parquet"))])
+    assert predictions.height > 0 and np.isfinite(predictions["pred_click"].to_numpy()).all()
+
+    from fxrec.models.ranking import load_model
+
+    model, config, _ = load_model(model_dir)
+    assert [c.name for c in model.channels] == [c if isinstance(c, str) else c["name"] for c in CHANNEL_SETS[name]]
+
+
+def test_gradient_scaling_is_identity_forward_and_beta_backward():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = scale_gradient(x, 5.0)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 5.0))
+
+
+def test_exfm_label_scaling_clips_at_one(published_run):
+    from fxrec.transfer.exfm import ExFM
+
+    channel = ExFM(8, ["click"], alpha=4.0)
+    channel.build(16)
+    probabilities = torch.tensor([0.1, 0.3, 0.9])
+    target = (channel.alpha * probabilities).clamp(max=1.0)
+    assert torch.allclose(target, torch.tensor([0.4, 1.0, 1.0]))
+
+
+def test_student_adapter_learns_a_stale_fms_shift():
+    """An FM whose logits are off by +1.5 (stale): the adapter, trained on fresh labels, undoes it."""
+    torch.manual_seed(0)
+    true_logits = torch.randn(20_000) - 2
+    labels = torch.bernoulli(torch.sigmoid(true_logits))
+    adapter = StudentAdapter(["click"])
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(adapter("click", true_logits + 1.5), labels)
+        loss.backward()
+        optimizer.step()
+    adapted = torch.sigmoid(adapter("click", true_logits + 1.5)).mean()
+    assert abs(float(adapted) - float(labels.mean())) < 0.01
+    assert float(torch.sigmoid(true_logits + 1.5).mean()) - float(labels.mean()) > 0.1
+
+
+def test_int4_codes_round_trip_within_half_a_step():
+    z = torch.rand(1000, 8) * 2 - 1
+    codes = quantize_int4(z)
+    assert codes.dtype == torch.int8 and codes.min() >= -8 and codes.max() <= 7
+    error = (dequantize_int4(codes) - z).abs()
+    assert float(error[z < 7 / 8].max()) <= 1 / 16 + 1e-6
+
+
+def test_matryoshka_prefixes_reconstruct_better_as_they_grow():
+    torch.manual_seed(0)
+    basis = torch.randn(6, 32)
+    e = torch.randn(4000, 6) @ basis + 0.05 * torch.randn(4000, 32)
+    autoencoder = MatryoshkaAutoencoder(32, code_dim=8, hidden=64, prefixes=[2, 4, 8])
+    autoencoder.fit(e, epochs=30)
+    x = (e - autoencoder.mean) / autoencoder.std
+    with torch.no_grad():
+        z = autoencoder.encode(e)
+        errors = []
+        for prefix in (2, 4, 8):
+            masked = torch.cat([z[:, :prefix], torch.zeros_like(z[:, prefix:])], 1)
+            errors.append(float(((autoencoder.decoder(masked) - x) ** 2).mean()))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.3  # most of the variance survives an 8-wide code
+
+
+def test_transfer_ratio_and_paired_test():
+    assert transfer_ratio(0.90, 0.88, 0.86) == pytest.approx(0.5)
+    assert np.isnan(transfer_ratio(0.85, 0.84, 0.86))  # FM no better: undefined, not a number to brag about
+    rng = np.random.default_rng(0)
+    assert paired_sign_flip_test(rng.normal(0.5, 0.1, 12)) < 0.01
+    assert paired_sign_flip_test(rng.normal(0.0, 0.1, 12)) > 0.05
+
+
+def test_a_channel_without_its_published_output_is_a_clear_error(small_log):
+    from fxrec.config import ModelConfig
+    from fxrec.models.ranking import build_model
+
+    with pytest.raises(ValueError, match="publish"):
+        build_model(ModelConfig(name="vm", role="vm", channels=["sum"]), small_log.spec, fm_dims={"tae": 8})
+    with pytest.raises(ValueError, match="unknown transfer channel"):
+        build_model(ModelConfig(name="vm", role="vm", channels=["telepathy"]), small_log.spec)

@@ -1,0 +1,72 @@
+"""Publishing: FM outputs per event come from a snapshot trained strictly before the event's day."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from fxrec.transfer.publish import publish_dir
+
+
+def _published(run, delay: int = 0) -> pl.DataFrame:
+    directory = publish_dir(run, "fm", delay)
+    return pl.concat([pl.read_parquet(p).with_columns(day=pl.lit(p.stem[4:])) for p in sorted(directory.glob("day=*.parquet"))])
+
+
+def _day_of(ts: np.ndarray) -> np.ndarray:
+    return np.array([dt.datetime.fromtimestamp(int(t), dt.UTC).strftime("%Y%m%d") for t in ts]).astype(np.int64)
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+def test_every_fm_output_comes_from_a_snapshot_trained_before_the_event(published_run, small_log, delay):
+    frame = _published(published_run, delay)
+    event_day = _day_of(frame["ts"].to_numpy())
+    version = frame["fm_version"].to_numpy()
+    assert np.all(version < event_day)
+    # exactly 1 + delay log days before: the freshest snapshot that staleness allows
+    days = [int(d.replace("-", "")) for d in small_log.days]
+    position = {d: i for i, d in enumerate(days)}
+    gap = np.array([position[e] - position[v] for e, v in zip(event_day, version, strict=True)])
+    assert np.all(gap == 1 + delay)
+
+
+def test_published_logits_match_the_fms_progressive_predictions(published_run):
+    """Delay 0 is what the FM predicted online: the same snapshot on the same events."""
+    frame = _published(published_run, 0)
+    predictions = pl.concat([pl.read_parquet(p) for p in sorted((published_run / "models/fm/predictions").glob("*.parquet"))])
+    joined = frame.join(predictions, on="event_id", how="inner")
+    assert joined.height == frame.height > 0
+    probs = 1 / (1 + np.exp(-joined["logit_click"].to_numpy()))
+    np.testing.assert_allclose(probs, joined["pred_click"].to_numpy(), atol=1e-5)
+
+
+def test_publish_writes_widths_codes_and_the_store(published_run):
+    directory = publish_dir(published_run, "fm", 0)
+    meta = yaml.safe_load((directory / "publish.yaml").read_text())
+    assert meta["dims"] == {"user": 12, "tae": 8, "loopfm": 8}
+    frame = _published(published_run, 0)
+    codes = np.stack(frame["loopfm"].to_list())
+    assert codes.min() >= -8 and codes.max() <= 7  # int4
+    assert len(np.unique(codes)) > 4  # the codes carry information
+    from fxrec.store import open_store
+
+    store = open_store(f"lmdb://{directory / 'store'}", dim=12, namespace="user")
+    users = frame["user_id"].unique().to_numpy()
+    read = store.get(users, now=int(frame["ts"].max()))
+    assert read.found.all()
+    last = frame.sort("ts").group_by("user_id").agg(pl.col("user").last(), pl.col("fm_version").last())
+    expected = dict(zip(last["user_id"].to_list(), last["user"].to_list(), strict=True))
+    np.testing.assert_allclose(read.vectors, np.array([expected[u] for u in users]), atol=1e-5)
+    store.close()
+
+
+def test_publish_fails_clearly_without_snapshots(tmp_path, transfer_config):
+    from fxrec.transfer.publish import publish
+
+    config = transfer_config.model_copy(deep=True)
+    with pytest.raises(FileNotFoundError, match="snapshots"):
+        publish(tmp_path, config, progress=False)
