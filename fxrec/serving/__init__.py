@@ -1,0 +1,10 @@
+"""Serving: the VM on the request path, FM knowledge from stores refreshed off it (SOAP, SOLARIS).
+
+    fxrec serve --run runs/demo --vm vm_feed      POST /v1/score, GET /healthz, GET /metrics
+    fxrec loadtest --run runs/demo --vm vm_feed   VM only vs + async refresh vs + FM inline
+    fxrec refresh-worker --store redis://...      FM refresh from a Redis Stream, as its own process
+
+Modules: schemas (HTTP contract), validation (request -> rows), catalog (server-side features),
+scorer (the request path), soap / streams (refresh queues), refresher (FM -> stores), precompute
+(SOLARIS), guard (store circuit breaker), service (wiring), app (FastAPI), server (running it).
+"""

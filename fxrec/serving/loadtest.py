@@ -1,0 +1,270 @@
+"""`fxrec loadtest`: an async load generator on loopback, three server configurations side by side.
+
+Requests are replayed from the run's log: a user of the VM's surface (drawn in proportion to their
+traffic, so heavy users come back, as they do in production), the context of one of their events,
+and candidates drawn from a per-user pool (their recent items plus popular ones), so a user's next
+request overlaps their last -- what SOLARIS's pair predictor bets on.
+
+The generator is open loop by default: requests start on a fixed schedule (`rate` per second) up to
+`concurrency` in flight, whatever the server's speed, so a slow server shows up as latency rather
+than as fewer requests. Every configuration runs in its own child process with its own fresh copy
+of the stores, one after another, on the same request sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+
+from fxrec.data.eventlog import EventLog
+from fxrec.pipeline import events_path
+from fxrec.serving.catalog import FeatureCatalog
+from fxrec.serving.models import load, run_config
+from fxrec.serving.server import ServerProcess
+from fxrec.serving.service import ServingConfig
+
+MODE_LABELS = {"vm": "(a) VM only", "async": "(b) VM + SOAP async refresh", "inline": "(c) VM + FM inline"}
+
+
+@dataclass
+class LoadSettings:
+    requests: int = 2000  # at most this many measured requests per configuration
+    seconds: float = 20.0  # and at most this long
+    rate: float = 100.0  # offered requests per second; 0 = closed loop
+    concurrency: int = 16
+    candidates: int = 100
+    warmup: int = 100
+    users: int = 500  # distinct users the requests are drawn from
+    seed: int = 0
+
+
+# -- requests ---------------------------------------------------------------------------------------
+def sample_payloads(
+    run: Path,
+    vm: str,
+    count: int,
+    candidates: int,
+    users: int = 500,
+    seed: int = 0,
+    catalog: FeatureCatalog | None = None,
+) -> list[dict]:
+    """`count` score requests replayed from the log (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    settings = run_config(run)
+    log = EventLog(events_path(settings, run))
+    catalog = catalog or FeatureCatalog.from_log(log)
+    model = load(run, vm)
+    surface = (model.config.surfaces or log.spec.surfaces)[0]
+    context_features = catalog.surface_context[surface]
+    last = pl.from_arrow(log.read_day(log.days[-1])).filter(pl.col("surface") == surface)
+    known_items = catalog.items.column("item_id").to_numpy()
+    popular = (
+        last.group_by("item_id").len().sort("len", descending=True)["item_id"].to_numpy()[: 4 * candidates]
+    )
+    popular = popular[np.isin(popular, known_items)]
+    counts = last.group_by("user_id").len()
+    counts = counts.filter(pl.col("user_id").is_in(catalog.user_ids().tolist()))
+    chosen = counts.sample(n=min(users, counts.height), seed=seed)
+    weights = chosen["len"].to_numpy().astype(float)
+    chosen_users = chosen["user_id"].to_numpy()
+    events = {
+        u: rows
+        for (u,), rows in last.filter(pl.col("user_id").is_in(chosen_users.tolist())).group_by("user_id")
+    }
+    pools: dict[int, np.ndarray] = {}
+    payloads = []
+    for user in rng.choice(chosen_users, size=count, p=weights / weights.sum()):
+        user = int(user)
+        rows = events[user]
+        event = rows.row(int(rng.integers(rows.height)), named=True)
+        if user not in pools:
+            own = rows["item_id"].unique().to_numpy()
+            extra = rng.choice(popular, size=min(len(popular), candidates + candidates // 2), replace=False)
+            pools[user] = np.unique(np.concatenate([own, extra]))
+        pool = pools[user]
+        items = rng.choice(pool, size=min(candidates, len(pool)), replace=False)
+        payloads.append(
+            {
+                "user_id": user,
+                "surface": surface,
+                "context": {f: _json_value(event[f]) for f in context_features},
+                "candidates": [{"item_id": int(i)} for i in items],
+            }
+        )
+    return payloads
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+# -- the generator ----------------------------------------------------------------------------------
+async def drive(url: str, payloads: list[dict], rate: float, concurrency: int, seconds: float) -> dict:
+    """Send `payloads` (open loop at `rate`, or closed loop when rate == 0); latency per request."""
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    sources: dict[str, dict[str, int]] = {}
+    slots = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0) as client:
+
+        async def one(payload: dict) -> None:
+            try:
+                sent = time.perf_counter()
+                response = await client.post("/v1/score", json=payload)
+                latencies.append(time.perf_counter() - sent)
+                key = str(response.status_code)
+                if response.status_code == 200:
+                    for feature, counts in response.json().get("sources", {}).items():
+                        for source, n in counts.items():
+                            sources.setdefault(feature, {}).setdefault(source, 0)
+                            sources[feature][source] += n
+            except httpx.HTTPError as error:
+                key = type(error).__name__
+            finally:
+                slots.release()
+            statuses[key] = statuses.get(key, 0) + 1
+
+        tasks = []
+        for i, payload in enumerate(payloads):
+            if rate > 0:
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if time.perf_counter() > deadline:
+                break
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(payload)))
+        await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    return summarize(latencies, statuses, elapsed, sources)
+
+
+def summarize(
+    latencies: list[float], statuses: dict[str, int], elapsed: float, sources: dict | None = None
+) -> dict:
+    ms = np.array(latencies) * 1e3 if latencies else np.zeros(1)
+    total = sum(statuses.values())
+    errors = total - statuses.get("200", 0)
+    server_errors = sum(n for k, n in statuses.items() if k.startswith("5"))
+    return {
+        "requests": total,
+        "qps": total / elapsed if elapsed > 0 else 0.0,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "errors": errors,
+        "server_errors": server_errors,
+        "statuses": statuses,
+        "sources": sources or {},
+    }
+
+
+def scrape(
+    url: str,
+    prefixes: tuple[str, ...] = (
+        "fxrec_refresh_total",
+        "fxrec_pair_precompute_total",
+        "fxrec_feature_source_total",
+    ),
+) -> dict[str, float]:
+    """The server's counters that describe its background work, from /metrics."""
+    text = httpx.get(url + "/metrics", timeout=5.0).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefixes):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+# -- side by side -----------------------------------------------------------------------------------
+def run_mode(
+    run: Path,
+    vm: str,
+    mode: str,
+    payloads: list[dict],
+    settings: LoadSettings,
+    store_dir: Path,
+    extra: dict | None = None,
+) -> dict:
+    config = ServingConfig(
+        mode=mode,
+        store=f"lmdb://{store_dir / 'store'}",
+        cache=f"lmdb://{store_dir / 'solaris'}",
+        **(extra or {}),
+    )
+    with ServerProcess(run, vm, config) as server:
+        warm = payloads[: settings.warmup]
+        asyncio.run(drive(server.url, warm, rate=0, concurrency=min(4, settings.concurrency), seconds=60))
+        measured = payloads[settings.warmup : settings.warmup + settings.requests]
+        result = asyncio.run(
+            drive(server.url, measured, settings.rate, settings.concurrency, settings.seconds)
+        )
+        result["background"] = scrape(server.url)
+    return {"mode": mode, "configuration": MODE_LABELS.get(mode, mode), **result}
+
+
+def compare_modes(
+    run: Path, vm: str, modes: list[str], settings: LoadSettings, extra: dict | None = None
+) -> dict:
+    """Each configuration on the same requests, one after another; ratios against (a)."""
+    run = Path(run)
+    payloads = sample_payloads(
+        run, vm, settings.warmup + settings.requests, settings.candidates, settings.users, settings.seed
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fxrec-loadtest-") as tmp:
+        published = run / "publish" / (run_config(run).fm.name) / "store"
+        for mode in modes:
+            store_dir = Path(tmp) / mode
+            store_dir.mkdir()
+            if published.exists():  # every configuration starts from the published embeddings
+                shutil.copytree(published, store_dir / "store")
+            rows.append(run_mode(run, vm, mode, payloads, settings, store_dir, extra))
+    base = next((r for r in rows if r["mode"] == "vm"), None)
+    ratios = {}
+    if base is not None:
+        for row in rows:
+            if row is not base:
+                ratios[f"p99 {row['mode']}/vm"] = row["p99_ms"] / base["p99_ms"] if base["p99_ms"] else None
+                ratios[f"p50 {row['mode']}/vm"] = row["p50_ms"] / base["p50_ms"] if base["p50_ms"] else None
+    return {"settings": asdict(settings), "rows": rows, "ratios": ratios}
+
+
+def print_results(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="fxrec loadtest: same requests, one configuration at a time")
+    for column in ("configuration", "requests", "QPS", "p50 ms", "p95 ms", "p99 ms", "errors", "5xx"):
+        table.add_column(column, justify="left" if column == "configuration" else "right")
+    for row in results["rows"]:
+        table.add_row(
+            row["configuration"],
+            str(row["requests"]),
+            f"{row['qps']:.1f}",
+            f"{row['p50_ms']:.2f}",
+            f"{row['p95_ms']:.2f}",
+            f"{row['p99_ms']:.2f}",
+            str(row["errors"]),
+            str(row["server_errors"]),
+        )
+    console = Console(width=160)
+    console.print(table)
+    for name, value in results["ratios"].items():
+        console.print(f"{name}: {value:.2f}x" if value is not None else f"{name}: -")

@@ -1,0 +1,350 @@
+"""One scoring service for one VM of a run: everything `fxrec serve` starts, wired together.
+
+    request -> Scorer (validate, store reads, VM)           [scoring thread]
+            -> RefreshQueue.offer(user, candidates)         [event loop, never blocks]
+    RefreshWorkers -> Refresher.run (FM -> stores)           [background thread, lower priority]
+    SimilarUsersIndexer                                      [background thread]
+
+Configurations (`ServingConfig.mode`), compared side by side by `fxrec loadtest`:
+  vm      the VM with whatever the stores hold; no FM work anywhere        (a)
+  async   + SOAP refresh and SOLARIS precompute in the background          (b)
+  inline  the FM runs on the request path for the request's rows           (c)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fxrec.data.eventlog import EventLog
+from fxrec.pipeline import events_path
+from fxrec.serving.catalog import FeatureCatalog
+from fxrec.serving.guard import GuardedStore
+from fxrec.serving.metrics import ServingMetrics
+from fxrec.serving.models import (
+    LoadedModel,
+    RunError,
+    channel_names,
+    check_servable,
+    load,
+    run_config,
+    trained_through,
+)
+from fxrec.serving.precompute import PairPredictor, PairReader, SimilarUsers, SimilarUsersIndexer
+from fxrec.serving.refresher import Refresher, RefreshTargets, has_target_attention, has_user_tower
+from fxrec.serving.schemas import ScoreRequest
+from fxrec.serving.scorer import Mode, Scorer
+from fxrec.serving.soap import RefreshJob, RefreshQueue, RefreshWorkers
+from fxrec.serving.validation import RequestAssembler
+
+log = logging.getLogger(__name__)
+USER_NAMESPACE, PAIR_NAMESPACE, AGGREGATE_NAMESPACE = "user", "tae_pair", "tae_user"
+
+
+class ServingConfig(BaseModel):
+    """How `fxrec serve` runs; every field is a CLI option of the same name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode = "async"
+    store: str | None = None  # user-embedding (SUM) store URI; default: the run's published store
+    cache: str | None = None  # SOLARIS pair cache + aggregates URI; default: lmdb://<run>/serving/solaris
+    queue: Literal["local", "redis"] = "local"  # redis: a Redis Stream consumed by `fxrec refresh-worker`
+    queue_url: str | None = None  # default: the store URI when it is redis://
+    fresh_seconds: float = Field(default=3600.0, gt=0)
+    pair_ttl_seconds: int = Field(default=4 * 3600, ge=1)
+    refresh_capacity: int = Field(default=1024, ge=1)
+    refresh_batch: int = Field(default=32, ge=1)
+    refresh_workers: int = Field(default=1, ge=1)
+    refresh_interval: float = Field(default=1.0, ge=0)
+    pair_budget: int = Field(default=512, ge=1)
+    max_pairs_per_user: int = Field(default=256, ge=1)
+    precompute_pairs: bool | None = None  # default: when the VM reads TAE and the FM computes it
+    similar_users_k: int = Field(default=10, ge=1)
+    similar_users_every: float = Field(default=10.0, gt=0)
+    threads: int = Field(default=1, ge=1)  # torch threads per forward; requests are scored one at a time
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    probe_every: float = Field(default=0.25, gt=0)
+    background_nice: int = Field(default=10, ge=0, le=19)  # how much lower the FM threads' CPU priority is
+
+
+class EventClock:
+    """Serving time continues the log: it starts just after the log's last event and runs at wall speed.
+
+    Histories, ages and the stores' write times all come from the log's timeline, so a model sees
+    the same kind of ages it trained on, and a published embedding reads as hours old, not years.
+    """
+
+    def __init__(self, start_ts: int):
+        self.start_ts = start_ts
+        self._started = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.start_ts + (time.monotonic() - self._started)
+
+
+def _lower_priority(nice: int) -> None:
+    """Runs in each background thread: Linux applies nice values per thread, so the FM yields the CPU
+    to the request path whenever both want it -- the point of taking the FM off that path."""
+    if nice and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError:
+            log.debug("could not lower the background thread's priority", exc_info=True)
+
+
+class Service:
+    def __init__(
+        self, run: Path, vm: str, config: ServingConfig | None = None, catalog: FeatureCatalog | None = None
+    ):
+        self.run = Path(run)
+        self.config = config = config or ServingConfig()
+        torch.set_num_threads(config.threads)
+        self.metrics = ServingMetrics()
+        run_settings = run_config(self.run)
+        log_ = EventLog(events_path(run_settings, self.run))
+        self.catalog = catalog or FeatureCatalog.from_log(log_)
+        self.clock = EventClock(self.catalog.last_ts + 1)
+        self.vm = load(self.run, vm)
+        if self.vm.config.role != "vm":
+            raise RunError(f"{vm!r} is a foundation model; serve an expert model (VM) of the run")
+        check_servable(self.vm.config)
+        channels = channel_names(self.vm.config)
+        self.uses_sum, self.uses_tae = "sum" in channels, "tae" in channels
+        self.fm_name = getattr(self.vm.config, "fm", None) or run_settings.fm.name
+        needs_fm = config.mode != "vm" or self.uses_sum or self.uses_tae
+        self.fm: LoadedModel | None = load(self.run, self.fm_name) if needs_fm else None
+        self.fm_version = (
+            self.fm.version if self.fm is not None else trained_through(self.run / "models" / self.fm_name)
+        )
+
+        self.user_store = self._user_store()
+        self.pair_store, self.aggregate_store = self._pair_stores()
+        self.similar = (
+            SimilarUsers(config.similar_users_k)
+            if self.pair_store is not None and self.user_store is not None
+            else None
+        )
+        pair_reader = (
+            PairReader(self.pair_store, self.aggregate_store, self.similar)
+            if self.pair_store is not None and self.aggregate_store is not None
+            else None
+        )
+        if self.uses_tae and pair_reader is None:
+            raise RunError(
+                f"VM {vm!r} reads target-aware embeddings (tae) but the FM {self.fm_name!r} computes none"
+            )
+        surfaces = self.vm.config.surfaces or self.catalog.spec.surfaces
+        self.assembler = RequestAssembler(self.catalog, self.vm.model.features, surfaces, self.clock)
+        self.scorer = Scorer(
+            self.vm,
+            self.fm,
+            self.assembler,
+            self.metrics,
+            config.mode,
+            self.user_store,
+            pair_reader,
+            self.uses_sum,
+            self.uses_tae,
+            fresh_seconds=config.fresh_seconds,
+            fm_version=self.fm_version,
+        )
+        self.predictor = PairPredictor(self.catalog, config.max_pairs_per_user)
+        self.refresher = self._refresher()
+        self._score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
+        self._refresh_pool = ThreadPoolExecutor(
+            config.refresh_workers,
+            thread_name_prefix="refresh",
+            initializer=_lower_priority,
+            initargs=(config.background_nice,),
+        )
+        self.queue: RefreshQueue | None = None
+        self.workers: RefreshWorkers | None = None
+        self.stream = None  # a RedisRefreshStream when config.queue == "redis"
+        self.indexer: SimilarUsersIndexer | None = None
+
+    # -- construction helpers -------------------------------------------------------------------
+    def _guard(self, uri: str, name: str, dim: int, **kw) -> GuardedStore:
+        from fxrec.store import open_store
+
+        store = open_store(uri, dim=dim, **kw)
+        self.metrics.store_state(name, True)
+        return GuardedStore(
+            store,
+            name,
+            probe_every=self.config.probe_every,
+            on_state=self.metrics.store_state,
+            clock=self.clock,
+        )
+
+    def _user_dim(self) -> int | None:
+        if self.fm is not None and has_user_tower(self.fm):
+            return int(self.fm.model.user_tower.dim)
+        return _channel_input_dim(self.vm, "sum")
+
+    def _user_store(self) -> GuardedStore | None:
+        dim = self._user_dim()
+        if dim is None:
+            return None
+        published = self.run / "publish" / self.fm_name / "store"
+        uri = (
+            self.config.store
+            or f"lmdb://{published if published.exists() else self.run / 'serving' / 'store'}"
+        )
+        return self._guard(uri, "user", dim, namespace=USER_NAMESPACE)
+
+    def _pair_stores(self) -> tuple[GuardedStore | None, GuardedStore | None]:
+        computes = self.fm is not None and has_target_attention(self.fm)
+        wanted = self.config.precompute_pairs if self.config.precompute_pairs is not None else self.uses_tae
+        if not (wanted and (computes or self.uses_tae)):
+            return None, None
+        dim = _channel_input_dim(self.vm, "tae") or (
+            int(self.fm.model.target_attention.out.out_features) if self.fm is not None else None
+        )
+        if dim is None:
+            return None, None
+        uri = self.config.cache or f"lmdb://{self.run / 'serving' / 'solaris'}"
+        pairs = self._guard(
+            uri,
+            "pairs",
+            dim,
+            namespace=PAIR_NAMESPACE,
+            ttl_seconds=self.config.pair_ttl_seconds,
+            keep_versions=1,
+        )
+        aggregates = self._guard(
+            uri,
+            "aggregates",
+            dim,
+            namespace=AGGREGATE_NAMESPACE,
+            ttl_seconds=self.config.pair_ttl_seconds,
+            keep_versions=1,
+        )
+        return pairs, aggregates
+
+    def _refresher(self) -> Refresher | None:
+        if self.config.mode != "async" or self.fm is None:
+            return None
+        user_store = self.user_store if has_user_tower(self.fm) else None
+        pair_store = self.pair_store if has_target_attention(self.fm) else None
+        if user_store is None and pair_store is None:
+            log.warning(
+                "FM %r has neither a user tower nor target attention: nothing to refresh", self.fm_name
+            )
+            return None
+        targets = RefreshTargets(
+            user_store, pair_store, self.aggregate_store if pair_store is not None else None
+        )
+        return Refresher(
+            self.fm, self.catalog, targets, self.predictor, self.metrics, self.clock, self.config.pair_budget
+        )
+
+    # -- lifecycle (on the server's event loop) -------------------------------------------------
+    async def start(self) -> None:
+        if self.refresher is not None:
+            if self.config.queue == "redis":
+                from fxrec.serving.streams import RedisRefreshStream
+
+                self.stream = RedisRefreshStream(
+                    self._queue_url(),
+                    self.metrics,
+                    capacity=self.config.refresh_capacity,
+                    min_interval=self.config.refresh_interval,
+                    event_clock=self.clock,
+                )
+                self.stream.start()
+            else:
+                self.queue = RefreshQueue(
+                    self.metrics,
+                    self.config.refresh_capacity,
+                    self.config.refresh_batch,
+                    self.config.refresh_interval,
+                    self.config.max_pairs_per_user,
+                )
+                self.workers = RefreshWorkers(
+                    self.queue, self.refresher, self._refresh_pool, self.config.refresh_workers
+                )
+                self.workers.start()
+        if self.similar is not None and self.user_store is not None and self.aggregate_store is not None:
+            self.indexer = SimilarUsersIndexer(
+                self.similar,
+                self.catalog.user_ids(),
+                self.user_store,
+                self.aggregate_store,
+                every=self.config.similar_users_every,
+            )
+            self.indexer.start()
+
+    async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+        if self.stream is not None:
+            await self.stream.stop()
+        if self.indexer is not None:
+            self.indexer.stop()
+        self._score_pool.shutdown(wait=True)
+        self._refresh_pool.shutdown(wait=True)
+        for store in (self.user_store, self.pair_store, self.aggregate_store):
+            if store is not None:
+                store.close()
+
+    def _queue_url(self) -> str:
+        url = self.config.queue_url or self.config.store
+        if not url or not url.startswith("redis://"):
+            raise RunError(
+                "queue=redis needs a Redis URL: --queue-url redis://host:port/db (or a redis:// --store)"
+            )
+        return url
+
+    # -- requests -------------------------------------------------------------------------------
+    async def score(self, request: ScoreRequest) -> dict:
+        loop = asyncio.get_running_loop()
+        response, job = await loop.run_in_executor(self._score_pool, self.scorer.score, request)
+        self.offer(job)
+        return response
+
+    def offer(self, job: RefreshJob) -> None:
+        if self.queue is not None:
+            self.queue.offer(job)
+        elif self.stream is not None:
+            self.stream.offer(job)
+
+    def queue_depth(self) -> int:
+        if self.queue is not None:
+            return self.queue.depth()
+        if self.stream is not None:
+            return self.stream.depth()
+        return 0
+
+    def update_gauges(self) -> None:
+        self.metrics.queue_depth.set(self.queue_depth())
+
+    def health(self) -> dict:
+        stores = {
+            s.name: s.available
+            for s in (self.user_store, self.pair_store, self.aggregate_store)
+            if s is not None
+        }
+        return {
+            "status": "ok" if all(stores.values()) else "degraded",
+            "vm": self.vm.name,
+            "mode": self.config.mode,
+            "store": stores,
+            "refresh_queue_depth": self.queue_depth(),
+        }
+
+
+def _channel_input_dim(vm: LoadedModel, name: str) -> int | None:
+    for channel in getattr(vm.model, "channels", []):
+        if getattr(channel, "name", None) == name and hasattr(channel, "norm"):
+            return int(channel.norm.normalized_shape[0])
+    return None

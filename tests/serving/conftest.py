@@ -1,0 +1,77 @@
+"""A tiny served run: an FM with a SUM user tower and target attention, published; two VMs on feed,
+one plain and one reading the FM's user embedding (SUM) and target-aware embeddings (TAE)."""
+
+from __future__ import annotations
+
+import pytest
+
+USER_FEATURES = [
+    "user_id",
+    "country",
+    "age_bucket",
+    "device",
+    "user_segments",
+    "user_activity",
+    "hist_item_id",
+]
+
+
+@pytest.fixture(scope="session")
+def serving_config(small_log):
+    from fxrec.config import ModelConfig, RunConfig
+
+    fm = ModelConfig(
+        name="fm",
+        role="fm",
+        embedding_dim=8,
+        dense_layers=[16],
+        interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 8},
+        heads={"hidden": [16]},
+        user_tower={"features": USER_FEATURES, "dim": 12, "hidden": [16]},
+        target_attention={"query": ["item_id"], "heads": 2},
+    )
+    vm = dict(
+        role="vm",
+        surfaces=["feed"],
+        embedding_dim=8,
+        dense_layers=[8],
+        interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 4},
+        heads={"hidden": [8]},
+    )
+    return RunConfig(
+        name="serving",
+        simulator=None,
+        events=str(small_log.path),
+        fm=fm,
+        vms=[
+            ModelConfig(name="vm_plain", **vm),
+            ModelConfig(name="vm_transfer", channels=["sum", "tae"], **vm),
+        ],
+        train={"batch_size": 256, "report_days": 2, "checkpoint_every": 1000},
+        publish={"delays": [0], "code_dim": 8, "store": True},
+    )
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory, serving_config, small_log):
+    """runs/<tmp>/ with config.yaml, the FM (published) and both VMs trained."""
+    import yaml
+
+    from fxrec.pipeline import train_model
+    from fxrec.transfer.publish import publish
+
+    run = tmp_path_factory.mktemp("serving") / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(serving_config.model_dump(mode="json"), sort_keys=False))
+    train_model(serving_config.fm, serving_config, run, small_log, quiet=True)
+    publish(run, serving_config, delay=0, progress=False)
+    for vm in serving_config.vms:
+        train_model(vm, serving_config, run, small_log, quiet=True)
+    return run
+
+
+@pytest.fixture(scope="session")
+def catalog(served_run, small_log):
+    from fxrec.serving.catalog import FeatureCatalog
+
+    return FeatureCatalog.from_log(small_log)
