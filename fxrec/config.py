@@ -66,6 +66,7 @@ class PublishConfig(BaseModel):
     loopfm_layers: list[str] = ["top"]  # "top" (the interaction output) or FM submodule names to hook
     code_dim: int = Field(default=16, ge=1)  # LoopFM code width (int4 each)
     autoencoder_epochs: int = Field(default=2, ge=1)
+    refit_autoencoder: bool = False  # refit on every new FM version (False: fit once, codes stay comparable)
     store: bool = True  # also write the latest user embeddings into the LMDB embedding store
 
 

@@ -22,7 +22,8 @@ from fxrec.config import RunConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.metrics import evaluate
 from fxrec.report.evaluate import ModelEntry, load_predictions, report_days
-from fxrec.transfer.publish import publish
+from fxrec.store.stabilize import drift
+from fxrec.transfer.publish import publish, publish_dir
 from fxrec.transfer.ratio import paired_sign_flip_test, transfer_ratio
 
 console = Console(width=160)
@@ -136,11 +137,42 @@ def evaluate_experiment(config: RunConfig, run: Path, log: EventLog) -> dict:
     return {
         "dataset": log.spec.name,
         "task": task,
+        "drift": embedding_drift(publish_dir(run, config.fm.name, 0)),
         "eval_days": days,
         "seeds": list(experiment.seeds),
         "rows": rows,
         "best": {vm: {"channel_set": r["channel_set"], "ne": r["ne"], "auc": r["auc"], "transfer_ratio": r["transfer_ratio"]} for vm, r in best.items()},
     }
+
+
+def embedding_drift(directory: Path, k: int = 3) -> list[dict]:
+    """Per FM version change: how far users' published embeddings move (users in both versions),
+    raw (newest vs previous version) and stabilized (mean of the last k versions, before vs after)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(directory.glob("day=*.parquet"))
+    if not files or "user" not in pq.read_schema(files[0]).names:
+        return []
+    history: dict[int, list[np.ndarray]] = {}
+    changes = []
+    for path in files:
+        frame = pl.read_parquet(path, columns=["user_id", "ts", "fm_version", "user"]).sort("ts")
+        last = frame.group_by("user_id").agg(pl.col("user").last(), pl.col("fm_version").last())
+        users, vectors = last["user_id"].to_numpy(), np.array(last["user"].to_list(), dtype=np.float32)
+        both = [i for i, u in enumerate(users) if u in history]
+        if both:
+            previous = np.stack([history[users[i]][-1] for i in both])
+            stable_before = np.stack([np.mean(history[users[i]][-k:], axis=0) for i in both])
+            stable_after = np.stack([np.mean((history[users[i]] + [vectors[i]])[-k:], axis=0) for i in both])
+            raw, stable = drift(previous, vectors[both]), drift(stable_before, stable_after)
+            changes.append({
+                "fm_version": int(last["fm_version"][0]), "users": len(both),
+                "centroid_shift": raw.centroid_shift, "mean_cosine": raw.mean_cosine,
+                "stabilized_centroid_shift": stable.centroid_shift, "stabilized_mean_cosine": stable.mean_cosine,
+            })
+        for i, user in enumerate(users):
+            history.setdefault(int(user), []).append(vectors[i])
+    return changes
 
 
 def print_experiment(result: dict) -> None:
@@ -155,3 +187,10 @@ def print_experiment(result: dict) -> None:
             f"{r['calibration']:.3f}", tr, f"{r['ne_change_pct_vs_none']:+.2f}%", vs_kd, f"{r['fm_ne']:.4f}",
         )
     console.print(table)
+    if result.get("drift"):
+        changes = result["drift"]
+        console.print(
+            f"user-embedding drift per FM version change ({len(changes)} changes): mean cosine to the previous "
+            f"version {np.mean([c['mean_cosine'] for c in changes]):.3f} raw, "
+            f"{np.mean([c['stabilized_mean_cosine'] for c in changes]):.3f} served as the mean of the last 3 versions"
+        )

@@ -11,8 +11,9 @@ data augmentation system), and writes per day `publish/<fm>[_delay<k>]/day=<t>.p
     loopfm (c int4 codes, stored as int8)   compressed hooked-layer outputs (LoopFM)
 
 plus `publish.yaml` (widths, tasks, versions) and, for serving, the latest user embeddings in the
-embedding store (`store/`, namespace "user"). The LoopFM autoencoder for a snapshot is fitted on that
-snapshot's own training day (events before the ones it encodes), then encodes the next day.
+embedding store (`store/`, namespace "user"). The LoopFM autoencoder is fitted on the first snapshot's
+own training day (events before any it encodes) and then kept fixed, so codes from different days stay
+comparable in one history (`refit_autoencoder: true` refits it on each new snapshot's training day).
 """
 
 from __future__ import annotations
@@ -130,12 +131,12 @@ def publish(
             if version_day != loaded:
                 model.load_state_dict(load(snapshots / f"day={version_day}.pt"))
                 loaded = version_day
-                # The snapshot's own training day is always among the recent frames (delay + 2 of them).
-                training_day = next(f for d, f in recent if d == version_day)
-                reps = torch.from_numpy(_run_fm(model, hooks, training_day)["representation"])
-                if autoencoder is None:
-                    autoencoder = MatryoshkaAutoencoder(reps.shape[1], settings.code_dim)
-                autoencoder.fit(reps, epochs=settings.autoencoder_epochs, seed=config.train.seed)
+                if autoencoder is None or settings.refit_autoencoder:
+                    # The snapshot's own training day is always among the recent frames (delay + 2 of them).
+                    training_day = next(f for d, f in recent if d == version_day)
+                    reps = torch.from_numpy(_run_fm(model, hooks, training_day)["representation"])
+                    autoencoder = autoencoder or MatryoshkaAutoencoder(reps.shape[1], settings.code_dim)
+                    autoencoder.fit(reps, epochs=settings.autoencoder_epochs, seed=config.train.seed)
             outputs = _run_fm(model, hooks, frame)
             columns = {
                 "event_id": frame.meta["event_id"].numpy(),
