@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections import OrderedDict
 
@@ -187,14 +188,17 @@ def run_worker(
     batch_size: int = 32,
     stop_after: float | None = None,
     claim_idle_ms: int = 30_000,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Consume the refresh stream until interrupted (or `stop_after` seconds); returns jobs processed."""
+    """Consume the refresh stream until interrupted, `stop` is set or `stop_after` seconds; returns
+    the number of jobs processed. Survives Redis restarts: reconnects and recreates its group."""
     client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=0.5)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     deadline = None if stop_after is None else time.monotonic() + stop_after
     processed = 0
     group_ready = False
-    while deadline is None or time.monotonic() < deadline:
+    stop = stop or threading.Event()
+    while (deadline is None or time.monotonic() < deadline) and not stop.is_set():
         try:
             if not group_ready:
                 try:
@@ -225,6 +229,10 @@ def run_worker(
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as error:
             log.warning("refresh worker: Redis unavailable (%s); retrying", error)
             group_ready = False
-            time.sleep(0.5)
+            stop.wait(0.25)
+        except redis.exceptions.ResponseError as error:
+            if "NOGROUP" not in str(error):  # a restarted Redis lost the group: make it again
+                raise
+            group_ready = False
     client.close()
     return processed
