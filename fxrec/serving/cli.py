@@ -139,6 +139,7 @@ def register(app: typer.Typer) -> None:
             True, "--pairs/--no-pairs", help="also precompute SOLARIS pair embeddings"
         ),
         batch: int = typer.Option(32, "--batch", help="jobs per FM batch"),
+        threads: int = typer.Option(1, "--threads", help="torch threads for the FM"),
         seconds: float | None = typer.Option(
             None, "--seconds", help="stop after this long (default: run until interrupted)"
         ),
@@ -150,11 +151,11 @@ def register(app: typer.Typer) -> None:
         processed = start_worker(
             run,
             store,
-            cache or store,
+            (cache or store) if pairs else None,
             queue_url or store,
             fm_name=fm,
-            pairs=pairs,
             batch=batch,
             seconds=seconds,
+            threads=threads,
         )
         console.print(f"refresh worker processed {processed} jobs")

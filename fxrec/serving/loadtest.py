@@ -8,7 +8,7 @@ request overlaps their last -- what SOLARIS's pair predictor bets on.
 The generator is open loop by default: requests start on a fixed schedule (`rate` per second) up to
 `concurrency` in flight, whatever the server's speed, so a slow server shows up as latency rather
 than as fewer requests. Every configuration runs in its own child process with its own fresh copy
-of the stores, one after another, on the same request sequence.
+of the stores, on the same request sequence, in interleaved turns (see `compare_modes`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class LoadSettings:
     candidates: int = 100
     warmup: int = 100
     users: int = 500  # distinct users the requests are drawn from
+    rounds: int = 5  # interleaved turns per configuration
+    pause: float = 0.5  # seconds between turns (the async queue drains)
     seed: int = 0
 
 
@@ -109,8 +111,11 @@ def _json_value(value: object) -> object:
 
 
 # -- the generator ----------------------------------------------------------------------------------
-async def drive(url: str, payloads: list[dict], rate: float, concurrency: int, seconds: float) -> dict:
-    """Send `payloads` (open loop at `rate`, or closed loop when rate == 0); latency per request."""
+async def drive(
+    url: str, payloads: list[dict], rate: float, concurrency: int, seconds: float, raw: bool = False
+) -> dict:
+    """Send `payloads` (open loop at `rate`, or closed loop when rate == 0); latency per request.
+    Returns the summary, or with `raw` the latencies, statuses and sources to merge several runs."""
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     sources: dict[str, dict[str, int]] = {}
@@ -150,6 +155,8 @@ async def drive(url: str, payloads: list[dict], rate: float, concurrency: int, s
             tasks.append(asyncio.create_task(one(payload)))
         await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
+    if raw:
+        return {"latencies": latencies, "statuses": statuses, "sources": sources, "elapsed": elapsed}
     return summarize(latencies, statuses, elapsed, sources)
 
 
@@ -193,56 +200,96 @@ def scrape(
 
 
 # -- side by side -----------------------------------------------------------------------------------
-def run_mode(
-    run: Path,
-    vm: str,
-    mode: str,
-    payloads: list[dict],
-    settings: LoadSettings,
-    store_dir: Path,
-    extra: dict | None = None,
-) -> dict:
-    config = ServingConfig(
-        mode=mode,
-        store=f"lmdb://{store_dir / 'store'}",
-        cache=f"lmdb://{store_dir / 'solaris'}",
-        **(extra or {}),
-    )
-    with ServerProcess(run, vm, config) as server:
-        warm = payloads[: settings.warmup]
-        asyncio.run(drive(server.url, warm, rate=0, concurrency=min(4, settings.concurrency), seconds=60))
-        measured = payloads[settings.warmup : settings.warmup + settings.requests]
-        result = asyncio.run(
-            drive(server.url, measured, settings.rate, settings.concurrency, settings.seconds)
-        )
-        result["background"] = scrape(server.url)
-    return {"mode": mode, "configuration": MODE_LABELS.get(mode, mode), **result}
+def _server(run: Path, vm: str, mode: str, store_dir: Path, extra: dict | None) -> ServerProcess:
+    store, cache = f"lmdb://{store_dir / 'store'}", f"lmdb://{store_dir / 'solaris'}"
+    return ServerProcess(run, vm, ServingConfig(mode=mode, store=store, cache=cache, **(extra or {})))
 
 
 def compare_modes(
     run: Path, vm: str, modes: list[str], settings: LoadSettings, extra: dict | None = None
 ) -> dict:
-    """Each configuration on the same requests, one after another; ratios against (a)."""
+    """Every configuration on the same requests, interleaved: all servers start (each on its own copy
+    of the published stores), then `rounds` rounds give each configuration its share of the requests
+    in turn, the order rotating per round. Interleaving spreads any drift of this shared machine's load
+    evenly over the configurations; only one server is under load at a time, and a short pause after
+    each turn lets the async configuration drain its queue before another is measured."""
     run = Path(run)
-    payloads = sample_payloads(
-        run, vm, settings.warmup + settings.requests, settings.candidates, settings.users, settings.seed
-    )
-    rows = []
+    total = settings.warmup + settings.requests
+    payloads = sample_payloads(run, vm, total, settings.candidates, settings.users, settings.seed)
+    warm, measured = payloads[: settings.warmup], payloads[settings.warmup :]
+    rounds = max(1, min(settings.rounds, len(measured)))
+    share = len(measured) // rounds
+    per_turn_seconds = settings.seconds / rounds
+    parts: dict[str, list[dict]] = {m: [] for m in modes}
+    background: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fxrec-loadtest-") as tmp:
-        published = run / "publish" / (run_config(run).fm.name) / "store"
-        for mode in modes:
-            store_dir = Path(tmp) / mode
-            store_dir.mkdir()
-            if published.exists():  # every configuration starts from the published embeddings
-                shutil.copytree(published, store_dir / "store")
-            rows.append(run_mode(run, vm, mode, payloads, settings, store_dir, extra))
+        published = run / "publish" / run_config(run).fm.name / "store"
+        servers: dict[str, ServerProcess] = {}
+        try:
+            for mode in modes:
+                store_dir = Path(tmp) / mode
+                store_dir.mkdir()
+                if published.exists():  # every configuration starts from the published embeddings
+                    shutil.copytree(published, store_dir / "store")
+                servers[mode] = _server(run, vm, mode, store_dir, extra).start()
+                asyncio.run(
+                    drive(
+                        servers[mode].url, warm, rate=0, concurrency=min(4, settings.concurrency), seconds=60
+                    )
+                )
+            for r in range(rounds):
+                chunk = measured[r * share : (r + 1) * share]
+                for k in range(len(modes)):
+                    mode = modes[(r + k) % len(modes)]
+                    time.sleep(settings.pause)
+                    parts[mode].append(
+                        asyncio.run(
+                            drive(
+                                servers[mode].url,
+                                chunk,
+                                settings.rate,
+                                settings.concurrency,
+                                per_turn_seconds,
+                                raw=True,
+                            )
+                        )
+                    )
+            for mode, server in servers.items():
+                background[mode] = scrape(server.url)
+        finally:
+            for server in servers.values():
+                server.stop()
+    rows = []
+    for mode in modes:
+        latencies = [x for part in parts[mode] for x in part["latencies"]]
+        statuses: dict[str, int] = {}
+        sources: dict[str, dict[str, int]] = {}
+        for part in parts[mode]:
+            for key, n in part["statuses"].items():
+                statuses[key] = statuses.get(key, 0) + n
+            for feature, counts in part["sources"].items():
+                for source, n in counts.items():
+                    sources.setdefault(feature, {}).setdefault(source, 0)
+                    sources[feature][source] += n
+        elapsed = sum(part["elapsed"] for part in parts[mode])
+        summary = summarize(latencies, statuses, elapsed, sources)
+        rows.append(
+            {
+                "mode": mode,
+                "configuration": MODE_LABELS.get(mode, mode),
+                **summary,
+                "background": background.get(mode, {}),
+            }
+        )
     base = next((r for r in rows if r["mode"] == "vm"), None)
     ratios = {}
     if base is not None:
         for row in rows:
             if row is not base:
-                ratios[f"p99 {row['mode']}/vm"] = row["p99_ms"] / base["p99_ms"] if base["p99_ms"] else None
-                ratios[f"p50 {row['mode']}/vm"] = row["p50_ms"] / base["p50_ms"] if base["p50_ms"] else None
+                for q in ("p50", "p99"):
+                    ratios[f"{q} {row['mode']}/vm"] = (
+                        row[f"{q}_ms"] / base[f"{q}_ms"] if base[f"{q}_ms"] else None
+                    )
     return {"settings": asdict(settings), "rows": rows, "ratios": ratios}
 
 

@@ -3,12 +3,12 @@
 For a batch of jobs (one per user) `Refresher.run`:
 
 1. SUM: one row per user through the FM's user tower -> the user store, tagged with the FM version
-   and the wall-clock write time (how "fresh" is judged on the read side);
+   and the event-clock write time (how "fresh" is judged on the read side);
 2. SOLARIS: the predicted pairs of each user that the pair cache does not hold yet (up to
    `pair_budget` per batch) through the full FM -> their TAE into the pair cache (a store with a
    TTL); then each user's aggregate, the mean of all their cached pairs, into the aggregate store.
 
-It runs in the refresh worker's thread (embedded) or in `fxrec refresh-worker` processes (Redis);
+It runs in the server's refresh processes or thread (embedded) or in `fxrec refresh-worker` processes (Redis);
 both the request path and these writes go through `GuardedStore`, so a store outage makes the
 refresh skip its writes rather than fail the worker.
 """
@@ -23,7 +23,6 @@ import torch
 
 from fxrec.serving.catalog import FeatureCatalog
 from fxrec.serving.guard import GuardedStore
-from fxrec.serving.metrics import ServingMetrics
 from fxrec.serving.models import LoadedModel
 from fxrec.serving.precompute import PairPredictor
 from fxrec.serving.rows import catalog_rows, histories_of, model_batch
@@ -54,7 +53,6 @@ class Refresher:
         catalog: FeatureCatalog,
         targets: RefreshTargets,
         predictor: PairPredictor,
-        metrics: ServingMetrics,
         event_clock: Callable[[], float],
         pair_budget: int = 512,
     ):
@@ -62,18 +60,19 @@ class Refresher:
         self.catalog = catalog
         self.targets = targets
         self.predictor = predictor
-        self.metrics = metrics
         self.event_clock = event_clock
         self.pair_budget = pair_budget
         self.default_surface = (fm.config.surfaces or catalog.spec.surfaces)[0]
 
-    def run(self, jobs: list[RefreshJob]) -> None:
-        if not jobs:
-            return
-        if self.targets.user_store is not None:
+    def run(self, jobs: list[RefreshJob]) -> dict[str, int]:
+        """Refresh these users; returns counts for the server's metrics (users, pairs predicted,
+        skipped_cached, computed) -- counts, not metric objects, so a child process can report them."""
+        counts = {"users": len(jobs)}
+        if jobs and self.targets.user_store is not None:
             self.refresh_users(jobs)
-        if self.targets.pair_store is not None:
-            self.precompute_pairs(jobs)
+        if jobs and self.targets.pair_store is not None:
+            counts.update(self.precompute_pairs(jobs))
+        return counts
 
     # -- SUM ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -112,19 +111,19 @@ class Refresher:
         )
         return self.fm.model(batch).representations["tae"].float().numpy()
 
-    def precompute_pairs(self, jobs: list[RefreshJob]) -> None:
+    def precompute_pairs(self, jobs: list[RefreshJob]) -> dict[str, int]:
         pairs, aggregates = self.targets.pair_store, self.targets.aggregate_store
         assert pairs is not None
         predicted = [(job, self.predictor.predict(job.user_id, job.items)) for job in jobs]
         keys = np.concatenate(
             [np.stack([np.full(len(items), job.user_id), items], axis=1) for job, items in predicted]
         ).astype(np.int64)
-        self.metrics.pairs.labels(event="predicted").inc(len(keys))
+        counts = {"predicted": len(keys), "skipped_cached": 0, "computed": 0}
         if len(keys) == 0:
-            return
+            return counts
         cached, _ = pairs.read(keys)
         todo = np.flatnonzero(~cached.found)[: self.pair_budget]
-        self.metrics.pairs.labels(event="skipped_cached").inc(int(cached.found.sum()))
+        counts["skipped_cached"] = int(cached.found.sum())
         vectors, found = cached.vectors, cached.found.copy()
         if len(todo):
             owner = np.concatenate([np.full(len(items), i) for i, (_, items) in enumerate(predicted)])[todo]
@@ -136,15 +135,16 @@ class Refresher:
             )
             if pairs.write(keys[todo], computed, self.fm.version_int):
                 vectors[todo], found[todo] = computed, True
-                self.metrics.pairs.labels(event="computed").inc(len(todo))
+                counts["computed"] = len(todo)
         if aggregates is None:
-            return
+            return counts
         users = keys[:, 0]
         with_pairs = np.unique(users[found])
         if len(with_pairs) == 0:
-            return
+            return counts
         means = np.stack([vectors[(users == u) & found].mean(axis=0) for u in with_pairs])
         aggregates.write(with_pairs, means, self.fm.version_int)
+        return counts
 
     def _ts(self) -> int:
         return int(self.event_clock())

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +44,7 @@ from fxrec.serving.precompute import PairPredictor, PairReader, SimilarUsers, Si
 from fxrec.serving.refresher import Refresher, RefreshTargets, has_target_attention, has_user_tower
 from fxrec.serving.schemas import ScoreRequest
 from fxrec.serving.scorer import Mode, Scorer
-from fxrec.serving.soap import RefreshJob, RefreshQueue, RefreshWorkers
+from fxrec.serving.soap import Execute, RefreshJob, RefreshQueue, RefreshWorkers
 from fxrec.serving.validation import RequestAssembler
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class ServingConfig(BaseModel):
     cache: str | None = None  # SOLARIS pair cache + aggregates URI; default: lmdb://<run>/serving/solaris
     queue: Literal["local", "redis"] = "local"  # redis: a Redis Stream consumed by `fxrec refresh-worker`
     queue_url: str | None = None  # default: the store URI when it is redis://
+    refresh_in: Literal["process", "thread"] = "process"  # embedded queue: FM in child processes or a thread
     fresh_seconds: float = Field(default=3600.0, gt=0)
     pair_ttl_seconds: int = Field(default=4 * 3600, ge=1)
     refresh_capacity: int = Field(default=1024, ge=1)
@@ -110,6 +112,7 @@ class Service:
         self.config = config = config or ServingConfig()
         torch.set_num_threads(config.threads)
         self.metrics = ServingMetrics()
+        self.store_uris: dict[str, str] = {}
         run_settings = run_config(self.run)
         log_ = EventLog(events_path(run_settings, self.run))
         self.catalog = catalog or FeatureCatalog.from_log(log_)
@@ -167,6 +170,7 @@ class Service:
             initializer=_lower_priority,
             initargs=(config.background_nice,),
         )
+        self._process_pool: ProcessPoolExecutor | None = None
         self.queue: RefreshQueue | None = None
         self.workers: RefreshWorkers | None = None
         self.stream = None  # a RedisRefreshStream when config.queue == "redis"
@@ -177,6 +181,7 @@ class Service:
         from fxrec.store import open_store
 
         store = open_store(uri, dim=dim, **kw)
+        self.store_uris[name] = uri
         self.metrics.store_state(name, True)
         return GuardedStore(
             store,
@@ -244,9 +249,7 @@ class Service:
         targets = RefreshTargets(
             user_store, pair_store, self.aggregate_store if pair_store is not None else None
         )
-        return Refresher(
-            self.fm, self.catalog, targets, self.predictor, self.metrics, self.clock, self.config.pair_budget
-        )
+        return Refresher(self.fm, self.catalog, targets, self.predictor, self.clock, self.config.pair_budget)
 
     # -- lifecycle (on the server's event loop) -------------------------------------------------
     async def start(self) -> None:
@@ -270,9 +273,8 @@ class Service:
                     self.config.refresh_interval,
                     self.config.max_pairs_per_user,
                 )
-                self.workers = RefreshWorkers(
-                    self.queue, self.refresher, self._refresh_pool, self.config.refresh_workers
-                )
+                execute = await self._refresh_executor()
+                self.workers = RefreshWorkers(self.queue, execute, self.config.refresh_workers)
                 self.workers.start()
         if self.similar is not None and self.user_store is not None and self.aggregate_store is not None:
             self.indexer = SimilarUsersIndexer(
@@ -293,9 +295,42 @@ class Service:
             self.indexer.stop()
         self._score_pool.shutdown(wait=True)
         self._refresh_pool.shutdown(wait=True)
+        if self._process_pool is not None:
+            self._process_pool.shutdown(wait=True, cancel_futures=True)
         for store in (self.user_store, self.pair_store, self.aggregate_store):
             if store is not None:
                 store.close()
+
+    async def _refresh_executor(self) -> Execute:
+        """How the embedded queue's batches run: in child processes (default; the FM's Python work
+        then never holds this process's GIL while a request is being scored) or in a thread."""
+        loop = asyncio.get_running_loop()
+        refresher = self.refresher
+        assert refresher is not None
+        if self.config.refresh_in == "thread":
+            return lambda jobs: loop.run_in_executor(self._refresh_pool, refresher.run, jobs)
+        from fxrec.serving.worker import child_ready, init_child, run_in_child
+
+        targets = refresher.targets
+        user_uri = self.store_uris.get("user") if targets.user_store is not None else None
+        cache_uri = self.store_uris.get("pairs") if targets.pair_store is not None else None
+        self._process_pool = ProcessPoolExecutor(
+            self.config.refresh_workers,
+            mp_context=multiprocessing.get_context("spawn"),  # fork would copy torch's thread pools
+            initializer=init_child,
+            initargs=(
+                str(self.run),
+                user_uri,
+                cache_uri,
+                self.fm_name,
+                self.config.model_dump(),
+                self.config.background_nice,
+            ),
+        )
+        pool = self._process_pool
+        ready = [loop.run_in_executor(pool, child_ready) for _ in range(self.config.refresh_workers)]
+        await asyncio.gather(*ready)  # children load the FM and catalog now, not on the first request
+        return lambda jobs: loop.run_in_executor(pool, run_in_child, jobs, self.clock())
 
     def _queue_url(self) -> str:
         url = self.config.queue_url or self.config.store

@@ -8,7 +8,8 @@ Every scored request offers a `RefreshJob` for its user (and the candidates it s
 - bounded: at `capacity`, the oldest waiting job is dropped -- under overload the newest requests
   carry the most recent context, and a dropped user is offered again by their next request;
 - drained by a pool of worker tasks, each taking up to `batch_size` jobs and running the FM on them
-  in a thread (`Refresher.run`), so the event loop and the request path never wait for the FM.
+  off the event loop (`Refresher.run` in a child process by default, or a thread), so neither the
+  event loop nor the request path ever waits for the FM.
 
 With Redis, `fxrec.serving.streams` replaces this queue by a Redis Stream that separate
 `fxrec refresh-worker` processes consume.
@@ -20,10 +21,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from fxrec.serving.metrics import ServingMetrics
 
@@ -48,8 +47,9 @@ class RefreshJob:
         self.surface = newer.surface or self.surface
 
 
-class JobRunner(Protocol):
-    def run(self, jobs: list[RefreshJob]) -> None: ...
+# Runs a batch of jobs off the event loop (a thread or a child process) and returns the
+# Refresher's counts (users, pairs predicted / skipped_cached / computed).
+Execute = Callable[[list[RefreshJob]], Awaitable[dict[str, int]]]
 
 
 class RefreshQueue:
@@ -126,15 +126,13 @@ class RefreshQueue:
 
 
 class RefreshWorkers:
-    """A pool of asyncio tasks draining a RefreshQueue into `runner.run` on an executor thread."""
+    """A pool of asyncio tasks draining a RefreshQueue through `execute` (see `Execute`)."""
 
-    def __init__(self, queue: RefreshQueue, runner: JobRunner, executor: Executor, workers: int = 1):
+    def __init__(self, queue: RefreshQueue, execute: Execute, workers: int = 1):
         self.queue = queue
-        self.runner = runner
-        self.executor = executor
+        self.execute = execute
         self.workers = workers
         self._tasks: list[asyncio.Task] = []
-        self.idle = asyncio.Event()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._loop(), name=f"refresh-{i}") for i in range(self.workers)]
@@ -145,15 +143,20 @@ class RefreshWorkers:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        metrics = self.queue.metrics
         while True:
             jobs = await self.queue.take()
             started = time.perf_counter()
             try:
-                await loop.run_in_executor(self.executor, self.runner.run, jobs)
+                counts = await self.execute(jobs)
+            except asyncio.CancelledError:
+                raise
             except Exception:  # a failed refresh leaves the old embedding in place; the user is retried later
                 log.exception("refresh of %d users failed", len(jobs))
                 self.queue.done(jobs, ok=False)
                 continue
-            self.queue.metrics.refresh_latency.observe(time.perf_counter() - started)
+            metrics.refresh_latency.observe(time.perf_counter() - started)
+            for event in ("predicted", "skipped_cached", "computed"):
+                if counts.get(event):
+                    metrics.pairs.labels(event=event).inc(counts[event])
             self.queue.done(jobs, ok=True)

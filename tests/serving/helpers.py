@@ -36,4 +36,5 @@ def make_service(run, vm: str, tmp_path, catalog: FeatureCatalog | None = None, 
         shutil.copytree(published, store_dir)
     config.setdefault("store", f"lmdb://{store_dir}")
     config.setdefault("cache", f"lmdb://{tmp_path / 'solaris'}")
+    config.setdefault("refresh_in", "thread")  # starts in milliseconds; test_soap covers the process default
     return Service(run, vm, ServingConfig(**config), catalog=catalog)

@@ -15,7 +15,7 @@ from fxrec.serving.guard import wait_until
 from fxrec.serving.server import BackgroundServer
 from fxrec.serving.service import Service, ServingConfig
 from fxrec.serving.streams import run_worker
-from fxrec.serving.worker import build_worker_refresher
+from fxrec.serving.worker import build_refresher
 from fxrec.store.redis_server import RedisServer, find_redis_server
 
 pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="redis-server is not installed")
@@ -62,7 +62,7 @@ def test_redis_outage_mid_load(served_run, small_log, catalog):
             mode="async", store=url, cache=url, queue="redis", refresh_interval=0.2, probe_every=0.2
         )
         service = Service(served_run, "vm_transfer", config, catalog=catalog)
-        refresher, clock, stores = build_worker_refresher(served_run, url, url, config=config)
+        refresher, clock, stores = build_refresher(served_run, url, url, config=config, catalog=catalog)
         stop_worker = threading.Event()
         worker = threading.Thread(
             target=run_worker, args=(url, refresher, clock), kwargs={"stop": stop_worker}, daemon=True

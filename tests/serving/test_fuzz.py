@@ -42,18 +42,18 @@ def test_schema_fuzz_finds_no_server_error(live, mode):
         else {"/v1/score": 150, "/healthz": 3, "/metrics": 3}
     )
     for path, examples in paths.items():
+        checks = [not_a_server_error] + ([response_schema_conformance] if path != "/metrics" else [])
         for method in schema[path]:
-            operation = schema[path][method]
+            _fuzz(schema[path][method], mode, examples, live.url, session, checks)
 
-            @settings(
-                max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None
-            )
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def fuzz(case):
-                checks = [not_a_server_error] + ([response_schema_conformance] if path != "/metrics" else [])
-                case.call_and_validate(base_url=live.url, session=session, checks=checks)
 
-            fuzz()
+def _fuzz(operation, mode: GenerationMode, examples: int, url: str, session, checks: list) -> None:
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def fuzz(case):
+        case.call_and_validate(base_url=url, session=session, checks=checks)
+
+    fuzz()
 
 
 JSON = st.recursive(

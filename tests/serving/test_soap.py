@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers import last_day_events, make_service, request_for
@@ -71,19 +72,28 @@ def _sources(response) -> dict:
     return response.json()["candidates"][0]["sources"]
 
 
-def test_next_request_sees_the_refreshed_embedding(served_run, small_log, catalog, tmp_path):
+@pytest.mark.parametrize("refresh_in", ["thread", "process"])
+def test_next_request_sees_the_refreshed_embedding(served_run, small_log, catalog, tmp_path, refresh_in):
     service = make_service(
-        served_run, "vm_transfer", tmp_path, catalog=catalog, mode="async", refresh_interval=0.0
+        served_run,
+        "vm_transfer",
+        tmp_path,
+        catalog=catalog,
+        mode="async",
+        refresh_interval=0.0,
+        refresh_in=refresh_in,
     )
     event = last_day_events(small_log).row(0, named=True)
     request = request_for(catalog, event)
+    user = np.array([request["user_id"]])
+    published_ts = service.user_store.read(user)[0].ts[0]  # -1 if never published
     with TestClient(create_app(service)) as client:
-        first = _sources(client.post("/v1/score", json=request))
-        assert first["sum_user"] in ("stale", "missing")  # published by an older write, or never
-        assert wait_until(lambda: service.metrics.refresh_events.labels(event="done")._value.get() >= 1, 20)
+        _sources(client.post("/v1/score", json=request))
+        assert wait_until(lambda: service.metrics.refresh_events.labels(event="done")._value.get() >= 1, 60)
         second = _sources(client.post("/v1/score", json=request))
         assert second["sum_user"] == "fresh"
         assert second["tae"] == "pair-cache"  # the first request's candidate was precomputed
+        assert service.user_store.read(user)[0].ts[0] > max(published_ts, service.catalog.last_ts)
 
 
 def test_a_slow_fm_never_slows_the_request_path(served_run, small_log, catalog, tmp_path):

@@ -1,0 +1,152 @@
+"""Serving latency: the VM alone vs + SOAP async FM refresh vs + the FM inline, side by side.
+
+Builds (once) a run whose FM has a SUM user tower and target attention and whose VM reads both
+(channels sum + tae), then `fxrec.serving.loadtest.compare_modes`: three servers, the same replayed
+requests in interleaved turns, open-loop load on loopback. The goal: p99 of (b) <= 1.2x p99 of (a);
+(c) shows what putting the FM on the request path would cost.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from _common import ROOT, parse_args, print_table, write_result
+
+sys.path.insert(0, str(ROOT))
+
+NAME = "serving"
+FM = {
+    "name": "fm",
+    "role": "fm",
+    "embedding_dim": 32,
+    "min_count": 10,
+    "dense_layers": [64],
+    "interaction": {"name": "dcnv2", "num_layers": 3, "low_rank": 64},
+    "heads": {"kind": "shared_bottom", "hidden": [256, 128]},
+    "user_tower": {
+        "features": [
+            "user_id",
+            "country",
+            "age_bucket",
+            "device",
+            "user_segments",
+            "user_activity",
+            "hist_item_id",
+            "hist_advertiser_id",
+        ],
+        "dim": 32,
+        "hidden": [128],
+    },
+    "target_attention": {"query": ["item_id"], "heads": 2},
+}
+VM = {
+    "name": "vm_feed",
+    "role": "vm",
+    "surfaces": ["feed"],
+    "embedding_dim": 16,
+    "min_count": 1,
+    "dense_layers": [32],
+    "interaction": {"name": "dcnv2", "num_layers": 2, "low_rank": 16},
+    "heads": {"kind": "shared_bottom", "hidden": [64, 32]},
+    "channels": ["sum", "tae"],
+}
+
+
+def prepare_run(run: Path, quick: bool) -> Path:
+    """The bench's run: a demo-like world (smaller with --quick), FM trained and published, VM trained."""
+    import yaml
+
+    from fxrec.config import RunConfig
+    from fxrec.pipeline import prepare_events, train_model
+    from fxrec.transfer.publish import publish
+
+    world = (
+        {"days": 4, "impressions_per_day": 12_000, "users": 3000, "ads": 600}
+        if quick
+        else {"days": 7, "impressions_per_day": 40_000, "users": 8000}
+    )
+    config = RunConfig.model_validate(
+        {
+            "name": run.name,
+            "simulator": world,
+            "fm": FM,
+            "vms": [VM],
+            "train": {"batch_size": 512, "dense_lr": 0.001, "embedding_lr": 0.1, "threads": 2},
+            "publish": {"delays": [0], "code_dim": 16},
+        }
+    )
+    run.mkdir(parents=True, exist_ok=True)
+    log = prepare_events(config, run)
+    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    train_model(config.fm, config, run, log)
+    publish(run, config, delay=0)
+    train_model(config.vms[0], config, run, log)
+    return run
+
+
+def main() -> None:
+    args = parse_args(
+        NAME,
+        __doc__.splitlines()[0],
+        [
+            (
+                ("--run",),
+                {"type": Path, "default": None, "help": "serve this run instead of building the bench run"},
+            ),
+            (("--vm",), {"default": "vm_feed"}),
+            (("--rate",), {"type": float, "default": 50.0, "help": "offered requests per second"}),
+            (("--candidates",), {"type": int, "default": 100}),
+        ],
+    )
+    from fxrec.serving.loadtest import LoadSettings, compare_modes
+
+    run = args.run or prepare_run(
+        ROOT / "runs" / ("serving_bench_quick" if args.quick else "serving_bench"), args.quick
+    )
+    settings = LoadSettings(
+        requests=600 if args.quick else 3000,
+        seconds=30 if args.quick else 120,
+        rate=args.rate,
+        concurrency=16,
+        candidates=args.candidates,
+        warmup=100,
+        rounds=3 if args.quick else 6,
+    )
+    results = compare_modes(run, args.vm, ["vm", "async", "inline"], settings)
+    columns = [
+        "configuration",
+        "requests",
+        "qps",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "errors",
+        "server_errors",
+    ]
+    print_table(
+        f"serving: {args.vm}, {args.candidates} candidates/request, {args.rate:g} req/s offered",
+        results["rows"],
+        columns,
+    )
+    for row in results["rows"]:
+        print(f"{row['configuration']}: sources {row['sources']}")
+        background = {
+            k.split("{")[1].rstrip("}"): v
+            for k, v in row["background"].items()
+            if k.startswith(("fxrec_refresh_total", "fxrec_pair_precompute_total"))
+        }
+        if background:
+            print(f"   background: {background}")
+    ratios = results["ratios"]
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}x")
+    goal = ratios.get("p99 async/vm")
+    if goal is not None:
+        print(f"goal p99(b) <= 1.2 x p99(a): {'met' if goal <= 1.2 else 'NOT met'} ({goal:.2f}x)")
+    write_result(args, NAME, results["rows"], ratios, settings=results["settings"], run=str(run), vm=args.vm)
+
+
+if __name__ == "__main__":
+    main()
