@@ -18,7 +18,7 @@ from fxrec.data.schema import DatasetSpec
 from fxrec.models.ranking import RankingModel
 
 # Channels whose VM inputs exist at serving time, and the FM-derived extras each needs.
-SERVED_CHANNELS = {"sum": "sum_user", "tae": "tae"}
+SERVED_CHANNELS = {"sum": "sum_user", "tae": "tae", "loopfm": "loopfm"}
 # Channels that only shape training (their loss terms); the served VM needs nothing for them.
 TRAINING_ONLY_CHANNELS = {"kd", "exfm"}
 
@@ -113,3 +113,11 @@ def stabilize_k(config: ModelConfig) -> int:
         if spec["name"] == "sum":
             return int(spec.get("stabilize_k", 1))
     return 1
+
+
+def channel_module(model: LoadedModel, name: str):
+    """The VM's TransferChannel module called `name`, or None."""
+    for channel in getattr(model.model, "channels", []):
+        if getattr(channel, "name", None) == name:
+            return channel
+    return None

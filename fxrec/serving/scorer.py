@@ -17,6 +17,7 @@ import torch
 
 from fxrec.serving.catalog import UserHistory
 from fxrec.serving.guard import GuardedStore
+from fxrec.serving.loopfm import LoopFMLog
 from fxrec.serving.metrics import ServingMetrics
 from fxrec.serving.models import LoadedModel, stabilize_k
 from fxrec.serving.precompute import PairReader
@@ -26,7 +27,17 @@ from fxrec.serving.soap import RefreshJob
 from fxrec.serving.validation import RequestAssembler, RequestError, ScoringInput
 
 Mode = Literal["vm", "async", "inline"]
-SUM_FEATURE, TAE_FEATURE = "sum_user", "tae"
+SUM_FEATURE, TAE_FEATURE, LOOPFM_FEATURE = "sum_user", "tae", "loopfm"
+
+
+@dataclass
+class LoopFMInput:
+    """The LoopFM channel's serving input: the publish log and the channel's own cut of it."""
+
+    log: LoopFMLog
+    max_len: int
+    retention_days: float
+    code_dim: int
 
 
 @dataclass
@@ -50,6 +61,7 @@ class Scorer:
         uses_tae: bool,
         fresh_seconds: float = 3600.0,
         fm_version: str | None = None,
+        loopfm: LoopFMInput | None = None,
     ):
         self.vm = vm
         self.fm = fm
@@ -65,6 +77,7 @@ class Scorer:
         self.stabilize_k = stabilize_k(vm.config)
         self.fm_version = fm.version_int if fm is not None else None
         self.versions = {"vm": vm.version, "fm": fm.version if fm is not None else fm_version}
+        self.loopfm = loopfm
         self.derived = [name for name, used in ((SUM_FEATURE, uses_sum), (TAE_FEATURE, uses_tae)) if used]
 
     def score(self, request: ScoreRequest) -> tuple[dict, RefreshJob]:
@@ -78,6 +91,8 @@ class Scorer:
             self._inline(inp, extras, sources)
         else:
             self._from_stores(inp, extras, sources)
+        if self.loopfm is not None:
+            self._loopfm(inp, extras, sources)
         fetched = time.perf_counter()
         batch = model_batch(self.spec, inp.table, self.vm.model.features, [inp.history] * n)
         batch.extras.update(extras)
@@ -139,6 +154,14 @@ class Scorer:
             extras["tae"] = as_tensor(vectors)
             extras["tae_found"] = torch.from_numpy(found.astype(np.float32))
             sources[TAE_FEATURE] = tae_sources
+
+    def _loopfm(self, inp: ScoringInput, extras: dict, sources: dict) -> None:
+        assert self.loopfm is not None
+        n = len(inp.item_ids)
+        cut = self.loopfm
+        sequence = cut.log.sequence(inp.user_id, inp.ts, cut.max_len, cut.retention_days, cut.code_dim)
+        extras.update(cut.log.extras(sequence, n))
+        sources[LOOPFM_FEATURE] = [Source.stale if len(sequence) else Source.missing] * n
 
     @torch.no_grad()
     def _inline(self, inp: ScoringInput, extras: dict, sources: dict) -> None:

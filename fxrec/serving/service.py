@@ -30,10 +30,12 @@ from fxrec.data.eventlog import EventLog
 from fxrec.pipeline import events_path
 from fxrec.serving.catalog import FeatureCatalog
 from fxrec.serving.guard import GuardedStore
+from fxrec.serving.loopfm import LoopFMLog
 from fxrec.serving.metrics import ServingMetrics
 from fxrec.serving.models import (
     LoadedModel,
     RunError,
+    channel_module,
     channel_names,
     check_servable,
     load,
@@ -43,7 +45,7 @@ from fxrec.serving.models import (
 from fxrec.serving.precompute import PairPredictor, PairReader, SimilarUsers, SimilarUsersIndexer
 from fxrec.serving.refresher import Refresher, RefreshTargets, has_target_attention, has_user_tower
 from fxrec.serving.schemas import ScoreRequest
-from fxrec.serving.scorer import Mode, Scorer
+from fxrec.serving.scorer import LoopFMInput, Mode, Scorer
 from fxrec.serving.soap import Execute, RefreshJob, RefreshQueue, RefreshWorkers
 from fxrec.serving.validation import RequestAssembler
 
@@ -123,6 +125,7 @@ class Service:
         check_servable(self.vm.config)
         channels = channel_names(self.vm.config)
         self.uses_sum, self.uses_tae = "sum" in channels, "tae" in channels
+        loopfm = self._loopfm() if "loopfm" in channels else None
         self.fm_name = getattr(self.vm.config, "fm", None) or run_settings.fm.name
         needs_fm = config.mode != "vm" or self.uses_sum or self.uses_tae
         self.fm: LoadedModel | None = load(self.run, self.fm_name) if needs_fm else None
@@ -160,6 +163,7 @@ class Service:
             self.uses_tae,
             fresh_seconds=config.fresh_seconds,
             fm_version=self.fm_version,
+            loopfm=loopfm,
         )
         self.predictor = PairPredictor(self.catalog, config.max_pairs_per_user)
         self.refresher = self._refresher()
@@ -195,6 +199,14 @@ class Service:
         if self.fm is not None and has_user_tower(self.fm):
             return int(self.fm.model.user_tower.dim)
         return _channel_input_dim(self.vm, "sum")
+
+    def _loopfm(self) -> LoopFMInput:
+        from fxrec.transfer.publish import publish_dir
+
+        channel = channel_module(self.vm, "loopfm")
+        directory = publish_dir(self.run, self.vm.config.fm, self.vm.config.fm_delay)
+        log_ = LoopFMLog.from_publish(directory, keep=max(200, int(channel.max_len)))
+        return LoopFMInput(log_, int(channel.max_len), float(channel.retention_days), int(channel.code_dim))
 
     def _user_store(self) -> GuardedStore | None:
         dim = self._user_dim()

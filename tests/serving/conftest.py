@@ -1,5 +1,6 @@
 """A tiny served run: an FM with a SUM user tower and target attention, published; two VMs on feed,
-one plain and one reading the FM's user embedding (SUM) and target-aware embeddings (TAE)."""
+one plain and one with every servable channel: KD (training only), the FM's user embedding (SUM),
+its LoopFM representation history and target-aware embeddings (TAE)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def serving_config(small_log):
         fm=fm,
         vms=[
             ModelConfig(name="vm_plain", **vm),
-            ModelConfig(name="vm_transfer", channels=["sum", "tae"], **vm),
+            ModelConfig(name="vm_transfer", channels=["kd", "sum", "loopfm", "tae"], **vm),
         ],
         train={"batch_size": 256, "report_days": 2, "checkpoint_every": 1000},
         publish={"delays": [0], "code_dim": 8, "store": True},
