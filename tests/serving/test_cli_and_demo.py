@@ -1,0 +1,75 @@
+"""The commands `register` adds, the demo's closing step, and a small side-by-side load test."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import typer
+from helpers import make_service
+from typer.testing import CliRunner
+
+from fxrec.serving.cli import register
+from fxrec.serving.demo import show_requests
+from fxrec.serving.loadtest import LoadSettings, compare_modes, drive, sample_payloads
+from fxrec.serving.server import BackgroundServer
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_register_adds_the_three_commands():
+    runner = CliRunner()
+    for command in ("serve", "loadtest", "refresh-worker"):
+        result = runner.invoke(_app(), [command, "--help"])
+        assert result.exit_code == 0, result.output
+    assert "--refresh-capacity" in runner.invoke(_app(), ["serve", "--help"], terminal_width=200).output
+
+
+def test_serve_reports_a_bad_run_without_a_traceback(tmp_path):
+    result = CliRunner().invoke(_app(), ["serve", "--run", str(tmp_path), "--vm", "vm"])
+    assert result.exit_code == 2 and "not a run" in " ".join(result.output.split())
+
+
+def test_demo_scores_requests_and_shows_the_refresh(served_run):
+    exchanges = show_requests(served_run, "vm_transfer", requests=2, candidates=3)
+    assert [e["status"] for e in exchanges] == [200, 200, 200, 422]
+    repeat = exchanges[2]["response"]
+    assert repeat["sources"]["sum_user"] == {"fresh": 3}  # refreshed between the first and the repeat
+    assert "unknown feature" in exchanges[3]["response"]["error"]
+
+
+def test_load_generator_counts_statuses_and_percentiles(served_run, catalog, tmp_path):
+    service = make_service(served_run, "vm_plain", tmp_path, catalog=catalog, mode="vm")
+    payloads = sample_payloads(served_run, "vm_plain", 40, candidates=5, users=10, catalog=catalog)
+    payloads[3] = {**payloads[3], "user_id": 10**12}  # one 404
+    with BackgroundServer(service) as server:
+        result = asyncio.run(drive(server.url, payloads, rate=200, concurrency=4, seconds=30))
+    assert result["requests"] == 40 and result["statuses"] == {"200": 39, "404": 1}
+    assert result["errors"] == 1 and result["server_errors"] == 0
+    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+
+@pytest.mark.slow
+def test_compare_modes_side_by_side(served_run):
+    settings = LoadSettings(
+        requests=60,
+        seconds=20,
+        rate=30,
+        concurrency=4,
+        candidates=10,
+        warmup=10,
+        users=20,
+        rounds=2,
+        pause=0.2,
+    )
+    results = compare_modes(served_run, "vm_transfer", ["vm", "async", "inline"], settings)
+    rows = {r["mode"]: r for r in results["rows"]}
+    assert set(rows) == {"vm", "async", "inline"}
+    assert all(r["server_errors"] == 0 and r["requests"] == 60 for r in rows.values())
+    assert rows["async"]["background"]['fxrec_refresh_total{event="done"}'] > 0
+    assert "p99 async/vm" in results["ratios"] and "p99 inline/vm" in results["ratios"]
+    assert rows["inline"]["sources"]["tae"] == {"inline": 600}
