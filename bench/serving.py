@@ -145,7 +145,43 @@ def main() -> None:
     goal = ratios.get("p99 async/vm")
     if goal is not None:
         print(f"goal p99(b) <= 1.2 x p99(a): {'met' if goal <= 1.2 else 'NOT met'} ({goal:.2f}x)")
-    write_result(args, NAME, results["rows"], ratios, settings=results["settings"], run=str(run), vm=args.vm)
+    solaris = solaris_section(run, args.vm)
+    write_result(
+        args,
+        NAME,
+        results["rows"],
+        ratios,
+        settings=results["settings"],
+        run=str(run),
+        vm=args.vm,
+        solaris=solaris,
+    )
+
+
+def solaris_section(run: Path, vm: str) -> dict | None:
+    """SOLARIS offline on the run's log: coverage per fallback tier and the VM's NE per scenario."""
+    from fxrec.serving.coverage import solaris_report
+
+    try:
+        report = solaris_report(run, vm)
+    except ValueError as error:  # a VM without the tae channel
+        print(f"SOLARIS coverage skipped: {error}")
+        return None
+    tiers = [
+        {
+            "tier": name,
+            "share": report["tier_share"][name],
+            "cumulative coverage": report["cumulative_coverage"].get(name),
+        }
+        for name in report["tier_share"]
+    ]
+    print_table(f"SOLARIS offline replay: {report['events']:,} requests on {report['days']}", tiers)
+    rows = [
+        {"scenario": name, "NE": value, "NE change % vs no TAE": report["ne_change_pct_vs_none"][name]}
+        for name, value in report["ne"].items()
+    ]
+    print_table("VM NE with each coverage level", rows)
+    return report
 
 
 if __name__ == "__main__":
