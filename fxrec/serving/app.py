@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
-    for code, text in ((404, "unknown user or item"), (413, "body too large"), (422, "invalid request"))
+    for code, text in (
+        (400, "the body is not JSON"),
+        (404, "unknown user or item"),
+        (413, "body too large"),
+        (422, "invalid request"),
+    )
 }
 
 

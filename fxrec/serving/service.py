@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Literal
 
@@ -127,7 +128,7 @@ class Service:
         self.uses_sum, self.uses_tae = "sum" in channels, "tae" in channels
         loopfm = self._loopfm() if "loopfm" in channels else None
         self.fm_name = getattr(self.vm.config, "fm", None) or run_settings.fm.name
-        needs_fm = config.mode != "vm" or self.uses_sum or self.uses_tae
+        needs_fm = config.mode != "vm"  # the VM-only configuration never runs the FM
         self.fm: LoadedModel | None = load(self.run, self.fm_name) if needs_fm else None
         self.fm_version = (
             self.fm.version if self.fm is not None else trained_through(self.run / "models" / self.fm_name)
@@ -342,7 +343,18 @@ class Service:
         pool = self._process_pool
         ready = [loop.run_in_executor(pool, child_ready) for _ in range(self.config.refresh_workers)]
         await asyncio.gather(*ready)  # children load the FM and catalog now, not on the first request
-        return lambda jobs: loop.run_in_executor(pool, run_in_child, jobs, self.clock())
+
+        async def execute(jobs: list[RefreshJob]) -> dict[str, int]:
+            if self._process_pool is None:  # the children died earlier: the thread took over
+                return await loop.run_in_executor(self._refresh_pool, refresher.run, jobs)
+            try:
+                return await loop.run_in_executor(pool, run_in_child, jobs, self.clock())
+            except BrokenProcessPool:
+                log.error("the refresh child processes died; refreshing in a thread from now on")
+                self._process_pool = None
+                return await loop.run_in_executor(self._refresh_pool, refresher.run, jobs)
+
+        return execute
 
     def _queue_url(self) -> str:
         url = self.config.queue_url or self.config.store
