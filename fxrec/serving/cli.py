@@ -105,19 +105,25 @@ def register(app: typer.Typer) -> None:
             "vm,async,inline", "--modes", help="configurations to compare, side by side"
         ),
         requests: int = typer.Option(2000, "--requests", help="at most this many requests per configuration"),
-        seconds: float = typer.Option(20.0, "--seconds", help="at most this long per configuration"),
+        seconds: float = typer.Option(40.0, "--seconds", help="at most this long per configuration"),
         rate: float = typer.Option(
-            100.0, "--rate", help="offered requests per second (0: closed loop, as fast as possible)"
+            50.0, "--rate", help="offered requests per second (0: closed loop, as fast as possible)"
         ),
+        rounds: int = typer.Option(5, "--rounds", help="interleaved turns per configuration"),
         concurrency: int = typer.Option(16, "--concurrency", help="most requests in flight"),
         candidates: int = typer.Option(100, "--candidates", help="candidates per request"),
         out: Path | None = typer.Option(None, "--out", help="write the results as JSON here"),
     ) -> None:
-        """Load-test the VM alone, with SOAP async refresh, and with the FM inline; one table."""
+        """Load-test the VM alone, with SOAP async refresh, and with the FM inline, side by side."""
         from fxrec.serving.loadtest import LoadSettings, compare_modes, print_results
 
         settings = LoadSettings(
-            requests=requests, seconds=seconds, rate=rate, concurrency=concurrency, candidates=candidates
+            requests=requests,
+            seconds=seconds,
+            rate=rate,
+            concurrency=concurrency,
+            candidates=candidates,
+            rounds=rounds,
         )
         results = compare_modes(run, vm, [m.strip() for m in modes.split(",") if m.strip()], settings)
         print_results(results)
