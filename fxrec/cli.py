@@ -194,5 +194,13 @@ def demo(config: Path = ConfigOption, run: Path = RunOption, fresh: bool = Fresh
     run_demo(_config(config), run, fresh=fresh)
 
 
+def _register_serving() -> None:
+    from fxrec.serving.cli import register
+
+    register(app)
+
+
+_register_serving()
+
 if __name__ == "__main__":
     app()

@@ -27,6 +27,7 @@ from fxrec.report.evaluate import ModelEntry, evaluate_run
 from fxrec.report.render import write_report
 from fxrec.train.trainer import Trainer
 from fxrec.transfer.experiment import print_experiment, run_transfer_experiment
+from fxrec.transfer.loopfm import LoopFMChannel
 from fxrec.transfer.publish import publish_dir
 from fxrec.transfer.published import PublishedFM
 
@@ -64,7 +65,8 @@ def train_model(
         raise ValueError(f"model {model_config.name!r} names surfaces {sorted(unknown)} not in the log's {log.spec.surfaces}")
     published = None
     if model_config.channels:
-        published = PublishedFM(publish_dir(run, model_config.fm, model_config.fm_delay))
+        lengths = [c.get("max_len", LoopFMChannel.default_max_len) for c in model_config.channel_specs() if c["name"] == "loopfm"]
+        published = PublishedFM(publish_dir(run, model_config.fm, model_config.fm_delay), loopfm_length=max(lengths, default=1))
     fm_dims = published.dims if published is not None else {}
     model = build_model(model_config, log.spec, embedding_lr=config.train.embedding_lr, fm_dims=fm_dims)
     save_model_card(model_dir, model_config, log, config.train.embedding_lr, fm_dims)
@@ -76,7 +78,9 @@ def train_model(
             f"{len(model.features)} features, {parameters:,} parameters, surfaces: {model_config.surfaces or 'all'}, "
             f"channels: {channels})"
         )
-    Trainer(model, config.train, model_dir, progress=not quiet, published=published).fit(log, surfaces=model_config.surfaces)
+    # Only FM snapshots are ever read back (by `fxrec publish`); VMs skip writing one per day.
+    train = config.train if model_config.role == "fm" else config.train.model_copy(update={"keep_snapshots": False})
+    Trainer(model, train, model_dir, progress=not quiet, published=published).fit(log, surfaces=model_config.surfaces)
     return model_dir
 
 

@@ -92,6 +92,7 @@ class MatryoshkaAutoencoder(nn.Module):
 class LoopFMChannel(TransferChannel):
     name = "loopfm"
     num_tokens = 1
+    default_max_len = 50
 
     def __init__(
         self,
@@ -99,7 +100,7 @@ class LoopFMChannel(TransferChannel):
         tasks: list[str],
         input_dim: int,
         encoder: str = "attention",
-        max_len: int = 50,
+        max_len: int = default_max_len,
         retention_days: float = 30.0,
         code_dim: int | None = None,
     ):

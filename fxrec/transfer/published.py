@@ -178,7 +178,7 @@ class FrameView:
 class PublishedFM:
     """A publish directory, walked day by day in time order; `view(frame)` joins a VM frame onto it."""
 
-    def __init__(self, directory: Path | str, keep_versions: int = 5, loopfm_length: int = 200):
+    def __init__(self, directory: Path | str, keep_versions: int = 5, loopfm_length: int = 50):
         self.directory = Path(directory)
         meta_path = self.directory / PUBLISH_META
         if not meta_path.exists():

@@ -45,44 +45,39 @@ def test_loopfm_sequences_are_the_users_earlier_events_only(published_run, small
     assert checked > 50
 
 
-def test_user_embedding_was_written_before_the_event(published_run, small_log):
-    published = PublishedFM(publish_dir(published_run, "fm", 0))
-    everything = _all_published(published_run)
+def _earlier_events(run, small_log, k: int, step: int):
+    """For every `step`-th VM event with a published FM: the user embeddings the join gives (k last
+    versions) and the user's published events strictly before it, for a brute-force comparison."""
+    published = PublishedFM(publish_dir(run, "fm", 0))
+    everything = _all_published(run)
     by_user = {u: g.sort(["ts", "row"]) for (u,), g in everything.group_by("user_id")}
-    checked = 0
     for _, frame in _vm_frames(small_log):
         view = published.view(frame)
-        vectors, found, written = view.user_embeddings(k=1)
+        vectors, found, written = view.user_embeddings(k=k)
         ts, users = frame.meta["ts"].numpy(), frame.meta["user_id"].numpy()
-        assert np.all(written[found.numpy()] < ts[found.numpy()])
-        for i in range(0, frame.num_rows, 41):
-            history = by_user.get(users[i])
-            earlier = history.filter(pl.col("ts") < ts[i]) if history is not None else None
-            if not view.found[i]:
-                continue
-            assert bool(found[i]) == (earlier is not None and earlier.height > 0)
-            if found[i]:
-                np.testing.assert_allclose(vectors[i].numpy(), np.array(earlier["user"].to_list()[-1]), atol=1e-6)
-                checked += 1
+        assert np.all(written[found.numpy()] < ts[found.numpy()]), "an embedding written at or after its event"
+        for i in range(0, frame.num_rows, step):
+            if view.found[i]:
+                earlier = by_user[users[i]].filter(pl.col("ts") < ts[i]) if users[i] in by_user else everything.head(0)
+                yield bool(found[i]), vectors[i].numpy(), earlier
+
+
+def test_user_embedding_was_written_before_the_event(published_run, small_log):
+    checked = 0
+    for found, vector, earlier in _earlier_events(published_run, small_log, k=1, step=41):
+        assert found == (earlier.height > 0)
+        if found:
+            np.testing.assert_allclose(vector, np.array(earlier["user"].to_list()[-1]), atol=1e-6)
+            checked += 1
     assert checked > 30
 
 
 def test_stabilized_embedding_is_the_mean_over_the_last_versions(published_run, small_log):
-    published = PublishedFM(publish_dir(published_run, "fm", 0))
-    everything = _all_published(published_run)
-    by_user = {u: g.sort(["ts", "row"]) for (u,), g in everything.group_by("user_id")}
     checked = 0
-    for _, frame in _vm_frames(small_log):
-        view = published.view(frame)
-        vectors, found, _ = view.user_embeddings(k=2)
-        ts, users = frame.meta["ts"].numpy(), frame.meta["user_id"].numpy()
-        for i in range(0, frame.num_rows, 29):
-            if not found[i]:
-                continue
-            earlier = by_user[users[i]].filter(pl.col("ts") < ts[i])
+    for found, vector, earlier in _earlier_events(published_run, small_log, k=2, step=29):
+        if found:
             last_per_version = earlier.group_by("fm_version").agg(pl.col("user").last()).sort("fm_version")
-            expected = np.mean(np.array(last_per_version["user"].to_list()[-2:]), axis=0)
-            np.testing.assert_allclose(vectors[i].numpy(), expected, atol=1e-5)
+            np.testing.assert_allclose(vector, np.mean(np.array(last_per_version["user"].to_list()[-2:]), axis=0), atol=1e-5)
             checked += 1
     assert checked > 30
 
