@@ -64,7 +64,10 @@ class GuardedStore:
     def available(self) -> bool:
         return self._available
 
-    def read(self, keys: np.ndarray, stabilize_k: int = 1) -> tuple[StoreRead, np.ndarray]:
+    def read(
+        self, keys: np.ndarray, stabilize_k: int = 1, remember: bool = True
+    ) -> tuple[StoreRead, np.ndarray]:
+        """`remember=False` for bulk background reads, which must not churn the request path's copy."""
         n = len(keys)
         if self._available:
             try:
@@ -74,7 +77,8 @@ class GuardedStore:
                     if stabilize_k > 1
                     else self.store.get(keys, now=now)
                 )
-                self._remember(keys, result)
+                if remember:
+                    self._remember(keys, result)
                 return result, np.zeros(n, bool)
             except Exception as error:  # any store fault degrades the request, never fails it
                 self._trip(error)

@@ -199,6 +199,42 @@ def scrape(
     return out
 
 
+def latency_histogram(url: str) -> dict[float, float]:
+    """The server's own request-latency histogram (upper bound in seconds -> cumulative count)."""
+    text = httpx.get(url + "/metrics", timeout=5.0).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("fxrec_request_latency_seconds_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            out[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def histogram_quantiles(
+    before: dict[float, float], after: dict[float, float], quantiles=(0.5, 0.95, 0.99)
+) -> dict[str, float]:
+    """Quantiles (ms) of the requests observed between two histogram scrapes, interpolated within
+    buckets: the latency inside the server, without the client's or the network's share."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    out = {}
+    for q in quantiles:
+        name = f"server_p{round(q * 100)}_ms"
+        if total <= 0:
+            out[name] = float("nan")
+            continue
+        target, lower, below = q * total, 0.0, 0.0
+        for bound, cumulative in zip(bounds, counts, strict=True):
+            if cumulative >= target:
+                upper = bound if bound != float("inf") else lower * 2
+                share = (target - below) / max(cumulative - below, 1e-9)
+                out[name] = 1e3 * (lower + share * (upper - lower))
+                break
+            lower, below = bound, cumulative
+    return out
+
+
 # -- side by side -----------------------------------------------------------------------------------
 def _server(run: Path, vm: str, mode: str, store_dir: Path, extra: dict | None) -> ServerProcess:
     store, cache = f"lmdb://{store_dir / 'store'}", f"lmdb://{store_dir / 'solaris'}"
@@ -222,6 +258,8 @@ def compare_modes(
     per_turn_seconds = settings.seconds / rounds
     parts: dict[str, list[dict]] = {m: [] for m in modes}
     background: dict[str, dict] = {}
+    histograms: dict[str, dict[float, float]] = {}
+    inside: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="fxrec-loadtest-") as tmp:
         published = run / "publish" / run_config(run).fm.name / "store"
         servers: dict[str, ServerProcess] = {}
@@ -237,6 +275,7 @@ def compare_modes(
                         servers[mode].url, warm, rate=0, concurrency=min(4, settings.concurrency), seconds=60
                     )
                 )
+                histograms[mode] = latency_histogram(servers[mode].url)  # measured requests only, below
             for r in range(rounds):
                 chunk = measured[r * share : (r + 1) * share]
                 for k in range(len(modes)):
@@ -256,6 +295,7 @@ def compare_modes(
                     )
             for mode, server in servers.items():
                 background[mode] = scrape(server.url)
+                inside[mode] = histogram_quantiles(histograms[mode], latency_histogram(server.url))
         finally:
             for server in servers.values():
                 server.stop()
@@ -278,6 +318,7 @@ def compare_modes(
                 "mode": mode,
                 "configuration": MODE_LABELS.get(mode, mode),
                 **summary,
+                **inside.get(mode, {}),
                 "background": background.get(mode, {}),
             }
         )
@@ -286,10 +327,9 @@ def compare_modes(
     if base is not None:
         for row in rows:
             if row is not base:
-                for q in ("p50", "p99"):
-                    ratios[f"{q} {row['mode']}/vm"] = (
-                        row[f"{q}_ms"] / base[f"{q}_ms"] if base[f"{q}_ms"] else None
-                    )
+                for q in ("p50", "p99", "server_p50", "server_p99"):
+                    if base.get(f"{q}_ms"):
+                        ratios[f"{q} {row['mode']}/vm"] = row[f"{q}_ms"] / base[f"{q}_ms"]
     return {"settings": asdict(settings), "rows": rows, "ratios": ratios}
 
 
@@ -297,7 +337,9 @@ def print_results(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="fxrec loadtest: same requests, one configuration at a time")
+    table = Table(
+        title="fxrec loadtest: same requests, interleaved turns (client-side latency; server-side in brackets)"
+    )
     for column in ("configuration", "requests", "QPS", "p50 ms", "p95 ms", "p99 ms", "errors", "5xx"):
         table.add_column(column, justify="left" if column == "configuration" else "right")
     for row in results["rows"]:
@@ -305,9 +347,9 @@ def print_results(results: dict) -> None:
             row["configuration"],
             str(row["requests"]),
             f"{row['qps']:.1f}",
-            f"{row['p50_ms']:.2f}",
-            f"{row['p95_ms']:.2f}",
-            f"{row['p99_ms']:.2f}",
+            f"{row['p50_ms']:.2f} ({row.get('server_p50_ms', float('nan')):.2f})",
+            f"{row['p95_ms']:.2f} ({row.get('server_p95_ms', float('nan')):.2f})",
+            f"{row['p99_ms']:.2f} ({row.get('server_p99_ms', float('nan')):.2f})",
             str(row["errors"]),
             str(row["server_errors"]),
         )

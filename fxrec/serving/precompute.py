@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -133,7 +134,7 @@ class SimilarUsersIndexer:
         user_store: GuardedStore,
         aggregates: GuardedStore,
         every: float = 10.0,
-        chunk: int = 4096,
+        chunk: int = 1024,
     ):
         self.similar = similar
         self.users = users.astype(np.int64)
@@ -154,12 +155,14 @@ class SimilarUsersIndexer:
     def rebuild_now(self) -> int:
         users, user_vectors, aggregates = [], [], []
         for start in range(0, len(self.users), self.chunk):
+            if start:
+                time.sleep(0.001)  # between chunks the request path gets the GIL back
             keys = self.users[start : start + self.chunk]
-            aggregate, _ = self.aggregates.read(keys)
+            aggregate, _ = self.aggregates.read(keys, remember=False)
             if not aggregate.found.any():
                 continue
             keys_with = keys[aggregate.found]
-            embedding, _ = self.user_store.read(keys_with)
+            embedding, _ = self.user_store.read(keys_with, remember=False)
             users.append(keys_with[embedding.found])
             user_vectors.append(embedding.vectors[embedding.found])
             aggregates.append(aggregate.vectors[aggregate.found][embedding.found])

@@ -24,8 +24,11 @@ DEFAULT_HOST = "127.0.0.1"
 
 def _uvicorn_config(app, host: str, port: int, log_level: str) -> uvicorn.Config:
     # One worker process and the default asyncio loop: scoring runs on its own thread and the
-    # refresh on another; more processes would each load the models and the catalog again.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    # refresh in child processes; more server processes would each load the models and the catalog.
+    # Keep-alive outlasts uvicorn's 5 s default so a client pausing between bursts does not race a close.
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on", timeout_keep_alive=30
+    )
 
 
 def serve(

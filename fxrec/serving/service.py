@@ -75,7 +75,7 @@ class ServingConfig(BaseModel):
     max_pairs_per_user: int = Field(default=256, ge=1)
     precompute_pairs: bool | None = None  # default: when the VM reads TAE and the FM computes it
     similar_users_k: int = Field(default=10, ge=1)
-    similar_users_every: float = Field(default=10.0, gt=0)
+    similar_users_every: float = Field(default=30.0, gt=0)
     threads: int = Field(default=1, ge=1)  # torch threads per forward; requests are scored one at a time
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     probe_every: float = Field(default=0.25, gt=0)
@@ -182,7 +182,7 @@ class Service:
         self.indexer: SimilarUsersIndexer | None = None
 
     # -- construction helpers -------------------------------------------------------------------
-    def _guard(self, uri: str, name: str, dim: int, **kw) -> GuardedStore:
+    def _guard(self, uri: str, name: str, dim: int, local_copy: int = 50_000, **kw) -> GuardedStore:
         from fxrec.store import open_store
 
         store = open_store(uri, dim=dim, **kw)
@@ -194,6 +194,7 @@ class Service:
             probe_every=self.config.probe_every,
             on_state=self.metrics.store_state,
             clock=self.clock,
+            local_copy=local_copy,
         )
 
     def _user_dim(self) -> int | None:
@@ -235,6 +236,7 @@ class Service:
             uri,
             "pairs",
             dim,
+            local_copy=0,  # a local copy of hundreds of pairs per request costs more than it saves
             namespace=PAIR_NAMESPACE,
             ttl_seconds=self.config.pair_ttl_seconds,
             keep_versions=1,

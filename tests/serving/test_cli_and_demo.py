@@ -73,3 +73,14 @@ def test_compare_modes_side_by_side(served_run):
     assert rows["async"]["background"]['fxrec_refresh_total{event="done"}'] > 0
     assert "p99 async/vm" in results["ratios"] and "p99 inline/vm" in results["ratios"]
     assert rows["inline"]["sources"]["tae"] == {"inline": 600}
+
+
+def test_server_side_quantiles_from_histogram_deltas():
+    from fxrec.serving.loadtest import histogram_quantiles
+
+    before = {0.001: 5.0, 0.01: 5.0, 0.1: 5.0, float("inf"): 5.0}  # warm-up requests, not measured
+    after = {0.001: 5.0, 0.01: 95.0, 0.1: 105.0, float("inf"): 105.0}  # 90 in (1, 10] ms, 10 in (10, 100] ms
+    q = histogram_quantiles(before, after)
+    assert 1.0 < q["server_p50_ms"] < 10.0
+    assert abs(q["server_p50_ms"] - (1 + 9 * 50 / 90)) < 1e-6
+    assert 10.0 < q["server_p99_ms"] <= 100.0
