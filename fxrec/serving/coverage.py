@@ -14,7 +14,8 @@ precompute runs right after each request, so at time ts the cache holds:
 
 NE is then measured with the VM's own TAE input replaced per scenario: every event its own TAE (the
 offline upper bound), none, the tiers cumulatively, and a sweep where a random share of events gets
-its TAE -- the BCE-vs-coverage curve of the paper. The VM of day t is its snapshot trained through t-1.
+its TAE -- the BCE-vs-coverage curve of the paper. The VM of day t is its snapshot trained through t-1;
+a VM kept without daily snapshots is evaluated only on days after its last training day.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.metrics.ranking import ne
 from fxrec.pipeline import events_path
-from fxrec.serving.models import channel_names, load, run_config
+from fxrec.serving.models import channel_names, load, run_config, trained_through
 from fxrec.train.checkpoint import load as load_state
 
 _TS_BITS = 34
@@ -182,6 +183,8 @@ def solaris_report(run: Path, vm: str, settings: CoverageSettings | None = None)
     eval_days = log.days[-settings.days :]
     snapshots = run / "models" / vm / "snapshots"
     rng = np.random.default_rng(settings.seed)
+    final = trained_through(run / "models" / vm)  # VMs without daily snapshots: only later days are fair
+    evaluated: list[str] = []
     previous: _Day | None = None
     rows: dict[str, list[np.ndarray]] = {}
     tiers_all, labels_all = [], []
@@ -206,6 +209,10 @@ def solaris_report(run: Path, vm: str, settings: CoverageSettings | None = None)
             if snapshot.exists():
                 model.load_state_dict(load_state(snapshot))
                 model.eval()
+            elif final is None or day <= final:  # no snapshot: the final model has seen this day
+                previous = today
+                continue
+            evaluated.append(day)
             tier, chain = assign_tiers(previous, today, settings)
             scenarios = _scenarios(today, tier, chain, settings.sweep, rng)
             for name, (vectors, found) in scenarios.items():
@@ -223,7 +230,7 @@ def solaris_report(run: Path, vm: str, settings: CoverageSettings | None = None)
     base = results["no TAE (all missing)"]
     return {
         "vm": vm,
-        "days": eval_days,
+        "days": evaluated,
         "events": int(len(tier)),
         "settings": {k: v for k, v in settings.__dict__.items()},
         "tier_share": {name: float(counts[i]) for i, name in enumerate(TIERS)},

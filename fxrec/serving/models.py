@@ -49,10 +49,20 @@ def run_config(run: Path) -> RunConfig:
 
 
 def trained_through(model_dir: Path) -> str | None:
+    """The last day a model trained on: its newest daily snapshot (FMs keep them), else the
+    training checkpoint's record (VMs skip daily snapshots)."""
     snapshots = sorted(
         p.name.removeprefix("day=").removesuffix(".pt") for p in (model_dir / "snapshots").glob("day=*.pt")
     )
-    return snapshots[-1] if snapshots else None
+    if snapshots:
+        return snapshots[-1]
+    checkpoint = model_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        return (
+            str(torch.load(checkpoint, map_location="cpu", weights_only=True).get("trained_through") or "")
+            or None
+        )
+    return None
 
 
 def load(run: Path, name: str) -> LoadedModel:
