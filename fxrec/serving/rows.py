@@ -89,4 +89,5 @@ def histories_of(catalog: FeatureCatalog, user_ids: np.ndarray) -> list[UserHist
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    """A float32 tensor owning its memory (store reads and broadcasts are read-only views)."""
+    return torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
