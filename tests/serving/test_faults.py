@@ -94,6 +94,10 @@ def test_redis_outage_mid_load(served_run, small_log, catalog):
                 for store in stores:
                     store.close()
     statuses = Counter(r[1] for r in load.records)
+    print(
+        f"outage test: {len(load.records)} answers {dict(statuses)}; during the outage {len(during)} answers, SUM sources "
+        f"{Counter(r[2] for r in during)}; fresh again {recovered:.2f}s after Redis came back"
+    )
     assert set(statuses) == {200}, f"non-200 answers: {statuses}"
     assert len(during) >= 10, "the service stopped answering while Redis was down"
     assert {r[2] for r in during} <= {"stale", "missing"}  # the local copy or nothing, never a 5xx
