@@ -120,10 +120,26 @@ def print_summary(content: dict) -> None:
         console.print(f"oracle (simulator ground truth) on all evaluation events: NE {content['oracle']['ne']:.4f}, AUC {content['oracle']['auc']:.4f}")
 
 
-def run_demo(config: RunConfig, run: Path, fresh: bool = False) -> dict:
+def run_demo(config: RunConfig, run: Path, fresh: bool = False, serve: bool = True) -> dict:
     log = prepare_events(config, run, fresh=fresh)
     train_model(config.fm, config, run, log, fresh=fresh)
     for vm in config.expand_vms(log.spec.surfaces):
         train_model(vm, config, run, log, fresh=fresh)
     transfer = run_transfer_experiment(config, run, log, fresh=fresh) if config.experiment is not None else None
-    return evaluate_and_report(config, run, log, transfer)
+    content = evaluate_and_report(config, run, log, transfer)
+    if serve:
+        show_serving(config, run, log, transfer)
+    return content
+
+
+def show_serving(config: RunConfig, run: Path, log: EventLog, transfer: dict | None) -> None:
+    """End of the demo: serve the best expert of the first surface and score a few requests."""
+    from fxrec.serving.demo import show_requests
+    from fxrec.transfer.experiment import model_name
+
+    vm = config.expand_vms(log.spec.surfaces)[0]
+    name = vm.name
+    if transfer is not None and vm.name in transfer["best"] and config.experiment is not None:
+        name = model_name(vm.name, transfer["best"][vm.name]["channel_set"], 0, config.experiment.seeds[0])
+    console.rule(f"serving {name}: fxrec serve --run {run} --vm {name}")
+    show_requests(run, name, console=console)

@@ -31,3 +31,30 @@ def small_log(tmp_path_factory, small_world_config):
     path = tmp_path_factory.mktemp("world") / "events"
     simulate_to(small_world_config, path, progress=False)
     return EventLog(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_fm_config():
+    """A tiny FM with a SUM user tower and target attention: everything `fxrec publish` can write."""
+    from fxrec.config import ModelConfig
+
+    user_features = ["user_id", "country", "age_bucket", "device", "user_segments", "user_activity", "hist_item_id"]
+    return ModelConfig(
+        name="fm",
+        role="fm",
+        embedding_dim=8,
+        dense_layers=[16],
+        interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 8},
+        heads={"hidden": [16]},
+        user_tower={"features": user_features, "dim": 12, "hidden": [16]},
+        target_attention={"query": ["item_id"], "heads": 2},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_vm_args():
+    """Constructor arguments of a tiny VM on the feed surface (add `name=`, `channels=`)."""
+    return dict(
+        role="vm", surfaces=["feed"], embedding_dim=8, dense_layers=[8],
+        interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 4}, heads={"hidden": [8]},
+    )

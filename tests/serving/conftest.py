@@ -6,39 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-USER_FEATURES = [
-    "user_id",
-    "country",
-    "age_bucket",
-    "device",
-    "user_segments",
-    "user_activity",
-    "hist_item_id",
-]
-
 
 @pytest.fixture(scope="session")
-def serving_config(small_log):
+def serving_config(small_log, tiny_fm_config, tiny_vm_args):
     from fxrec.config import ModelConfig, RunConfig
 
-    fm = ModelConfig(
-        name="fm",
-        role="fm",
-        embedding_dim=8,
-        dense_layers=[16],
-        interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 8},
-        heads={"hidden": [16]},
-        user_tower={"features": USER_FEATURES, "dim": 12, "hidden": [16]},
-        target_attention={"query": ["item_id"], "heads": 2},
-    )
-    vm = dict(
-        role="vm",
-        surfaces=["feed"],
-        embedding_dim=8,
-        dense_layers=[8],
-        interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 4},
-        heads={"hidden": [8]},
-    )
+    fm, vm = tiny_fm_config, tiny_vm_args
     return RunConfig(
         name="serving",
         simulator=None,
