@@ -22,7 +22,7 @@ from rich.table import Table
 from fxrec.config import ModelConfig, RunConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.simulator import simulate_to
-from fxrec.models.ranking import build_model, save_model_card
+from fxrec.models.ranking import MODEL_CARD, build_model, save_model_card
 from fxrec.report.evaluate import ModelEntry, evaluate_run
 from fxrec.report.render import write_report
 from fxrec.train.trainer import Trainer
@@ -56,6 +56,9 @@ def train_model(
     model_dir = run / "models" / model_config.name
     if fresh and model_dir.exists():
         shutil.rmtree(model_dir)
+    if (model_dir / "model.pt").exists() and not _same_config(model_dir, model_config):
+        console.print(f"{model_config.name}: its config changed since it was trained; training it again")
+        shutil.rmtree(model_dir)
     if (model_dir / "model.pt").exists():
         if not quiet:
             console.print(f"{model_config.name}: already trained ({model_dir}); skipping")
@@ -63,6 +66,9 @@ def train_model(
     unknown = set(model_config.surfaces or []) - set(log.spec.surfaces)
     if unknown:
         raise ValueError(f"model {model_config.name!r} names surfaces {sorted(unknown)} not in the log's {log.spec.surfaces}")
+    if model_config.role == "fm":
+        for stale in (run / "publish").glob(f"{model_config.name}*"):
+            shutil.rmtree(stale)  # outputs of an earlier FM: publish again from the new snapshots
     published = None
     if model_config.channels:
         lengths = [c.get("max_len", LoopFMChannel.default_max_len) for c in model_config.channel_specs() if c["name"] == "loopfm"]
@@ -82,6 +88,13 @@ def train_model(
     train = config.train if model_config.role == "fm" else config.train.model_copy(update={"keep_snapshots": False})
     Trainer(model, train, model_dir, progress=not quiet, published=published).fit(log, surfaces=model_config.surfaces)
     return model_dir
+
+
+def _same_config(model_dir: Path, model_config: ModelConfig) -> bool:
+    card = model_dir / MODEL_CARD
+    if not card.exists():
+        return False
+    return yaml.safe_load(card.read_text())["config"] == model_config.model_dump(mode="json")
 
 
 def entries(config: RunConfig, run: Path, log: EventLog) -> list[ModelEntry]:
