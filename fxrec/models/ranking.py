@@ -160,7 +160,7 @@ class RankingModel(nn.Module):
         representations: dict[str, torch.Tensor] = {}
         parts = [tokens.index_select(1, self._other_tokens) if self.user_tower is not None else tokens]
         if self.user_tower is not None:
-            user = self.user_tower(tokens.index_select(1, self._user_tokens), batch.dense.index_select(1, self._user_dense))
+            user = self._user_tower(tokens, batch)
             representations["user"] = user
             parts.append(self.user_projection(user).unsqueeze(1))
         if self.target_attention is not None:
@@ -198,7 +198,11 @@ class RankingModel(nn.Module):
         """(B, d_u) the SUM user embedding; only the batch's user-side features matter."""
         if self.user_tower is None:
             raise ValueError("this model has no user_tower; add `user_tower:` to its config")
-        tokens, _ = self._sparse_tokens(batch)
+        return self._user_tower(self._sparse_tokens(batch)[0], batch)
+
+    def _user_tower(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The user tower on the user-side tokens (B, n_u, d) and user dense features (B, D_u)."""
+        assert self.user_tower is not None
         return self.user_tower(tokens.index_select(1, self._user_tokens), batch.dense.index_select(1, self._user_dense))
 
     def fused_optimizer(self) -> torch.optim.Optimizer | None:

@@ -67,6 +67,31 @@ class TransferChannel(nn.Module):
         pass
 
 
+class VectorChannel(TransferChannel):
+    """A channel whose input is one published FM vector per event (`extras[feature]`, (B, input_dim))
+    with a found flag (`extras[feature + "_found"]`): LayerNorm -> Linear -> one token, and a learned
+    "missing" token where the FM had nothing for the event."""
+
+    num_tokens = 1
+    feature: str = ""
+
+    def __init__(self, dim: int, tasks: list[str], input_dim: int):
+        super().__init__(dim, tasks)
+        self.norm = nn.LayerNorm(input_dim)
+        self.project = nn.Linear(input_dim, dim)
+        self.missing = nn.Parameter(torch.zeros(dim))
+
+    def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
+        token = self.project(self.norm(batch.extras[self.feature]))
+        return or_missing(token, batch.extras[f"{self.feature}_found"], self.missing).unsqueeze(1)
+
+
+def or_missing(token: torch.Tensor, found: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """(B, d): `token` where found (B,) is 1, the learned `missing` (d,) vector where it is 0."""
+    found = found.unsqueeze(1)
+    return found * token + (1 - found) * missing
+
+
 def soft_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean BCE of logits against soft targets over the rows where mask is 1 (0 if none)."""
     per_row = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")

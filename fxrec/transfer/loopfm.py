@@ -23,7 +23,7 @@ from torch import nn
 from fxrec.data.batches import Batch, EventFrame
 from fxrec.nn.mlp import MLP
 from fxrec.ops import jagged_dense_attention
-from fxrec.transfer.base import TransferChannel
+from fxrec.transfer.base import TransferChannel, or_missing
 
 ENCODERS = ("mean", "sum", "attention")
 
@@ -131,5 +131,4 @@ class LoopFMChannel(TransferChannel):
             pooled = pooled.squeeze(1)
         else:
             pooled = torch.segment_reduce(values, self.encoder, lengths=lengths, unsafe=True, initial=0.0)
-        has = (lengths > 0).float().unsqueeze(1)
-        return (has * pooled + (1 - has) * self.missing).unsqueeze(1)
+        return or_missing(pooled, (lengths > 0).float(), self.missing).unsqueeze(1)

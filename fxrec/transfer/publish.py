@@ -36,7 +36,7 @@ from fxrec.data.reader import iter_frames
 from fxrec.models.ranking import RankingModel, build_model
 from fxrec.train.checkpoint import load
 from fxrec.transfer.loopfm import MatryoshkaAutoencoder, quantize_int4
-from fxrec.transfer.published import PUBLISH_META
+from fxrec.transfer.published import PUBLISH_META, last_row_per_user
 
 CHUNK = 4096
 
@@ -178,6 +178,5 @@ def _open_user_store(directory: Path, model: RankingModel):
 def _write_latest(store, columns: dict, user: np.ndarray, version: int) -> None:
     """The day's last embedding per user (what SOAP would hold at the end of the day)."""
     users, ts = columns["user_id"], columns["ts"]
-    order = np.lexsort((ts, users))
-    last = order[np.r_[users[order][1:] != users[order][:-1], True]]
+    last = last_row_per_user(users, ts)
     store.put(users[last].astype(np.int64), user[last].astype(np.float32), version, ts[last].astype(np.int64))

@@ -37,6 +37,12 @@ def _fixed_list(column: pa.ChunkedArray, dtype: np.dtype) -> np.ndarray:
     return array.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(-1, width)
 
 
+def last_row_per_user(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row index of each user's latest event (ties in ts: the later row), one per distinct user."""
+    order = np.lexsort((ts, users))
+    return order[np.r_[users[order][1:] != users[order][:-1], True]]
+
+
 @dataclass
 class _Ring:
     """Per user (sorted), newest first: the last write of each of the last K FM versions."""
@@ -193,14 +199,19 @@ class PublishedFM:
         self._codes = np.zeros((0, self.dims.get("loopfm", 0)), np.int8)
         self._code_count = 0
         self._current: _Day | None = None
+        self._last_view: tuple[EventFrame, FrameView] | None = None
 
     def view(self, frame: EventFrame) -> FrameView:
         day = getattr(frame, "day", None)
         if day is None:
             raise ValueError("PublishedFM.view needs a frame from iter_frames (it carries its day)")
+        if self._last_view is not None and self._last_view[0] is frame:
+            return self._last_view[1]  # several channels join the same frame: one lookup serves them all
         self._advance_to(day)
         state = self._current if self._current is not None and self._current.day == day else None
-        return FrameView(state, frame, self._codes[: self._code_count] if self._loop is not None else None, self.dims)
+        view = FrameView(state, frame, self._codes[: self._code_count] if self._loop is not None else None, self.dims)
+        self._last_view = (frame, view)
+        return view
 
     def _advance_to(self, day: str) -> None:
         if self._current is not None and day < self._current.day:
@@ -219,8 +230,7 @@ class PublishedFM:
         if state is None or self._ring is None:
             return
         users, ts = state.columns["user_id"], state.columns["ts"]
-        order = np.lexsort((ts, users))
-        last = order[np.r_[users[order][1:] != users[order][:-1], True]]
+        last = last_row_per_user(users, ts)
         self._ring = self._ring.merge(users[last], state.columns["user"][last], state.columns["fm_version"][last], ts[last])
 
     def _load(self, day: str) -> _Day:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fxrec.data.batches import Batch, EventFrame
+from fxrec.data.batches import EventFrame
 from fxrec.nn.mlp import MLP
-from fxrec.transfer.base import TransferChannel
+from fxrec.transfer.base import VectorChannel
 
 
 class UserTower(nn.Module):
@@ -41,24 +41,15 @@ class UserTower(nn.Module):
         return self.out(self.body(torch.cat([tokens.flatten(1), dense], dim=1)))
 
 
-class SUMChannel(TransferChannel):
+class SUMChannel(VectorChannel):
     name = "sum"
-    num_tokens = 1
+    feature = "sum_user"
 
     def __init__(self, dim: int, tasks: list[str], input_dim: int, stabilize_k: int = 1):
-        super().__init__(dim, tasks)
+        super().__init__(dim, tasks, input_dim)
         self.stabilize_k = stabilize_k
-        self.norm = nn.LayerNorm(input_dim)
-        self.project = nn.Linear(input_dim, dim)
-        self.missing = nn.Parameter(torch.zeros(dim))
 
     def attach(self, frame: EventFrame, published) -> None:
-        view = published.view(frame)
-        vectors, found, _ = view.user_embeddings(self.stabilize_k)
+        vectors, found, _ = published.view(frame).user_embeddings(self.stabilize_k)
         frame.extras["sum_user"] = vectors
         frame.extras["sum_user_found"] = found.float()
-
-    def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
-        found = batch.extras["sum_user_found"].unsqueeze(1)
-        token = self.project(self.norm(batch.extras["sum_user"]))
-        return (found * token + (1 - found) * self.missing).unsqueeze(1)

@@ -17,10 +17,10 @@ import math
 import torch
 from torch import nn
 
-from fxrec.data.batches import Batch, EventFrame
+from fxrec.data.batches import EventFrame
 from fxrec.interactions.base import SequenceTokens
 from fxrec.ops import jagged_dense_attention
-from fxrec.transfer.base import TransferChannel
+from fxrec.transfer.base import VectorChannel
 
 
 class TargetAttention(nn.Module):
@@ -53,22 +53,11 @@ class TargetAttention(nn.Module):
         return self.out(torch.cat([attended.reshape(batch, dim), candidate], dim=1))
 
 
-class TAEChannel(TransferChannel):
+class TAEChannel(VectorChannel):
     name = "tae"
-    num_tokens = 1
-
-    def __init__(self, dim: int, tasks: list[str], input_dim: int):
-        super().__init__(dim, tasks)
-        self.norm = nn.LayerNorm(input_dim)
-        self.project = nn.Linear(input_dim, dim)
-        self.missing = nn.Parameter(torch.zeros(dim))
+    feature = "tae"
 
     def attach(self, frame: EventFrame, published) -> None:
         view = published.view(frame)
         frame.extras["tae"] = view.vectors("tae")
         frame.extras["tae_found"] = view.found.float()
-
-    def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
-        found = batch.extras["tae_found"].unsqueeze(1)
-        token = self.project(self.norm(batch.extras["tae"]))
-        return (found * token + (1 - found) * self.missing).unsqueeze(1)
