@@ -25,7 +25,7 @@ class LowRankCross(nn.Module):
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         x = x0
         for down, up in zip(self.down, self.up, strict=True):
-            x = x0 * up(down(x)) + x
+            x = torch.addcmul(x, x0, up(down(x)))  # x0 * (U V x + b) + x in one pass over (B, n*d)
         return x
 
 
@@ -57,7 +57,9 @@ class DCNv2(Interaction):
         if structure == "parallel":
             sizes = deep_layers or [256, 128]
             if sizes[-1] % dim:
-                raise ValueError(f"DCNv2 parallel: the deep MLP's last width ({sizes[-1]}) must be a multiple of dim ({dim})")
+                raise ValueError(
+                    f"DCNv2 parallel: the deep MLP's last width ({sizes[-1]}) must be a multiple of dim ({dim})"
+                )
             self.deep = MLP(num_tokens * dim, sizes)
             self.num_outputs += sizes[-1] // dim
 
