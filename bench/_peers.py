@@ -1,10 +1,18 @@
-"""Peer-library adapters for bench/quality_peers.py: DeepCTR-Torch DCN and DIN on fxrec's own rows.
+"""Peer-library adapters for bench/quality_peers.py: DeepCTR-Torch and FuxiCTR DCN(v2) and DIN on fxrec's rows.
 
 The peers read exactly the features fxrec's models read: the table rows fxrec hashed each id to
 (row 0 = missing / padding), the genres list, the dense columns and the same leak-free history
 (`hist_<source>`, the user's last L clicks before the event), all taken out of the same
 `EventFrame`s fxrec trains on. DIN attends over `hist_item_id` with `item_id` as the query (and
 `hist_advertiser_id` / `advertiser_id` where the log has them), sharing their embedding tables.
+
+- `deepctr_dcn`, `deepctr_din`: DeepCTR-Torch's own model classes, trained by DeepCTR's `fit()`.
+- `fuxictr_dcnv2`, `fuxictr_din`: FuxiCTR 2.3.10's layers (`FeatureEmbeddingDict`, `CrossNetV2`,
+  `DIN_Attention`, `MLP_Block`) assembled the way FuxiCTR's model_zoo DCNv2 / DIN are, with FuxiCTR's
+  initialisation. The wheel ships no DCNv2 / DIN model class outside model_zoo, whose models need
+  FuxiCTR's CSV -> FeatureMap -> dataloader pipeline; here the `FeatureMap` is built in memory from
+  fxrec's spec and the models train in a plain Adam loop (`fit_fuxictr`): FuxiCTR's `BaseModel.fit`
+  minus its gradient-norm clipping (10), lr reduction on plateau and logging.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 # isort: off
 # torchrec must load before deepctr_torch: DeepCTR imports TensorFlow, whose LLVM aborts the process
@@ -23,6 +33,8 @@ import torch
 import torchrec  # noqa: F401
 from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
 from deepctr_torch.models import DCN, DIN
+from fuxictr.features import FeatureMap
+from fuxictr.pytorch.layers import CrossNetV2, DIN_Attention, FeatureEmbeddingDict, MLP_Block
 
 # isort: on
 
@@ -30,7 +42,9 @@ from fxrec.data.batches import EventFrame
 from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
 from fxrec.metrics import auc, log_loss
 
-PEER_MODELS = ("deepctr_dcn", "deepctr_din")
+DEEPCTR_MODELS = ("deepctr_dcn", "deepctr_din")
+FUXICTR_MODELS = ("fuxictr_dcnv2", "fuxictr_din")
+PEER_MODELS = (*DEEPCTR_MODELS, *FUXICTR_MODELS)
 
 
 @dataclass
@@ -191,6 +205,182 @@ def fit_peer(
     probs = np.clip(
         model.predict({k: test.inputs[k] for k in names}, batch_size=4096).reshape(-1), 1e-7, 1 - 1e-7
     )
+    return {
+        "best_epoch": best_epoch,
+        "valid_auc": float(best_auc),
+        "valid_curve": [float(v) for v in curve],
+        "test_auc": float(auc(test.labels, probs)),
+        "test_log_loss": float(log_loss(test.labels, probs)),
+    }
+
+
+def fuxictr_feature_map(spec: DatasetSpec, features: list[FeatureSpec], attended: set[str]) -> FeatureMap:
+    """FuxiCTR's FeatureMap, in memory, mirroring fxrec's tables (row 0 = padding, histories share tables).
+
+    Multi-valued features and histories outside `attended` are mean-pooled over their non-padding
+    entries (FuxiCTR's `MaskedAveragePooling` encoder); `attended` histories stay (B, L, d) for DIN.
+    """
+    feature_map = FeatureMap("fxrec", data_dir="")
+    owners: dict[str, str] = {}  # table -> the feature whose embedding layer the table is
+    for feature in features:
+        if feature.kind is FeatureKind.dense:
+            entry: dict = {"type": "numeric", "source": ""}
+        else:
+            table = feature.table_name
+            entry = {
+                "type": "categorical" if feature.kind is FeatureKind.sparse else "sequence",
+                "vocab_size": spec.feature(table).cardinality or 2,
+                "padding_idx": 0,
+                "source": "",
+            }
+            if table in owners:
+                entry["share_embedding"] = owners[table]
+            else:
+                owners[table] = feature.name
+            if feature.kind is not FeatureKind.sparse and feature.name not in attended:
+                entry["feature_encoder"] = "layers.MaskedAveragePooling()"
+        feature_map.features[feature.name] = entry
+    # Shared tables must be declared after their owner: FeatureEmbeddingDict builds them in order.
+    order = sorted(feature_map.features, key=lambda n: "share_embedding" in feature_map.features[n])
+    feature_map.features = OrderedDict((n, feature_map.features[n]) for n in order)
+    feature_map.num_fields = len(order)
+    return feature_map
+
+
+class FuxiDCNv2(nn.Module):
+    """FuxiCTR model_zoo DCNv2, "parallel": embeddings -> [CrossNetV2 ‖ MLP_Block] -> Linear -> sigmoid."""
+
+    def __init__(self, feature_map: FeatureMap, dim: int, cross_layers: int, hidden: list[int]):
+        super().__init__()
+        self.embedding = FeatureEmbeddingDict(feature_map, dim)
+        width = dim * len(feature_map.features)
+        self.cross = CrossNetV2(width, cross_layers)
+        self.deep = MLP_Block(input_dim=width, hidden_units=hidden, hidden_activations="ReLU")
+        self.fc = nn.Linear(width + hidden[-1], 1)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = self.embedding.dict2tensor(self.embedding(inputs), flatten_emb=True)  # (B, F*d)
+        return torch.sigmoid(self.fc(torch.cat([self.cross(emb), self.deep(emb)], dim=-1))).squeeze(-1)
+
+
+class FuxiDIN(nn.Module):
+    """FuxiCTR model_zoo DIN: DIN_Attention (Dice, no softmax) of the target over the history -> MLP_Block."""
+
+    def __init__(
+        self, feature_map: FeatureMap, dim: int, targets: list[str], sequences: list[str], hidden: list[int]
+    ):
+        super().__init__()
+        self.targets, self.sequences, self.dim = targets, sequences, dim
+        self.embedding = FeatureEmbeddingDict(feature_map, dim)
+        self.attention = DIN_Attention(dim * len(targets), attention_units=[64], hidden_activations="Dice")
+        self.dnn = MLP_Block(
+            input_dim=dim * len(feature_map.features),
+            output_dim=1,
+            hidden_units=hidden,
+            hidden_activations="ReLU",
+            output_activation="Sigmoid",
+        )
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = self.embedding(inputs)
+        target = torch.cat([emb[f] for f in self.targets], dim=-1)  # (B, k*d)
+        history = torch.cat([emb[f] for f in self.sequences], dim=-1)  # (B, L, k*d)
+        pooled = self.attention(target, history, inputs[self.sequences[0]] != 0)
+        for name, part in zip(self.sequences, pooled.split(self.dim, dim=-1), strict=True):
+            emb[name] = part
+        return self.dnn(self.embedding.dict2tensor(emb, flatten_emb=True)).squeeze(-1)
+
+
+def _fuxictr_reset(model: nn.Module) -> None:
+    """FuxiCTR's BaseModel.reset_parameters: xavier-normal Linear weights, zero biases, then init_weights()."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                module.bias.data.zero_()
+    for module in model.modules():
+        if hasattr(module, "init_weights"):
+            module.init_weights()
+
+
+def build_fuxictr(
+    name: str,
+    spec: DatasetSpec,
+    features: list[FeatureSpec],
+    dim: int,
+    hidden: list[int],
+) -> nn.Module:
+    if name == "fuxictr_dcnv2":
+        model: nn.Module = FuxiDCNv2(fuxictr_feature_map(spec, features, set()), dim, 2, hidden)
+    elif name == "fuxictr_din":
+        targets = behavior_features(features)
+        sequences = [f"hist_{t}" for t in targets]
+        model = FuxiDIN(fuxictr_feature_map(spec, features, set(sequences)), dim, targets, sequences, hidden)
+    else:
+        raise ValueError(f"unknown FuxiCTR peer {name!r}; known: {FUXICTR_MODELS}")
+    _fuxictr_reset(model)
+    return model
+
+
+def _predict(
+    model: nn.Module, inputs: dict[str, torch.Tensor], rows: int, batch_size: int = 4096
+) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        out = [
+            model({k: v[i : i + batch_size] for k, v in inputs.items()}) for i in range(0, rows, batch_size)
+        ]
+    model.train()
+    return torch.cat(out).numpy()
+
+
+def fit_fuxictr(
+    name: str,
+    spec: DatasetSpec,
+    features: list[FeatureSpec],
+    train: PeerData,
+    valid: PeerData,
+    test: PeerData,
+    seed: int,
+    dim: int,
+    batch_size: int,
+    lr: float,
+    max_epochs: int,
+    patience: int,
+    hidden: tuple[int, ...] = (128, 64),
+) -> dict:
+    """A FuxiCTR-layer model in a plain loop: Adam, BCE, shuffled batches; best validation-AUC epoch tested."""
+    torch.manual_seed(seed)
+    model = build_fuxictr(name, spec, features, dim, list(hidden))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    names = [f.name for f in features]
+
+    def tensors(data: PeerData) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(data.inputs[k]) for k in names}
+
+    x_train, x_valid, x_test = tensors(train), tensors(valid), tensors(test)
+    y_train = torch.as_tensor(train.labels, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    best_auc, best_state, best_epoch, stale, curve = -np.inf, None, -1, 0, []
+    for epoch in range(max_epochs):
+        order = torch.randperm(len(y_train), generator=generator)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            probs = model({k: v[rows] for k, v in x_train.items()})
+            loss = nn.functional.binary_cross_entropy(probs, y_train[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        valid_auc = auc(valid.labels, _predict(model, x_valid, len(valid.labels)))
+        curve.append(valid_auc)
+        if valid_auc > best_auc:
+            best_auc, best_state, best_epoch, stale = valid_auc, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    model.load_state_dict(best_state)
+    probs = np.clip(_predict(model, x_test, len(test.labels)), 1e-7, 1 - 1e-7)
     return {
         "best_epoch": best_epoch,
         "valid_auc": float(best_auc),
