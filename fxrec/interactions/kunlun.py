@@ -13,8 +13,10 @@ Output: [X_sum ‖ H] from a final summary of X and a final pooling of S:
 (B, num_summary + num_event_types * num_sequence_tokens, d).
 
 Event-level personalization (`num_event_types > 1`): pass `event_types (N,)` int64 to forward; the history
-is split by type (order kept, still jagged) and each type runs its own sequence tower (own weights,
-same width/heads/window), each contributing its own H to the interaction and the output.
+is split by type (order kept, still jagged) and each type runs its own sequence tower with its own weights,
+its own width (`event_widths`, projected in from d and back out to d) and its own length
+(`event_lengths`: each type keeps only its most recent entries), each contributing its own H to the
+interaction and the output.
 """
 
 from __future__ import annotations
@@ -30,12 +32,28 @@ from fxrec.nn.token_mixing import GatedSummary
 from fxrec.ops import JaggedPlan, jagged_select
 
 
+def keep_last(
+    values: torch.Tensor, plan: JaggedPlan, ages: torch.Tensor | None, length: int
+) -> tuple[torch.Tensor, JaggedPlan, torch.Tensor | None]:
+    """Each sequence's most recent `length` entries (histories are oldest first), still jagged."""
+    if plan.max_len <= length:
+        return values, plan, ages
+    keep = plan.positions >= plan.lengths[plan.batch_ids] - length
+    values, offsets, ages = jagged_select(keep, values, plan.offsets, ages)
+    return values, JaggedPlan(offsets), ages
+
+
 class KunlunSequenceTower(nn.Module):
-    """The sequence side of every layer for one event type: (N, d) jagged -> (N, d) and H (B, m, d)."""
+    """The sequence side of every layer for one event type: (N, d) jagged -> (N, w) and H (B, m, d).
+
+    The tower runs at its own width w: the history and the summary X_sum are projected d -> w on the way
+    in, the pooled H w -> d on the way out (identity when w = d).
+    """
 
     def __init__(
         self,
         dim: int,
+        width: int,
         num_summary: int,
         num_heads: int,
         num_layers: int,
@@ -55,19 +73,32 @@ class KunlunSequenceTower(nn.Module):
         has_attention = [not comp_skip or i % 2 == 1 for i in range(num_layers)]
 
         def pool() -> nn.Module:
-            return build_pooling(pooling, dim, num_sequence_tokens, num_heads, seed_multiplier, pooling_rank)
+            return build_pooling(
+                pooling, width, num_sequence_tokens, num_heads, seed_multiplier, pooling_rank
+            )
+
+        def project(a: int, b: int) -> nn.Module:
+            return nn.Identity() if a == b else nn.Linear(a, b)
+
+        self.values_in, self.summary_in, self.pooled_out = (
+            project(dim, width),
+            project(dim, width),
+            project(width, dim),
+        )
 
         # ModuleDicts keyed by layer index: CompSkip layers own only the parts they run.
         self.ffn = nn.ModuleDict(
             {
-                str(i): GDPAFeedForward(dim, num_summary, num_heads, ffn_hidden, gdpa_activation, gdpa_scale)
+                str(i): GDPAFeedForward(
+                    width, num_summary, num_heads, ffn_hidden, gdpa_activation, gdpa_scale
+                )
                 for i in range(num_layers)
                 if self.is_global[i]
             }
         )
         self.attention = nn.ModuleDict(
             {
-                str(i): JaggedSelfAttentionBlock(dim, num_heads, window=window, rotary=rotary)
+                str(i): JaggedSelfAttentionBlock(width, num_heads, window=window, rotary=rotary)
                 for i in range(num_layers)
                 if has_attention[i]
             }
@@ -87,11 +118,11 @@ class KunlunSequenceTower(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         key = str(i)
         if key in self.ffn:
-            values = self.ffn[key](values, x_sum, plan, max_len)
+            values = self.ffn[key](values, self.summary_in(x_sum), plan, max_len)
         if key in self.attention:
             values = self.attention[key](values, plan, ages)
         if key in self.pool:
-            return values, self.pool[key](values, plan)
+            return values, self.pooled_out(self.pool[key](values, plan))
         assert cached is not None, "a local layer needs an earlier global layer's summary"
         return values, cached
 
@@ -132,16 +163,29 @@ class Kunlun(Interaction):
         comp_skip: bool = True,
         rotary: str = "time",
         num_event_types: int = 1,
+        event_widths: list[int] | None = None,
+        event_lengths: list[int | None] | None = None,
         interaction_hidden: int = 128,
     ):
         super().__init__()
         if num_layers < 1:
             raise ValueError("Kunlun needs num_layers >= 1")
+        widths = list(event_widths) if event_widths is not None else [dim] * num_event_types
+        lengths = list(event_lengths) if event_lengths is not None else [None] * num_event_types
+        if len(widths) != num_event_types or len(lengths) != num_event_types:
+            raise ValueError(
+                f"event_widths ({widths}) and event_lengths ({lengths}) need one entry per event type "
+                f"(num_event_types={num_event_types})"
+            )
+        if any(w % num_heads for w in widths) or any(n is not None and n < 1 for n in lengths):
+            raise ValueError(f"event widths must be multiples of num_heads={num_heads} and lengths >= 1")
         self.num_layers = num_layers
         self.num_event_types = num_event_types
+        self.event_lengths = lengths
         self.towers = nn.ModuleList(
             KunlunSequenceTower(
                 dim,
+                width,
                 num_summary,
                 num_heads,
                 num_layers,
@@ -156,7 +200,7 @@ class Kunlun(Interaction):
                 comp_skip,
                 rotary,
             )
-            for _ in range(num_event_types)
+            for width in widths
         )
         summary_tokens = num_summary + num_event_types * num_sequence_tokens
         self.summaries = nn.ModuleList(
@@ -170,7 +214,19 @@ class Kunlun(Interaction):
         self.num_outputs = summary_tokens
 
     def split(self, sequence: SequenceTokens, event_types: torch.Tensor | None):
-        """One (values, ages, plan) per event type, each still jagged over the same B examples."""
+        """One (values, ages, plan, max_len) per event type, each still jagged over the same B examples and
+        cut to the type's own length."""
+        streams = []
+        for t, (values, ages, plan) in enumerate(self._by_type(sequence, event_types)):
+            length = self.event_lengths[t]
+            if length is not None:
+                values, plan, ages = keep_last(values, plan, ages, length)
+            streams.append(
+                (values, ages, plan, sequence.max_len if length is None else min(length, sequence.max_len))
+            )
+        return streams
+
+    def _by_type(self, sequence: SequenceTokens, event_types: torch.Tensor | None):
         offsets = sequence.offsets.long()
         if self.num_event_types == 1:
             return [(sequence.values, sequence.ages, JaggedPlan(offsets))]
@@ -196,19 +252,17 @@ class Kunlun(Interaction):
         if sequence is None:
             raise ValueError("Kunlun is sequence-aware: pass the jagged history as `sequence`")
         streams = self.split(sequence, event_types)
-        values = [v for v, _, _ in streams]
+        values = [tower.values_in(v) for tower, (v, _, _, _) in zip(self.towers, streams, strict=True)]
         cached: list[torch.Tensor | None] = [None] * self.num_event_types
         x = tokens
         for i in range(self.num_layers):
             x_sum = self.summaries[i](x)  # (B, num_summary, d): the weights the GDPA-FFN is generated from
-            for t, (tower, (_, ages, plan)) in enumerate(zip(self.towers, streams, strict=True)):
-                values[t], cached[t] = tower.layer(
-                    i, values[t], x_sum, plan, ages, sequence.max_len, cached[t]
-                )
+            for t, (tower, (_, ages, plan, max_len)) in enumerate(zip(self.towers, streams, strict=True)):
+                values[t], cached[t] = tower.layer(i, values[t], x_sum, plan, ages, max_len, cached[t])
             z = torch.cat([x_sum, *cached], dim=1)  # (B, num_summary + T*m, d)
             x = self.norms[i](x + self.interactions[i](z))
         pooled = [
-            tower.final_pool(v, plan)
-            for tower, v, (_, _, plan) in zip(self.towers, values, streams, strict=True)
+            tower.pooled_out(tower.final_pool(v, plan))
+            for tower, v, (_, _, plan, _) in zip(self.towers, values, streams, strict=True)
         ]
         return torch.cat([self.summaries[-1](x), *pooled], dim=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from interaction_fixtures import DIM, LENGTHS, NUM_TOKENS, make_sequence, make_tokens
@@ -77,3 +79,31 @@ def test_event_level_towers() -> None:
         assert (model(make_tokens(5), sequence, event_types=1 - types) - out).abs().amax() > 1e-5
     with pytest.raises(ValueError, match="event_types"):
         model(make_tokens(5), sequence)
+
+
+def test_event_towers_have_their_own_width_and_length() -> None:
+    model = small(num_event_types=2, num_sequence_tokens=2, event_widths=[DIM, 8], event_lengths=[None, 2])
+    assert (
+        model.towers[1].attention["1"].qkv.in_features == 8
+        and model.towers[0].attention["1"].qkv.in_features == DIM
+    )
+    lengths = [0, 1, 3, 7, 20]
+    sequence = make_sequence(lengths)
+    types = torch.arange(sum(lengths)) % 2  # within each history, types alternate from its first entry
+    model.eval()
+    out = model(make_tokens(5), sequence, event_types=types)
+    assert out.shape == (5, model.num_outputs, DIM)
+    start = sum(lengths[:4])  # the 20-entry history: type-1 entries sit at odd offsets from `start`
+    type1_rows = [r for r in range(start, start + 20) if types[r] == 1]
+
+    def perturbed(row: int) -> torch.Tensor:
+        values = sequence.values.clone()
+        values[row] += 10.0
+        return model(make_tokens(5), replace(sequence, values=values), event_types=types)
+
+    with torch.no_grad():
+        # the oldest type-1 entry is outside its tower's last 2 (and the type-0 tower never sees type 1)
+        torch.testing.assert_close(perturbed(type1_rows[0]), out)
+        assert (perturbed(type1_rows[-1]) - out)[4].abs().amax() > 1e-4
+    with pytest.raises(ValueError, match="one entry per event type"):
+        small(num_event_types=2, event_widths=[DIM])
