@@ -3,13 +3,15 @@
 Every method starts from the same jagged q, k, v (sum_len, H, D) and ends with a jagged output and
 jagged input gradients, so padding and unpadding are part of the padded baselines' cost (that is what
 an arch that receives jagged histories pays). Standard softmax attention, no causal mask; FBGEMM's SLL
-op normalises by max_len and skips 1/sqrt(D), which costs the same. Time: best of a few runs; memory:
+op normalises by max_len and skips 1/sqrt(D), which costs the same. Time: best of a few runs, the methods
+taking turns (round-robin, so load from other jobs on a shared machine hits all alike); memory:
 peak torch-allocated bytes above the inputs (fxrec.ops.benchmarking). torch threads: 1.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import _common
@@ -18,7 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from fxrec.ops import jagged_self_attention
-from fxrec.ops.benchmarking import best_seconds, jagged_grid, offsets_from_lengths, peak_bytes, ragged_lengths
+from fxrec.ops.benchmarking import (
+    interleaved_best_seconds,
+    jagged_grid,
+    offsets_from_lengths,
+    peak_bytes,
+    ragged_lengths,
+)
 
 # the materialising baselines (NJT's padded math fallback, SLL's per-sequence N^2 scores) get skipped
 # above this many score elements: they would need several GiB and minutes on a shared 2-core machine
@@ -76,14 +84,20 @@ def measure(batch: int, max_len: int, ratio: float, heads: int, dim: int, seed: 
     total = int(offsets[-1])
     q, k, v = (torch.randn(total, heads, dim, generator=generator).requires_grad_() for _ in range(3))
     grad = torch.randn(total, heads, dim, generator=generator)
-    config = {"B": batch, "L": max_len, "ratio": ratio, "H": heads, "D": dim,
-              "mean_over_max": round(float(lengths.float().mean()) / max_len, 3)}
+    config = {
+        "B": batch,
+        "L": max_len,
+        "ratio": ratio,
+        "H": heads,
+        "D": dim,
+        "mean_over_max": round(float(lengths.float().mean()) / max_len, 3),
+    }
     reference_out = None
-    rows = []
+    rows, steps, peaks, notes = [], {}, {}, {}
     for name, fn in METHODS.items():
         reason = _skip_reason(name, batch, max_len, heads, lengths)
         if reason:
-            rows.append({**config, "method": name, "ms": None, "peak_mb": None, "note": reason})
+            notes[name] = reason
             continue
 
         def step(fn=fn) -> torch.Tensor:
@@ -93,17 +107,32 @@ def measure(batch: int, max_len: int, ratio: float, heads: int, dim: int, seed: 
             out.backward(grad)
             return out
 
-        peak = peak_bytes(step)
-        seconds = best_seconds(step)
-        note = ""
+        steps[name] = step
+        for tensor in (q, k, v):  # freed outside the profiled region, so no method is credited with them
+            tensor.grad = None
+        peaks[name] = peak_bytes(step)
+        notes[name] = ""
         if name in ("fxrec_cpu", "padded_sdpa", "njt_sdpa"):
             with torch.no_grad():
                 out = fn(q, k, v, offsets, max_len)
             if reference_out is None:
                 reference_out = out
             else:
-                note = f"max|out - fxrec| = {float((out - reference_out).abs().max()):.1e}"
-        rows.append({**config, "method": name, "ms": seconds * 1e3, "peak_mb": peak / 2**20, "note": note})
+                notes[name] = f"max|out - fxrec| = {float((out - reference_out).abs().max()):.1e}"
+    seconds = interleaved_best_seconds(steps)  # round-robin: load changes hit every method alike
+    for name in METHODS:
+        if name in steps:
+            rows.append(
+                {
+                    **config,
+                    "method": name,
+                    "ms": seconds[name] * 1e3,
+                    "peak_mb": peaks[name] / 2**20,
+                    "note": notes[name],
+                }
+            )
+        else:
+            rows.append({**config, "method": name, "ms": None, "peak_mb": None, "note": notes[name]})
     return rows
 
 
@@ -119,7 +148,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for baseline in ("padded_sdpa", "njt_sdpa", "fbgemm_sll"):
             other = methods[baseline]
             entry[f"speedup_vs_{baseline}"] = other["ms"] / ours["ms"] if other["ms"] else None
-            entry[f"memory_saving_vs_{baseline}"] = other["peak_mb"] / ours["peak_mb"] if other["peak_mb"] else None
+            entry[f"memory_saving_vs_{baseline}"] = (
+                other["peak_mb"] / ours["peak_mb"] if other["peak_mb"] else None
+            )
         per_config.append(entry)
     for ratio in sorted({e["ratio"] for e in per_config}):
         group = [e for e in per_config if e["ratio"] == ratio]
@@ -127,8 +158,12 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for field in [f for f in group[0] if f.startswith(("speedup", "memory"))]:
             values = [e[field] for e in group if e[field] is not None]
             if values:
-                stats[field] = {"geomean": math.exp(sum(map(math.log, values)) / len(values)),
-                                "min": min(values), "max": max(values), "configs": len(values)}
+                stats[field] = {
+                    "geomean": math.exp(sum(map(math.log, values)) / len(values)),
+                    "min": min(values),
+                    "max": max(values),
+                    "configs": len(values),
+                }
         summary[str(ratio)] = stats
     return {"per_config": per_config, "by_ratio": summary}
 
@@ -137,25 +172,69 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")  # NJT "prototype" and profiler chatter
-    args = _common.parse_args("jagged_attention", __doc__.splitlines()[0])
+    args = _common.parse_args(
+        "jagged_attention",
+        __doc__.splitlines()[0],
+        extra=[
+            (
+                ("--max-lens",),
+                dict(
+                    type=int,
+                    nargs="+",
+                    help="only these max_len values of the grid (same seeds as the "
+                    "full run); the JSON is written only with an explicit --out",
+                ),
+            ),
+            (
+                ("--ratios",),
+                dict(type=float, nargs="+", help="only these mean/max ratios of the grid (as --max-lens)"),
+            ),
+        ],
+    )
     torch.set_num_threads(1)
     grid = jagged_grid(args.quick)
     rows = []
     for index, (batch, max_len, ratio, heads, dim) in enumerate(grid):
+        if (args.max_lens and max_len not in args.max_lens) or (args.ratios and ratio not in args.ratios):
+            continue  # seeds stay the grid index, so a partial run measures the same batches
         rows += measure(batch, max_len, ratio, heads, dim, seed=index)
-        done = rows[-len(METHODS):]
-        print(f"[{index + 1}/{len(grid)}] B={batch} L={max_len} r={ratio} H={heads} D={dim}: "
-              + ", ".join(f"{r['method']}={r['ms']:.1f}ms/{r['peak_mb']:.0f}MB" if r["ms"] else f"{r['method']}=-"
-                          for r in done), flush=True)
+        done = rows[-len(METHODS) :]
+        print(
+            f"[{index + 1}/{len(grid)}] B={batch} L={max_len} r={ratio} H={heads} D={dim}: "
+            + ", ".join(
+                f"{r['method']}={r['ms']:.1f}ms/{r['peak_mb']:.0f}MB" if r["ms"] else f"{r['method']}=-"
+                for r in done
+            ),
+            flush=True,
+        )
     result = ratios(rows)
-    _common.print_table("jagged self-attention fwd+bwd (1 thread, fp32)", rows,
-                        ["B", "L", "ratio", "mean_over_max", "H", "D", "method", "ms", "peak_mb", "note"])
+    _common.print_table(
+        "jagged self-attention fwd+bwd (1 thread, fp32)",
+        rows,
+        ["B", "L", "ratio", "mean_over_max", "H", "D", "method", "ms", "peak_mb", "note"],
+    )
     _common.print_table("fxrec cpu vs baselines (> 1: fxrec faster / smaller)", result["per_config"])
     for ratio, stats in result["by_ratio"].items():
-        print(f"mean/max={ratio}: " + "; ".join(f"{k} geomean {v['geomean']:.2f} (min {v['min']:.2f}, max {v['max']:.2f})"
-                                               for k, v in stats.items()))
-    _common.write_result(args, "jagged_attention", rows, result, threads=1, dtype="float32",
-                         memory_metric="peak torch CPU allocator bytes above inputs, via profiler memory events")
+        print(
+            f"mean/max={ratio}: "
+            + "; ".join(
+                f"{k} geomean {v['geomean']:.2f} (min {v['min']:.2f}, max {v['max']:.2f})"
+                for k, v in stats.items()
+            )
+        )
+    partial = args.max_lens or args.ratios
+    if partial and "--out" not in sys.argv:
+        print("partial grid: not written (pass --out to keep it)")
+        return
+    _common.write_result(
+        args,
+        "jagged_attention",
+        rows,
+        result,
+        threads=1,
+        dtype="float32",
+        memory_metric="peak torch CPU allocator bytes above inputs, via profiler memory events",
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def peak_bytes(step: Callable[[], None]) -> int:
     return peak
 
 
-def best_seconds(step: Callable[[], None], min_reps: int = 3, max_reps: int = 6, budget_s: float = 1.0) -> float:
+def best_seconds(
+    step: Callable[[], None], min_reps: int = 3, max_reps: int = 6, budget_s: float = 1.0
+) -> float:
     """Fastest of a few runs (min is the least noisy statistic on a shared machine)."""
     times: list[float] = []
     started = time.perf_counter()
@@ -41,6 +43,25 @@ def best_seconds(step: Callable[[], None], min_reps: int = 3, max_reps: int = 6,
         if times[-1] > 2 * budget_s:  # one long run is already a stable number
             break
     return min(times)
+
+
+def interleaved_best_seconds(
+    steps: dict[str, Callable[[], None]], min_reps: int = 3, max_reps: int = 8, budget_s: float = 1.0
+) -> dict[str, float]:
+    """`best_seconds` of several methods measured round-robin, so a load change on a shared machine hits
+    all of them alike and their ratio stays fair."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    started = time.perf_counter()
+    for rep in range(max_reps):
+        if rep >= min_reps and time.perf_counter() - started > budget_s * len(steps):
+            break
+        for name, step in steps.items():
+            if times[name] and times[name][-1] > 2 * budget_s:  # one long run is already a stable number
+                continue
+            begin = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - begin)
+    return {name: min(values) for name, values in times.items()}
 
 
 def ragged_lengths(batch: int, max_len: int, mean_ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -65,5 +86,10 @@ def jagged_grid(quick: bool) -> list[tuple[int, int, float, int, int]]:
     """The (batch, max_len, mean/max length, heads, head_dim) grid both kernel benchmarks sweep."""
     if quick:
         return [(64, 256, r, h, d) for r in (0.25, 1.0) for h, d in ((1, 64), (4, 32))]
-    return [(b, length, r, h, d) for b in (64, 256) for length in (128, 512, 1024)
-            for r in (0.1, 0.25, 0.5, 1.0) for h, d in ((1, 64), (4, 32))]
+    return [
+        (b, length, r, h, d)
+        for b in (64, 256)
+        for length in (128, 512, 1024)
+        for r in (0.1, 0.25, 0.5, 1.0)
+        for h, d in ((1, 64), (4, 32))
+    ]
