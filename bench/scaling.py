@@ -1,19 +1,30 @@
 """Scaling efficiency: NE against training compute for InterFormer and Kunlun, fitted NE = a - eta * ln(FLOPs).
 
-Three or more sizes of each family (embedding dim x layers) train on the same chronological split of
-a simulated ads log (holdout protocol: fxrec.train.holdout, best validation-AUC epoch), and the test
-NE is fitted against the dense training FLOPs per example. FLOPs come from
-`torch.utils.flop_counter.FlopCounterMode` over one forward + backward of a batch, divided by the
-batch size: matmuls, attention and convolutions are counted; embedding lookups (TBE /
-EmbeddingCollection), element-wise ops and norms are not, so these are *dense matmul* FLOPs.
+A ladder of model sizes per family (embedding dim, layers, heads, FFN / interaction widths; the
+keys are the interaction constructors' arguments) trains on the same chronological split of a
+simulated ads log, several seeds per size, and the test NE is fitted against the dense training
+FLOPs per example. Every size sees the same training rows the same number of times, so
+ln(training FLOPs) = ln(FLOPs per example) + a constant and eta is the same on either axis.
+
+FLOPs come from `torch.utils.flop_counter.FlopCounterMode` over one forward + backward of a batch,
+divided by the batch size: matmuls, attention and convolutions are counted; embedding lookups
+(TBE / EmbeddingCollection), element-wise ops and norms are not, so these are *dense matmul* FLOPs.
+
+eta comes with two uncertainties: the standard error of the least-squares slope over every
+(size, seed) run, and a bootstrap over seeds (each size's seeds resampled with replacement, the
+line refitted on the per-size means); the eta ratio's interval is the bootstrap's. The oracle NE
+(the simulator's true click probabilities on the same test rows) is the floor no model can beat.
 Kunlun's paper reports an eta about 2x InterFormer's (research/arch.md §3).
 
-    python bench/scaling.py [--quick] [--out FILE]
+    python bench/scaling.py [--quick] [--out FILE] [--seeds N]
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,14 +40,15 @@ from fxrec.config import ModelConfig, TrainConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.simulator import SimulatorConfig, simulate_to
 from fxrec.data.sources.movielens import split_points
+from fxrec.metrics.ranking import ne as normalized_entropy
 from fxrec.models.ranking import RankingModel, build_model
 from fxrec.train.holdout import SplitFrames, fit_holdout, split_by_mask
 from fxrec.train.trainer import Trainer
 
 SIMULATOR = SimulatorConfig(
     seed=23,
-    days=5,
-    impressions_per_day=8_000,
+    days=10,
+    impressions_per_day=40_000,
     users=3_000,
     new_users_per_day=100,
     ads=600,
@@ -44,11 +56,63 @@ SIMULATOR = SimulatorConfig(
     advertisers=120,
 )
 BATCH_SIZE = 1024
-# (embedding dim, layers): the same ladder for both families.
-SIZES = [(8, 1), (16, 2), (32, 2)]
-QUICK_SIZES = [(4, 1), (8, 1), (8, 2)]
-TRAIN_ROWS = 16_000  # the most recent training events; 2 shared cores bound the budget
+THREADS = 1  # 2 shared cores: one thread keeps the timings comparable across runs
+TRAIN_ROWS = 240_000  # the most recent training events
+EVAL_ROWS = 30_000  # the first rows of the validation and test splits
+MAX_EPOCHS, PATIENCE = 1, 1
+SEEDS = 3
+HEADS = {"hidden": [128, 64]}
 FAMILIES = ("interformer", "kunlun")
+
+
+@dataclass(frozen=True)
+class Size:
+    """One rung of a ladder: the embedding (= token) dim and the interaction's constructor arguments."""
+
+    family: str
+    embedding_dim: int
+    interaction: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.interaction.items())
+        return f"d={self.embedding_dim},{args}"
+
+
+def ladder(family: str, rungs: list[tuple[int, dict[str, Any]]]) -> list[Size]:
+    return [Size(family, dim, args) for dim, args in rungs]
+
+
+# Width and depth grow together, as in the papers' ladders; both families cover the same range,
+# about 0.3-0.4 to 5.6-5.8 dense MFLOPs per example on the first training batch (14-20x).
+LADDERS = {
+    "interformer": ladder(
+        "interformer",
+        [
+            (8, {"num_layers": 1, "num_heads": 2}),
+            (16, {"num_layers": 1, "num_heads": 2}),
+            (16, {"num_layers": 2, "num_heads": 2}),
+            (32, {"num_layers": 2, "num_heads": 4}),
+            (32, {"num_layers": 3, "num_heads": 4}),
+        ],
+    ),
+    "kunlun": ladder(
+        "kunlun",
+        [
+            (8, {"num_layers": 1, "num_heads": 2, "ffn_hidden": 32, "interaction_hidden": 64}),
+            (16, {"num_layers": 1, "num_heads": 2, "ffn_hidden": 64, "interaction_hidden": 128}),
+            (16, {"num_layers": 2, "num_heads": 2, "ffn_hidden": 64, "interaction_hidden": 128}),
+            (32, {"num_layers": 2, "num_heads": 4, "ffn_hidden": 64, "interaction_hidden": 128}),
+            (48, {"num_layers": 2, "num_heads": 4, "ffn_hidden": 128, "interaction_hidden": 256}),
+        ],
+    ),
+}
+QUICK_LADDERS = {
+    "interformer": ladder(
+        "interformer", [(4, {"num_layers": 1}), (8, {"num_layers": 1}), (8, {"num_layers": 2})]
+    ),
+    "kunlun": ladder("kunlun", [(4, {"num_layers": 1}), (8, {"num_layers": 1}), (8, {"num_layers": 2})]),
+}
 
 
 def dense_flops_per_example(model: RankingModel, frames: SplitFrames) -> float:
@@ -81,105 +145,263 @@ def masks(
     }
 
 
-def fit_eta(flops: list[float], ne: list[float]) -> dict[str, float]:
-    """Least squares NE = a - eta * ln(FLOPs); r2 says how well a line fits."""
-    x, y = np.log(np.asarray(flops)), np.asarray(ne)
-    slope, intercept = np.polyfit(x, y, 1)
-    residual = y - (intercept + slope * x)
-    total = ((y - y.mean()) ** 2).sum()
+def oracle_ne(log: EventLog, test_mask: np.ndarray) -> float:
+    """NE of the simulator's true click probabilities on the test rows: the floor for any model."""
+    table = log.read_all(["event_id", "click", "oracle_logit"])
+    keep = test_mask(table)["test"]
+    labels = table.column("click").to_numpy()[keep].astype(np.float64)
+    logits = table.column("oracle_logit").to_numpy()[keep].astype(np.float64)
+    return normalized_entropy(labels, 1 / (1 + np.exp(-logits)))
+
+
+def fit_line(log_flops: np.ndarray, ne: np.ndarray) -> dict[str, float]:
+    """Least squares NE = a - eta * ln(FLOPs), with the slope's standard error and r2."""
+    slope, intercept = np.polyfit(log_flops, ne, 1)
+    residual = ne - (intercept + slope * log_flops)
+    total = ((ne - ne.mean()) ** 2).sum()
+    dof = len(ne) - 2
+    spread = ((log_flops - log_flops.mean()) ** 2).sum()
+    stderr = float(np.sqrt((residual**2).sum() / dof / spread)) if dof > 0 and spread > 0 else float("nan")
     return {
         "eta": float(-slope),
+        "eta_stderr": stderr,
         "a": float(intercept),
         "r2": float(1 - (residual**2).sum() / total) if total > 0 else 0.0,
     }
 
 
-def main() -> None:
-    args = parse_args("scaling", __doc__.splitlines()[0], [(("--seeds",), {"type": int, "default": 1})])
-    torch.set_num_threads(2)
-    path = ROOT / ".cache" / "data" / "simulated-scaling"
+def bootstrap_eta(
+    runs: list[dict[str, Any]], sizes: list[Size], rng: np.random.Generator, draws: int
+) -> np.ndarray:
+    """eta refitted on per-size mean NE after resampling each size's seeds with replacement."""
+    per_size = [[r for r in runs if r["size"] == s.label] for s in sizes]
+    log_flops = np.log([np.mean([r["dense_flops_per_example"] for r in rs]) for rs in per_size])
+    ne = [np.array([r["test_ne"] for r in rs]) for rs in per_size]
+    etas = np.empty(draws)
+    for i in range(draws):
+        means = np.array([v[rng.integers(0, len(v), len(v))].mean() for v in ne])
+        etas[i] = -np.polyfit(log_flops, means, 1)[0]
+    return etas
+
+
+def data_path(config: SimulatorConfig) -> Path:
+    """The simulated log for this config, cached under a hash of the config (a changed config re-simulates)."""
+    digest = hashlib.sha1(json.dumps(config.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
+    path = ROOT / ".cache" / "data" / f"simulated-scaling-{digest}"
     if not path.exists():
-        simulate_to(SIMULATOR, path, progress=False)
-    log = EventLog(path)
+        simulate_to(config, path, progress=False)
+    return path
+
+
+def train_one(size: Size, seed: int, log: EventLog, frames: SplitFrames) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        name=f"{size.family}-{size.label}",
+        role="fm",
+        tasks=["click"],
+        embedding_dim=size.embedding_dim,
+        interaction={"name": size.family, **size.interaction},
+        heads=HEADS,
+    )
+    train = TrainConfig(batch_size=BATCH_SIZE, seed=seed, threads=THREADS)
+    model = build_model(config, log.spec, embedding_lr=train.embedding_lr)
+    flops = dense_flops_per_example(model, frames)
+    trainer = Trainer(model, train, Path("/tmp/fxrec-scaling"), progress=False)
+    started = time.perf_counter()
+    result = fit_holdout(trainer, frames, max_epochs=MAX_EPOCHS, patience=PATIENCE)
+    seconds = time.perf_counter() - started
+    examples = sum(e.train_examples for e in result.epochs[: result.best_epoch + 1])
+    return {
+        "family": size.family,
+        "size": size.label,
+        "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "dense_flops_per_example": flops,
+        "training_flops": flops * examples,
+        "test_ne": result.test["ne"],
+        "test_auc": result.test["auc"],
+        "valid_auc": [e.valid["auc"] for e in result.epochs],
+        "best_epoch": result.best_epoch,
+        "seconds": seconds,
+        "examples_per_second": sum(e.train_examples for e in result.epochs) / seconds,
+    }
+
+
+def summarise(
+    runs: list[dict[str, Any]], ladders: dict[str, list[Size]], draws: int
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Per-size mean +- sd, per-family fits, and the eta ratio with its bootstrap interval."""
+    table = []
+    for family, sizes in ladders.items():
+        for size in sizes:
+            mine = [r for r in runs if r["size"] == size.label and r["family"] == family]
+            if not mine:
+                continue
+            ne, auc = np.array([r["test_ne"] for r in mine]), np.array([r["test_auc"] for r in mine])
+            table.append(
+                {
+                    "family": family,
+                    "size": size.label,
+                    "params": mine[0]["params"],
+                    "mflops_per_example": mine[0]["dense_flops_per_example"] / 1e6,
+                    "seeds": len(mine),
+                    "ne_mean": float(ne.mean()),
+                    "ne_sd": float(ne.std(ddof=1)) if len(ne) > 1 else float("nan"),
+                    "auc_mean": float(auc.mean()),
+                    "auc_sd": float(auc.std(ddof=1)) if len(auc) > 1 else float("nan"),
+                    "seconds_mean": float(np.mean([r["seconds"] for r in mine])),
+                }
+            )
+    rng = np.random.default_rng(0)
+    fits: dict[str, Any] = {}
+    boot: dict[str, np.ndarray] = {}
+    for family, sizes in ladders.items():
+        mine = [r for r in runs if r["family"] == family]
+        done = [s for s in sizes if any(r["size"] == s.label for r in mine)]
+        if len(done) < 2:
+            continue
+        log_flops = np.log([r["dense_flops_per_example"] for r in mine])
+        fit = fit_line(log_flops, np.array([r["test_ne"] for r in mine]))
+        means = [row for row in table if row["family"] == family]
+        on_means = fit_line(
+            np.log([row["mflops_per_example"] for row in means]), np.array([row["ne_mean"] for row in means])
+        )
+        boot[family] = bootstrap_eta(mine, done, rng, draws)
+        fits[family] = {
+            **fit,
+            "r2_on_size_means": on_means["r2"],
+            "eta_bootstrap_sd": float(boot[family].std(ddof=1)),
+            "eta_bootstrap_95": [float(np.percentile(boot[family], q)) for q in (2.5, 97.5)],
+            "flops_span": float(np.exp(log_flops.max() - log_flops.min())),
+            "runs": len(mine),
+        }
+    ratio: dict[str, Any] = {}
+    if {"interformer", "kunlun"} <= fits.keys():
+        k, i = fits["kunlun"], fits["interformer"]
+        draws_ratio = boot["kunlun"] / boot["interformer"]
+        ratio = {
+            "eta_kunlun_over_interformer": k["eta"] / i["eta"] if i["eta"] else float("nan"),
+            # First-order error propagation from the two slopes' standard errors.
+            "ratio_stderr_delta": abs(k["eta"] / i["eta"])
+            * float(np.hypot(k["eta_stderr"] / k["eta"], i["eta_stderr"] / i["eta"]))
+            if i["eta"] and k["eta"]
+            else float("nan"),
+            "ratio_bootstrap_95": [float(np.percentile(draws_ratio, q)) for q in (2.5, 97.5)],
+            "bootstrap_p_ratio_at_least_1_5": float(np.mean(draws_ratio >= 1.5)),
+            "bootstrap_p_interformer_eta_positive": float(np.mean(boot["interformer"] > 0)),
+        }
+    return table, fits, ratio
+
+
+def plot(
+    table: list[dict[str, Any]], fits: dict[str, Any], runs: list[dict[str, Any]], oracle: float, out: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for family, color in zip(FAMILIES, ("tab:blue", "tab:orange"), strict=True):
+        rows = [r for r in table if r["family"] == family]
+        if not rows or family not in fits:
+            continue
+        mine = [r for r in runs if r["family"] == family]
+        axis.scatter(
+            [r["dense_flops_per_example"] for r in mine],
+            [r["test_ne"] for r in mine],
+            color=color,
+            alpha=0.3,
+            s=12,
+        )
+        flops = np.array([r["mflops_per_example"] * 1e6 for r in rows])
+        axis.errorbar(
+            flops,
+            [r["ne_mean"] for r in rows],
+            yerr=[r["ne_sd"] for r in rows],
+            fmt="o",
+            color=color,
+            capsize=3,
+        )
+        line = np.geomspace(flops.min(), flops.max(), 50)
+        fit = fits[family]
+        axis.plot(
+            line,
+            fit["a"] - fit["eta"] * np.log(line),
+            color=color,
+            label=f"{family}: eta = {fit['eta']:.4f} +- {fit['eta_stderr']:.4f} (r2 {fit['r2']:.2f})",
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("dense training FLOPs per example (forward + backward, matmuls only)")
+    axis.set_ylabel("test NE (lower is better)")
+    axis.set_title(f"NE vs compute on the simulated log (oracle NE {oracle:.3f})")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    args = parse_args("scaling", __doc__.splitlines()[0], [(("--seeds",), {"type": int, "default": None})])
+    torch.set_num_threads(THREADS)
+    log = EventLog(data_path(SIMULATOR))
     train_end, valid_end = split_points(log.read_all(["event_id"]).column("event_id").to_numpy())
     # --quick: small slices of each split; histories still come from the whole log.
-    train_rows = 1_200 if args.quick else TRAIN_ROWS
-    assign = partial(
-        masks,
-        train_end=train_end,
-        valid_end=valid_end,
-        train_rows=train_rows,
-        rows=600 if args.quick else None,
-    )
+    train_rows = 3_000 if args.quick else TRAIN_ROWS
+    eval_rows = 1_500 if args.quick else EVAL_ROWS
+    assign = partial(masks, train_end=train_end, valid_end=valid_end, train_rows=train_rows, rows=eval_rows)
     frames = split_by_mask(log, list(log.spec.features), assign)
-    epochs = 1  # one pass at a fixed data budget: NE differences come from model size alone
-    rows: list[dict[str, Any]] = []
-    for family in FAMILIES:
-        for dim, layers in QUICK_SIZES if args.quick else SIZES:
-            for seed in range(args.seeds):
-                torch.manual_seed(seed)
-                config = ModelConfig(
-                    name=f"{family}-{dim}x{layers}",
-                    role="fm",
-                    tasks=["click"],
-                    embedding_dim=dim,
-                    interaction={"name": family, "num_layers": layers},
-                    heads={"hidden": [128, 64]},
-                )
-                model = build_model(config, log.spec)
-                flops = dense_flops_per_example(model, frames)
-                trainer = Trainer(
-                    model,
-                    TrainConfig(batch_size=BATCH_SIZE, seed=seed),
-                    Path("/tmp/fxrec-scaling"),
-                    progress=False,
-                )
-                started = time.perf_counter()
-                result = fit_holdout(trainer, frames, max_epochs=epochs, patience=1)
-                seconds = time.perf_counter() - started
-                examples = sum(e.train_examples for e in result.epochs[: result.best_epoch + 1])
-                rows.append(
-                    {
-                        "family": family,
-                        "dim": dim,
-                        "layers": layers,
-                        "seed": seed,
-                        "params": sum(p.numel() for p in model.parameters()),
-                        "dense_flops_per_example": flops,
-                        "training_flops": flops * examples,
-                        "test_ne": result.test["ne"],
-                        "test_auc": result.test["auc"],
-                        "best_epoch": result.best_epoch,
-                        "seconds": seconds,
-                    }
-                )
-                print(rows[-1], flush=True)
-    print_table("NE vs dense training FLOPs per example (simulated log, holdout split)", rows)
-    fits = {}
-    for family in FAMILIES:
-        mine = [r for r in rows if r["family"] == family]
-        fits[family] = fit_eta([r["dense_flops_per_example"] for r in mine], [r["test_ne"] for r in mine])
-    eta_ratio = (
-        fits["kunlun"]["eta"] / fits["interformer"]["eta"] if fits["interformer"]["eta"] else float("nan")
+    oracle = oracle_ne(log, assign)
+    ladders = QUICK_LADDERS if args.quick else LADDERS
+    seeds = args.seeds or (2 if args.quick else SEEDS)
+    draws = 200 if args.quick else 2000
+    settings = {
+        "ladders": {f: [asdict(s) for s in sizes] for f, sizes in ladders.items()},
+        "seeds": seeds,
+        "max_epochs": MAX_EPOCHS,
+        "patience": PATIENCE,
+        "train_rows": train_rows,
+        "valid_rows": frames.valid.num_rows,
+        "test_rows": frames.test.num_rows,
+        "batch_size": BATCH_SIZE,
+        "threads": THREADS,
+        "heads": HEADS,
+        "optimizers": "TrainConfig defaults: Adam on dense parameters, row-wise AdaGrad on embeddings",
+        "simulator": SIMULATOR.model_dump(),
+        "flops": "torch.utils.flop_counter.FlopCounterMode, forward+backward of one batch / batch size; "
+        "dense matmul FLOPs only (embedding lookups, element-wise ops and norms not counted)",
+        "fit": "NE = a - eta * ln(dense FLOPs per example), least squares over every (size, seed) run; "
+        "bootstrap: seeds resampled within each size, refit on per-size means",
+    }
+    print(
+        f"oracle test NE {oracle:.4f}; train {frames.train.num_rows} rows, test {frames.test.num_rows}",
+        flush=True,
     )
-    print_table("fit NE = a - eta * ln(FLOPs per example)", [{"family": f, **v} for f, v in fits.items()])
-    print(f"eta(kunlun) / eta(interformer) = {eta_ratio:.3g}  (goal >= 1.5; the paper reports ~2)")
-    write_result(
-        args,
-        "scaling",
-        rows,
-        {"eta_kunlun_over_interformer": eta_ratio},
-        fits=fits,
-        settings={
-            "sizes": QUICK_SIZES if args.quick else SIZES,
-            "epochs": epochs,
-            "train_rows": train_rows,
-            "batch_size": BATCH_SIZE,
-            "simulator": SIMULATOR.model_dump(),
-            "flops": "torch.utils.flop_counter.FlopCounterMode, forward+backward of one batch / batch size; "
-            "dense ops only (embedding lookups not counted)",
-        },
+    runs: list[dict[str, Any]] = []
+    # Seeds outermost: a run cut short still has whole ladders for the seeds it finished.
+    for seed in range(seeds):
+        for family in FAMILIES:
+            for size in ladders[family]:
+                runs.append(train_one(size, seed, log, frames))
+                shown = {k: v for k, v in runs[-1].items() if k != "valid_auc"}
+                print(shown, flush=True)
+                table, fits, ratio = summarise(runs, ladders, draws)
+                write_result(args, "scaling", table, ratio, fits=fits, oracle_test_ne=oracle, runs=runs,
+                             settings=settings, complete=False)  # fmt: skip
+    table, fits, ratio = summarise(runs, ladders, draws)
+    print_table("test NE and AUC per size (mean +- sd over seeds; simulated log, holdout split)", table)
+    print_table(
+        "fit NE = a - eta * ln(dense FLOPs per example)", [{"family": f, **v} for f, v in fits.items()]
     )
+    print(
+        f"oracle test NE {oracle:.4f}; eta(kunlun) / eta(interformer) = "
+        f"{ratio['eta_kunlun_over_interformer']:.3g} (bootstrap 95% {ratio['ratio_bootstrap_95'][0]:.3g}"
+        f"..{ratio['ratio_bootstrap_95'][1]:.3g}; goal >= 1.5, the paper reports ~2)"
+    )
+    write_result(args, "scaling", table, ratio, fits=fits, oracle_test_ne=oracle, runs=runs, settings=settings,
+                 complete=True)  # fmt: skip
+    if not args.quick:
+        plot(table, fits, runs, oracle, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
