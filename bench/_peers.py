@@ -21,6 +21,7 @@ import contextlib
 import copy
 import io
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,6 +162,39 @@ def build_peer(
     raise ValueError(f"unknown peer {name!r}; known: {PEER_MODELS}")
 
 
+def early_stopped(
+    model: torch.nn.Module,
+    run_epoch: Callable[[], None],
+    predict: Callable[[PeerData], np.ndarray],
+    valid: PeerData,
+    test: PeerData,
+    max_epochs: int,
+    patience: int,
+) -> dict:
+    """Epochs until validation AUC stops improving for `patience` epochs; the best epoch's weights are
+    restored and scored once on test."""
+    best_auc, best_state, best_epoch, stale, curve = -np.inf, None, -1, 0, []
+    for epoch in range(max_epochs):
+        run_epoch()
+        valid_auc = auc(valid.labels, predict(valid))
+        curve.append(valid_auc)
+        if valid_auc > best_auc:
+            best_auc, best_state, best_epoch, stale = valid_auc, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    model.load_state_dict(best_state)
+    probs = np.clip(predict(test), 1e-7, 1 - 1e-7)
+    return {
+        "best_epoch": best_epoch,
+        "valid_auc": float(best_auc),
+        "valid_curve": [float(v) for v in curve],
+        "test_auc": float(auc(test.labels, probs)),
+        "test_log_loss": float(log_loss(test.labels, probs)),
+    }
+
+
 def fit_peer(
     name: str,
     columns: list,
@@ -181,8 +215,8 @@ def fit_peer(
     model = build_peer(name, columns, features, seed, hidden)
     model.compile(torch.optim.Adam(model.parameters(), lr=lr), "binary_crossentropy")
     names = [c.name for c in columns] + [c.length_name for c in columns if getattr(c, "length_name", None)]
-    best_auc, best_state, best_epoch, stale, curve = -np.inf, None, -1, 0, []
-    for epoch in range(max_epochs):
+
+    def run_epoch() -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # DeepCTR prints its device and sample counts
             model.fit(
                 {k: train.inputs[k] for k in names},
@@ -192,26 +226,11 @@ def fit_peer(
                 verbose=0,
                 shuffle=True,
             )
-        probs = model.predict({k: valid.inputs[k] for k in names}, batch_size=4096).reshape(-1)
-        valid_auc = auc(valid.labels, probs)
-        curve.append(valid_auc)
-        if valid_auc > best_auc:
-            best_auc, best_state, best_epoch, stale = valid_auc, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    model.load_state_dict(best_state)
-    probs = np.clip(
-        model.predict({k: test.inputs[k] for k in names}, batch_size=4096).reshape(-1), 1e-7, 1 - 1e-7
-    )
-    return {
-        "best_epoch": best_epoch,
-        "valid_auc": float(best_auc),
-        "valid_curve": [float(v) for v in curve],
-        "test_auc": float(auc(test.labels, probs)),
-        "test_log_loss": float(log_loss(test.labels, probs)),
-    }
+
+    def predict(data: PeerData) -> np.ndarray:
+        return model.predict({k: data.inputs[k] for k in names}, batch_size=4096).reshape(-1)
+
+    return early_stopped(model, run_epoch, predict, valid, test, max_epochs, patience)
 
 
 def fuxictr_feature_map(spec: DatasetSpec, features: list[FeatureSpec], attended: set[str]) -> FeatureMap:
@@ -358,11 +377,11 @@ def fit_fuxictr(
     def tensors(data: PeerData) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(data.inputs[k]) for k in names}
 
-    x_train, x_valid, x_test = tensors(train), tensors(valid), tensors(test)
+    x_train = tensors(train)
     y_train = torch.as_tensor(train.labels, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
-    best_auc, best_state, best_epoch, stale, curve = -np.inf, None, -1, 0, []
-    for epoch in range(max_epochs):
+
+    def run_epoch() -> None:
         order = torch.randperm(len(y_train), generator=generator)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
@@ -371,20 +390,13 @@ def fit_fuxictr(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        valid_auc = auc(valid.labels, _predict(model, x_valid, len(valid.labels)))
-        curve.append(valid_auc)
-        if valid_auc > best_auc:
-            best_auc, best_state, best_epoch, stale = valid_auc, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    model.load_state_dict(best_state)
-    probs = np.clip(_predict(model, x_test, len(test.labels)), 1e-7, 1 - 1e-7)
-    return {
-        "best_epoch": best_epoch,
-        "valid_auc": float(best_auc),
-        "valid_curve": [float(v) for v in curve],
-        "test_auc": float(auc(test.labels, probs)),
-        "test_log_loss": float(log_loss(test.labels, probs)),
-    }
+
+    return early_stopped(
+        model,
+        run_epoch,
+        lambda data: _predict(model, tensors(data), len(data.labels)),
+        valid,
+        test,
+        max_epochs,
+        patience,
+    )

@@ -17,8 +17,8 @@ import torch
 
 from fxrec.ops import gdpa
 from fxrec.ops.benchmarking import (
-    interleaved_best_seconds,
     jagged_grid,
+    method_rows,
     offsets_from_lengths,
     peak_bytes,
     ragged_lengths,
@@ -50,7 +50,7 @@ def measure(batch: int, max_len: int, ratio: float, heads: int, dim: int, seed: 
         "T": KEYS,
         "mean_over_max": round(float(lengths.float().mean()) / max_len, 3),
     }
-    rows, steps, peaks, notes, first_out = [], {}, {}, {}, None
+    steps, peaks, notes, first_out = {}, {}, {}, None
     for name, backend in METHODS.items():
         if name == "einsum_padded" and batch * heads * max_len * KEYS > EINSUM_LIMIT:
             notes[name] = "skipped: padded scores B*H*L*T too large for this shared machine"
@@ -71,21 +71,7 @@ def measure(batch: int, max_len: int, ratio: float, heads: int, dim: int, seed: 
             "" if first_out is None else f"max|out - fxrec| = {float((out - first_out).abs().max()):.1e}"
         )
         first_out = out if first_out is None else first_out
-    seconds = interleaved_best_seconds(steps)  # round-robin: load changes hit both methods alike
-    for name in METHODS:
-        if name in steps:
-            rows.append(
-                {
-                    **config,
-                    "method": name,
-                    "ms": seconds[name] * 1e3,
-                    "peak_mb": peaks[name] / 2**20,
-                    "note": notes[name],
-                }
-            )
-        else:
-            rows.append({**config, "method": name, "ms": None, "peak_mb": None, "note": notes[name]})
-    return rows
+    return method_rows(config, list(METHODS), steps, peaks, notes)
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:

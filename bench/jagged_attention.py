@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from fxrec.ops import jagged_self_attention
 from fxrec.ops.benchmarking import (
-    interleaved_best_seconds,
     jagged_grid,
+    method_rows,
     offsets_from_lengths,
     peak_bytes,
     ragged_lengths,
@@ -93,7 +93,7 @@ def measure(batch: int, max_len: int, ratio: float, heads: int, dim: int, seed: 
         "mean_over_max": round(float(lengths.float().mean()) / max_len, 3),
     }
     reference_out = None
-    rows, steps, peaks, notes = [], {}, {}, {}
+    steps, peaks, notes = {}, {}, {}
     for name, fn in METHODS.items():
         reason = _skip_reason(name, batch, max_len, heads, lengths)
         if reason:
@@ -119,21 +119,7 @@ def measure(batch: int, max_len: int, ratio: float, heads: int, dim: int, seed: 
                 reference_out = out
             else:
                 notes[name] = f"max|out - fxrec| = {float((out - reference_out).abs().max()):.1e}"
-    seconds = interleaved_best_seconds(steps)  # round-robin: load changes hit every method alike
-    for name in METHODS:
-        if name in steps:
-            rows.append(
-                {
-                    **config,
-                    "method": name,
-                    "ms": seconds[name] * 1e3,
-                    "peak_mb": peaks[name] / 2**20,
-                    "note": notes[name],
-                }
-            )
-        else:
-            rows.append({**config, "method": name, "ms": None, "peak_mb": None, "note": notes[name]})
-    return rows
+    return method_rows(config, list(METHODS), steps, peaks, notes)
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:

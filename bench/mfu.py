@@ -6,7 +6,8 @@ one forward + backward (matmuls and attention; embedding lookups, element-wise o
 counted). Two measurements per precision:
 
 - "dense part": forward + backward + Adam step of everything after the embedding lookup (dense arch,
-  user tower, target attention, interaction, heads) on fixed embedding outputs: the part MFU is about;
+  user tower, target attention, interaction, click head) on fixed embedding outputs, the click loss
+  only: the part MFU is about;
 - "full train_step": `Trainer.train_step` on real batches (embedding lookups, the fused TBE update,
   KJT handling included), the throughput a user sees.
 

@@ -93,3 +93,28 @@ def jagged_grid(quick: bool) -> list[tuple[int, int, float, int, int]]:
         for r in (0.1, 0.25, 0.5, 1.0)
         for h, d in ((1, 64), (4, 32))
     ]
+
+
+def method_rows(
+    config: dict,
+    methods: list[str],
+    steps: dict[str, Callable[[], object]],
+    peaks: dict[str, int],
+    notes: dict[str, str],
+) -> list[dict]:
+    """One row per method of a benchmark config: interleaved best time and peak memory, or None for the
+    methods with no step (their note says why)."""
+    seconds = interleaved_best_seconds(steps)  # round-robin: load changes hit every method alike
+    rows = []
+    for name in methods:
+        measured = name in steps
+        rows.append(
+            {
+                **config,
+                "method": name,
+                "ms": seconds[name] * 1e3 if measured else None,
+                "peak_mb": peaks[name] / 2**20 if measured else None,
+                "note": notes.get(name, ""),
+            }
+        )
+    return rows
