@@ -1,6 +1,7 @@
 """DCNv2 (Wang et al., 2021): low-rank cross network over the flattened tokens.
 
-x_{l+1} = x_0 * (U_l (V_l x_l) + b_l) + x_l, with U_l: r -> n*d and V_l: n*d -> r (r = low_rank).
+x_{l+1} = x_0 * (U_l (V_l x_l) + b_l) + x_l, with U_l: r -> n*d and V_l: n*d -> r (r = low_rank);
+`low_rank=None` is the full-rank cross x_0 * (W_l x_l + b_l) + x_l, W_l: n*d -> n*d.
 `structure="stacked"` returns the cross output as n tokens; `"parallel"` appends a deep MLP's output
 (reshaped into tokens) next to it, as DCNv2's parallel variant does.
 """
@@ -15,12 +16,15 @@ from fxrec.nn.mlp import MLP
 
 
 class LowRankCross(nn.Module):
-    """Stack of low-rank cross layers on (B, D) vectors."""
+    """Stack of cross layers on (B, D) vectors: low-rank (U V), or full-rank W when low_rank is None."""
 
-    def __init__(self, in_features: int, num_layers: int, low_rank: int):
+    def __init__(self, in_features: int, num_layers: int, low_rank: int | None):
         super().__init__()
-        self.down = nn.ModuleList(nn.Linear(in_features, low_rank, bias=False) for _ in range(num_layers))
-        self.up = nn.ModuleList(nn.Linear(low_rank, in_features) for _ in range(num_layers))
+        self.down = nn.ModuleList(
+            nn.Identity() if low_rank is None else nn.Linear(in_features, low_rank, bias=False)
+            for _ in range(num_layers)
+        )
+        self.up = nn.ModuleList(nn.Linear(low_rank or in_features, in_features) for _ in range(num_layers))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         x = x0
@@ -43,7 +47,7 @@ class DCNv2(Interaction):
         num_tokens: int,
         dim: int,
         num_layers: int = 3,
-        low_rank: int = 32,
+        low_rank: int | None = 32,
         structure: str = "stacked",
         deep_layers: list[int] | None = None,
     ):

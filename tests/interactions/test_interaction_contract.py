@@ -14,6 +14,8 @@ from fxrec.interactions.registry import INTERACTIONS, build_interaction
 
 # (registry name, constructor kwargs): small but exercising every code path.
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("dcnv2", {"num_layers": 2, "low_rank": 8}),
+    ("dcnv2", {"num_layers": 1, "low_rank": None, "structure": "parallel", "deep_layers": [32, 16]}),
     ("dot", {}),
     ("dot", {"output_tokens": 3, "keep_inputs": False, "self_interaction": True}),
     ("dhen", {"modules": ["dot", "dcn"], "num_layers": 2}),
