@@ -1,4 +1,5 @@
-"""The cpu backend of jagged self-attention and jagged-dense attention matches the reference."""
+"""The cpu backend of jagged self-attention and jagged-dense attention matches the reference, with both of
+its kernels (the native C++ one and the bucketed flash fallback)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from fxrec.ops import (
     resolve_backend,
     sliding_window_attention,
 )
+
+pytestmark = pytest.mark.usefixtures("cpu_kernel")
 
 
 def _inputs(lengths: list[int], heads: int, dim: int, dtype: torch.dtype, seed: int = 0):

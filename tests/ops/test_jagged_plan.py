@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from ops_fixtures import offsets_of
 
@@ -35,8 +36,10 @@ def test_buckets_never_pad_to_the_batch_max() -> None:
     assert all(c.padded_len < 100 for c in chunks if 1 in c.seq_ids.tolist())
 
 
+@pytest.mark.usefixtures("flash_kernel")
 def test_a_reused_plan_plans_once_and_gives_the_same_result() -> None:
-    """Model layers share one plan per batch: the buckets are planned once, the outputs are unchanged."""
+    """Model layers share one plan per batch: the buckets are planned once, the outputs are unchanged
+    (with the bucketed flash kernel, the attention ops' planner)."""
     lengths = [0, 1, 3, 17, 40, 5]
     offsets, plan = offsets_of(lengths), JaggedPlan(offsets_of(lengths))
     generator = torch.Generator().manual_seed(0)

@@ -1,6 +1,11 @@
 """The fast CPU path for jagged attention.
 
-Why this shape:
+With a C++ compiler on the machine (nearly always), every call goes to the native kernel
+(`fxrec/ops/native/jagged_attention.cpp`, wrapped in `native.py`): it reads the jagged rows in place, one
+(sequence, head) at a time, with no padding, gathers or scatters, and is the faster one at every length
+and density measured (bench/jagged_attention.py). Without a compiler, the bucketed flash path below runs.
+
+The bucketed flash path, and why it has this shape:
 - Padding a ragged batch to max_len wastes (1 - mean/max) of the rows and (1 - E[len^2]/max^2) of the
   score work. Sequences are grouped into a few length buckets (`JaggedPlan.chunks`) and each bucket is
   padded only to its own longest member, so one batched kernel call per bucket keeps the matmuls large.
@@ -31,7 +36,9 @@ from typing import Any
 
 import torch
 
+from fxrec.ops import native
 from fxrec.ops._jagged import Chunk, JaggedPlan
+from fxrec.ops.jagged_attention.native import NativeAttention
 from fxrec.ops.jagged_attention.reference import band_mask
 
 _flash_forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -306,6 +313,8 @@ def self_attention(
     window: int | None,
 ) -> torch.Tensor:
     """q, k (sum_len, H, D), v (sum_len, H, Dv) -> (sum_len, H, Dv); see `fxrec.ops.jagged_self_attention`."""
+    if native.load():
+        return NativeAttention.apply(q, k, v, plan.offsets, plan.offsets, causal, window, scale, out_scale)
     row_bytes = q.shape[1] * max(q.shape[2], v.shape[2]) * q.element_size()
     jagged_bytes = q.shape[0] * row_bytes
     chunk_bytes = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, jagged_bytes // FORWARD_PARTS))
@@ -327,6 +336,11 @@ def dense_attention(
 ) -> torch.Tensor:
     """q (B, T, H, D) over jagged k (sum_len, H, D), v (sum_len, H, Dv) -> (B, T, H, Dv)."""
     batch, num_queries, heads, _ = q.shape
+    if native.load():
+        q_offsets = torch.arange(batch + 1, device=q.device) * num_queries
+        flat = q.reshape(batch * num_queries, heads, q.shape[3])
+        out = NativeAttention.apply(flat, k, v, q_offsets, plan.offsets, False, None, scale, out_scale)
+        return out.view(batch, num_queries, heads, v.shape[2])
     row_bytes = heads * max(q.shape[3], v.shape[2]) * q.element_size()
     chunks = plan.chunks(quadratic=False, row_bytes=row_bytes, call_overhead=float(16 * num_queries))
     flat_q = q.reshape(batch * num_queries, heads, q.shape[3])

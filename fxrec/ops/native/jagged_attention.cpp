@@ -1,0 +1,242 @@
+// Jagged softmax attention on CPU that reads and writes the jagged rows in place: no padded copies.
+//
+// One work item is one (sequence, head). Its (lq x lk) score block lives in a per-thread scratch tensor
+// (the rows of a history are short, so the block sits in cache) and the matmuls are BLAS sgemm calls
+// whose leading dimensions stride straight through the (rows, H, D) layout. Every query row attends a
+// contiguous key range [lo, hi] (causal, sliding window or all keys), so masking is a loop bound.
+//
+// Forward:  S = scale * Q K^T, P = softmax(S) over [lo, hi], O = P V, lse = max + log(sum).
+// Backward: P = exp(scale * Q K^T - lse), dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
+//           dQ = scale * dS K, dK = scale * dS^T Q.
+// fp32 only; callers convert other dtypes.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc);
+
+namespace {
+
+// Column-major BLAS; every caller below passes row-major blocks as their column-major transposes.
+void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta * C; callers use beta 0 or 1
+    if (beta == 0.0f)
+      for (int64_t j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, 0.0f);
+    return;
+  }
+  const int mi = m, ni = n, ki = k, lda_i = lda, ldb_i = ldb, ldc_i = ldc;
+  sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &lda_i, b, &ldb_i, &beta, c, &ldc_i);
+}
+
+// Queries are taken in blocks of this many rows: each block's score tile is (rows x its key range), so
+// scratch stays small for long sequences and causal or windowed attention skips the keys no row sees.
+constexpr int64_t kQueryBlock = 128;
+
+struct Mask {
+  bool causal;
+  int64_t window;  // < 0: none
+  // keys [lo, hi] that query i of a (lq x lk) block may see; hi < lo means none
+  inline void range(int64_t i, int64_t lk, int64_t& lo, int64_t& hi) const {
+    lo = window >= 0 ? std::max<int64_t>(0, i - window) : 0;
+    hi = lk - 1;
+    if (causal) hi = std::min(hi, i);
+    if (window >= 0) hi = std::min(hi, i + window);
+  }
+  // keys [k0, k1) that some query of rows [i0, i0 + rows) may see (ranges grow with i)
+  inline void block(int64_t i0, int64_t rows, int64_t lk, int64_t& k0, int64_t& k1) const {
+    int64_t lo, hi, unused;
+    range(i0, lk, lo, unused);
+    range(i0 + rows - 1, lk, unused, hi);
+    k0 = std::min(lo, lk);
+    k1 = std::max(k0, hi + 1);
+  }
+};
+
+struct Layout {
+  const int64_t* q_off;
+  const int64_t* k_off;
+  int64_t heads, dim, dim_v;
+  int64_t q_len(int64_t b) const { return q_off[b + 1] - q_off[b]; }
+  int64_t k_len(int64_t b) const { return k_off[b + 1] - k_off[b]; }
+};
+
+void check(const at::Tensor& t, const char* name, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
+  TORCH_CHECK(t.dim() == dims && t.is_contiguous(), name, " must be contiguous with ", dims, " dims");
+}
+
+int64_t longest(const at::Tensor& offsets) {
+  auto lengths = offsets.slice(0, 1) - offsets.slice(0, 0, -1);
+  return offsets.numel() > 1 ? lengths.max().item<int64_t>() : 0;
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const at::Tensor& q_offsets, const at::Tensor& k_offsets,
+                                           bool causal, int64_t window, double scale) {
+  check(q, "q", 3), check(k, "k", 3), check(v, "v", 3);
+  auto q_off = q_offsets.to(at::kLong).contiguous(), k_off = k_offsets.to(at::kLong).contiguous();
+  const int64_t batch = q_off.numel() - 1, heads = q.size(1), dim = q.size(2), dim_v = v.size(2);
+  auto out = at::zeros({q.size(0), heads, dim_v}, q.options());
+  auto lse = at::empty({q.size(0), heads}, q.options());
+  const int64_t max_q = longest(q_off), max_k = longest(k_off);
+  const Layout lay{q_off.data_ptr<int64_t>(), k_off.data_ptr<int64_t>(), heads, dim, dim_v};
+  const Mask mask{causal, window};
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  float* lp = lse.data_ptr<float>();
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    auto scratch = at::empty({std::max<int64_t>(1, std::min(max_q, kQueryBlock) * max_k)}, q.options());
+    float* s = scratch.data_ptr<float>();
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / heads, h = item % heads;
+      const int64_t lq = lay.q_len(b), lk = lay.k_len(b);
+      const int64_t ldq = heads * dim, ldv = heads * dim_v;
+      const float* qb = qp + (lay.q_off[b] * heads + h) * dim;
+      const float* kb = kp + (lay.k_off[b] * heads + h) * dim;
+      const float* vb = vp + (lay.k_off[b] * heads + h) * dim_v;
+      float* ob = op + (lay.q_off[b] * heads + h) * dim_v;
+      float* lb = lp + lay.q_off[b] * heads + h;
+      for (int64_t i0 = 0; i0 < lq; i0 += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, lq - i0);
+        int64_t k0, k1;  // the block's keys [k0, k1): the union of its rows' ranges
+        mask.block(i0, rows, lk, k0, k1);
+        const int64_t width = k1 - k0;
+        // S^T (width x rows, column-major) = K Q^T, i.e. S row-major (rows x width)
+        gemm('T', 'N', width, rows, dim, static_cast<float>(scale), kb + k0 * ldq, ldq, qb + i0 * ldq, ldq,
+             0.0f, s, width);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = s + r * width;
+          int64_t lo, hi;
+          mask.range(i0 + r, lk, lo, hi);
+          if (hi < lo) {  // nothing to attend to: zero weights, output stays 0
+            std::fill(row, row + width, 0.0f);
+            lb[(i0 + r) * heads] = neg_inf;
+            continue;
+          }
+          lo -= k0, hi -= k0;
+          float top = row[lo];
+          for (int64_t j = lo + 1; j <= hi; ++j) top = std::max(top, row[j]);
+          float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+          for (int64_t j = lo; j <= hi; ++j) {
+            row[j] = std::exp(row[j] - top);
+            total += row[j];
+          }
+          const float inv = 1.0f / total;
+#pragma omp simd
+          for (int64_t j = lo; j <= hi; ++j) row[j] *= inv;
+          std::fill(row, row + lo, 0.0f);
+          std::fill(row + hi + 1, row + width, 0.0f);
+          lb[(i0 + r) * heads] = top + std::log(total);
+        }
+        // O^T (dv x rows) = V^T P^T
+        gemm('N', 'N', dim_v, rows, width, 1.0f, vb + k0 * ldv, ldv, s, width, 0.0f, ob + i0 * ldv, ldv);
+      }
+    }
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& q_offsets, const at::Tensor& k_offsets,
+    bool causal, int64_t window, double scale) {
+  check(grad_out, "grad_out", 3), check(q, "q", 3), check(k, "k", 3), check(v, "v", 3), check(out, "out", 3);
+  auto q_off = q_offsets.to(at::kLong).contiguous(), k_off = k_offsets.to(at::kLong).contiguous();
+  const int64_t batch = q_off.numel() - 1, heads = q.size(1), dim = q.size(2), dim_v = v.size(2);
+  auto dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  const int64_t max_q = longest(q_off), max_k = longest(k_off);
+  const Layout lay{q_off.data_ptr<int64_t>(), k_off.data_ptr<int64_t>(), heads, dim, dim_v};
+  const Mask mask{causal, window};
+  const float *gp = grad_out.data_ptr<float>(), *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>();
+  const float *vp = v.data_ptr<float>(), *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+  const float fscale = static_cast<float>(scale);
+
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t block = std::max<int64_t>(1, std::min(max_q, kQueryBlock) * max_k);
+    auto scratch = at::empty({2 * block + kQueryBlock}, q.options());
+    float* p = scratch.data_ptr<float>();
+    float* dp = p + block;
+    float* delta = dp + block;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / heads, h = item % heads;
+      const int64_t lq = lay.q_len(b), lk = lay.k_len(b);
+      if (lq == 0 || lk == 0) continue;
+      const int64_t qrow = (lay.q_off[b] * heads + h), krow = (lay.k_off[b] * heads + h);
+      const int64_t ldq = heads * dim, ldv = heads * dim_v;
+      const float *qb = qp + qrow * dim, *kb = kp + krow * dim, *vb = vp + krow * dim_v;
+      const float *gb = gp + qrow * dim_v, *ob = op + qrow * dim_v, *lb = lp + qrow;
+      float *dqb = dqp + qrow * dim, *dkb = dkp + krow * dim, *dvb = dvp + krow * dim_v;
+      for (int64_t i0 = 0; i0 < lq; i0 += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, lq - i0);
+        int64_t k0, k1;
+        mask.block(i0, rows, lk, k0, k1);
+        const int64_t width = k1 - k0;
+        if (width == 0) continue;
+        const float *qi = qb + i0 * ldq, *gi = gb + i0 * ldv, *oi = ob + i0 * ldv;
+        const float *kj = kb + k0 * ldq, *vj = vb + k0 * ldv;
+        gemm('T', 'N', width, rows, dim, fscale, kj, ldq, qi, ldq, 0.0f, p, width);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = p + r * width;
+          int64_t lo, hi;
+          mask.range(i0 + r, lk, lo, hi);
+          lo = std::max<int64_t>(lo - k0, 0), hi -= k0;
+          const float shift = lb[(i0 + r) * heads];
+          std::fill(row, row + std::min(lo, width), 0.0f);
+#pragma omp simd
+          for (int64_t j = lo; j <= hi; ++j) row[j] = std::exp(row[j] - shift);
+          std::fill(row + std::max(hi + 1, lo), row + width, 0.0f);
+          const float* g = gi + r * ldv;
+          const float* o = oi + r * ldv;
+          float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+          for (int64_t c = 0; c < dim_v; ++c) d += g[c] * o[c];
+          delta[r] = d;
+        }
+        // dV^T (dv x width) += dO^T P;  dP^T (width x rows) = V dO^T, i.e. dP row-major (rows x width)
+        gemm('N', 'T', dim_v, width, rows, 1.0f, gi, ldv, p, width, 1.0f, dvb + k0 * ldv, ldv);
+        gemm('T', 'N', width, rows, dim_v, 1.0f, vj, ldv, gi, ldv, 0.0f, dp, width);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* prow = p + r * width;
+          const float* dprow = dp + r * width;
+          const float d = delta[r];
+#pragma omp simd
+          for (int64_t j = 0; j < width; ++j) prow[j] = prow[j] * (dprow[j] - d);  // dS, in place of P
+        }
+        // dQ^T (d x rows) = K^T dS^T;  dK^T (d x width) += Q^T dS
+        gemm('N', 'N', dim, rows, width, fscale, kj, ldq, p, width, 0.0f, dqb + i0 * ldq, ldq);
+        gemm('N', 'T', dim, width, rows, fscale, qi, ldq, p, width, 1.0f, dkb + k0 * ldq, ldq);
+      }
+    }
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fxrec_native, m) {
+  m.def("jagged_attention_forward(Tensor q, Tensor k, Tensor v, Tensor q_offsets, Tensor k_offsets, "
+        "bool causal, int window, float scale) -> (Tensor, Tensor)");
+  m.def("jagged_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor q_offsets, Tensor k_offsets, bool causal, int window, float scale) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fxrec_native, CPU, m) {
+  m.impl("jagged_attention_forward", &forward);
+  m.impl("jagged_attention_backward", &backward);
+}
