@@ -5,9 +5,9 @@ chronologically by event id (first 80% train, next 10% valid, last 10% test; `sp
 histories computed once over the whole log (fxrec.train.holdout), and every model trains on the
 same rows and the same features: ids, demographics / context, multi-valued lists, dense columns and
 the user's last 20 clicks before the event. Embedding dim 16, batch 1024, Adam lr 1e-3 on dense
-parameters (fxrec's embeddings: its row-wise AdaGrad; the peers: Adam everywhere), at most 6 epochs
-with early stopping on validation AUC (patience 1), the best epoch scored once on test. Mean +- std
-over seeds.
+parameters (the peers: Adam everywhere, no regularisation; fxrec's embeddings: its fused row-wise
+AdaGrad or Adam, and its batch size, per model as `FXREC_TRAIN` says), at most 6 epochs with early
+stopping on validation AUC (patience 1), the best epoch scored once on test. Mean +- std over seeds.
 
 Models: fxrec DCNv2, DHEN, InterFormer, Kunlun; DeepCTR-Torch's DCN (DCN-M) and DIN model classes;
 FuxiCTR's DCNv2 and DIN built from FuxiCTR layers on FuxiCTR's own embedding layer with an in-memory
@@ -72,7 +72,7 @@ FXREC_MODELS: dict[str, dict[str, Any]] = {
     "fxrec_kunlun": {"name": "kunlun", "num_layers": 2},
 }
 # Per-model optimiser settings that differ from the shared ones (TrainConfig fields), chosen on valid AUC.
-FXREC_TRAIN: dict[str, dict[str, float]] = {
+FXREC_TRAIN: dict[str, dict[str, Any]] = {
     "fxrec_dhen": {"embedding_lr": 0.02},
     "fxrec_kunlun": {"dense_lr": 3e-3},
 }
@@ -184,9 +184,11 @@ def run_fxrec(
         interaction=FXREC_MODELS[model_name],
         heads=HEADS,
     )
-    overrides = {"dense_lr": DENSE_LR, **FXREC_TRAIN.get(model_name, {})}
-    train = TrainConfig(batch_size=BATCH_SIZE, seed=seed, threads=threads, **overrides)
-    model = build_model(config, log.spec, embedding_lr=train.embedding_lr)
+    overrides = {"batch_size": BATCH_SIZE, "dense_lr": DENSE_LR, **FXREC_TRAIN.get(model_name, {})}
+    train = TrainConfig(seed=seed, threads=threads, **overrides)
+    model = build_model(
+        config, log.spec, embedding_lr=train.embedding_lr, embedding_optimizer=train.embedding_optimizer
+    )
     trainer = Trainer(model, train, Path("/tmp/fxrec-quality-peers"), progress=False)
     result = fit_holdout(trainer, frames, max_epochs=epochs, patience=patience, max_train_rows=rows)
     return {

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fxrec.data.simulator import SimulatorConfig
 
@@ -45,7 +45,12 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(default=1024, ge=1)
     dense_lr: float = 1e-3
     embedding_lr: float = 0.05
-    weight_decay: float = 0.0
+    # Embedding rows: FBGEMM's fused row-wise AdaGrad (the default, fast), or Adam on plain TorchRec
+    # tables (FuxiCTR's and DeepCTR's choice; CPU TBEs have no fused Adam, so it runs unfused).
+    embedding_optimizer: Literal["rowwise_adagrad", "adam"] = "rowwise_adagrad"
+    # Adam only: L2 on every row, Adam's coupled weight decay (= FuxiCTR's embedding_regularizer).
+    embedding_weight_decay: float = Field(default=0.0, ge=0.0)
+    weight_decay: float = 0.0  # dense parameters (Adam)
     task_weights: dict[str, float] = {}
     checkpoint_every: int = Field(default=200, ge=1)
     report_days: int | None = Field(default=None, ge=1)  # report metrics over the last N evaluation days
@@ -55,6 +60,13 @@ class TrainConfig(BaseModel):
     shuffle_within_day: bool = True
     keep_snapshots: bool = True  # one model snapshot per trained day (FM versions for publishing)
     max_steps: int | None = None  # stop (resumably) after this many steps; for crash tests
+
+    @model_validator(mode="after")
+    def _embedding_weight_decay_needs_adam(self) -> TrainConfig:
+        # FBGEMM's CPU row-wise AdaGrad accepts a weight_decay and leaves the rows as they were.
+        if self.embedding_weight_decay and self.embedding_optimizer != "adam":
+            raise ValueError("embedding_weight_decay needs embedding_optimizer: adam")
+        return self
 
 
 class PublishConfig(BaseModel):

@@ -210,9 +210,17 @@ class RankingModel(nn.Module):
 
 
 def build_model(
-    config: ModelConfig, spec: DatasetSpec, embedding_lr: float = 0.05, fm_dims: dict[str, int] | None = None
+    config: ModelConfig,
+    spec: DatasetSpec,
+    embedding_lr: float = 0.05,
+    fm_dims: dict[str, int] | None = None,
+    embedding_optimizer: str = "rowwise_adagrad",
 ) -> RankingModel:
-    """A RankingModel from its config. VMs with channels need `fm_dims`, the published FM's widths."""
+    """A RankingModel from its config. VMs with channels need `fm_dims`, the published FM's widths.
+
+    `embedding_optimizer` is TrainConfig's: row-wise AdaGrad runs fused inside the embedding bags;
+    anything else (Adam) needs plain tables whose rows the trainer's optimizer updates.
+    """
     features = spec.select(config.features, config.role)
     tasks = config.tasks or spec.tasks
     channels = build_channels(config.channel_specs(), config.embedding_dim, tasks, fm_dims or {})
@@ -225,6 +233,7 @@ def build_model(
         interaction=config.interaction,
         heads=config.heads,
         embedding_lr=embedding_lr,
+        fused_embeddings=embedding_optimizer == "rowwise_adagrad",
         min_count=config.min_count,
         user_tower=config.user_tower,
         target_attention=config.target_attention,
@@ -236,7 +245,12 @@ MODEL_CARD = "model.yaml"
 
 
 def save_model_card(
-    model_dir: Path, config: ModelConfig, log: EventLog, embedding_lr: float, fm_dims: dict[str, int]
+    model_dir: Path,
+    config: ModelConfig,
+    log: EventLog,
+    embedding_lr: float,
+    fm_dims: dict[str, int],
+    embedding_optimizer: str = "rowwise_adagrad",
 ) -> None:
     """What `load_model` needs to rebuild this model: its config, the log's spec and the FM widths."""
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +258,7 @@ def save_model_card(
         "config": config.model_dump(mode="json"),
         "events": str(log.path.resolve()),
         "embedding_lr": embedding_lr,
+        "embedding_optimizer": embedding_optimizer,
         "fm_dims": dict(fm_dims),
     }
     (model_dir / MODEL_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
@@ -258,7 +273,13 @@ def load_model(model_dir: Path | str, weights: str = "model.pt") -> tuple[Rankin
     card = yaml.safe_load(card_path.read_text())
     config = ModelConfig.model_validate(card["config"])
     spec = DatasetSpec.load(Path(card["events"]) / "spec.yaml")
-    model = build_model(config, spec, embedding_lr=card["embedding_lr"], fm_dims=card["fm_dims"])
+    model = build_model(
+        config,
+        spec,
+        embedding_lr=card["embedding_lr"],
+        fm_dims=card["fm_dims"],
+        embedding_optimizer=card.get("embedding_optimizer", "rowwise_adagrad"),  # cards before the option
+    )
     weights_path = model_dir / weights
     if not weights_path.exists():
         raise FileNotFoundError(f"{weights_path} does not exist; has training finished?")

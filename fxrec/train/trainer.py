@@ -5,8 +5,8 @@ predictions are the evaluation: the model never saw these events), then train on
 The last day is only evaluated. Predictions go to `<model_dir>/predictions/day=<t>.parquet`;
 metrics are computed from them afterwards, so any two models can be compared on the same events.
 
-Embeddings are updated by the fused row-wise AdaGrad inside TorchRec's fused embedding bags;
-dense parameters by Adam. A checkpoint every `checkpoint_every` steps holds everything needed to
+Embeddings are updated by the fused row-wise AdaGrad inside TorchRec's fused embedding bags, or by
+Adam on plain tables (`TrainConfig.embedding_optimizer`); dense parameters by Adam. A checkpoint every `checkpoint_every` steps holds everything needed to
 resume mid-day and reach the same result as an uninterrupted run.
 """
 
@@ -81,6 +81,11 @@ class Trainer:
         self.progress = progress
         self.task_weights = {t: config.task_weights.get(t, 1.0) for t in model.tasks}
         fused = model.fused_optimizer()
+        if fused is not None and config.embedding_optimizer != "rowwise_adagrad":
+            raise ValueError(
+                f"embedding_optimizer {config.embedding_optimizer!r} needs unfused tables: build the model with "
+                f"build_model(..., embedding_optimizer={config.embedding_optimizer!r})"
+            )
         embedding_params = [] if fused is not None else list(model.sparse_arch.parameters())
         # Embedding rows have their own optimizer; so do channel parts with their own update rule.
         separate = {id(p) for p in model.sparse_arch.parameters()}
@@ -91,10 +96,18 @@ class Trainer:
         self.dense_optimizer = torch.optim.Adam(
             dense_params, lr=config.dense_lr, weight_decay=config.weight_decay, fused=True
         )
-        # Without the fused TBE (jagged sequences on CPU), rows get TorchRec's row-wise AdaGrad.
-        self.embedding_optimizer = fused or trec_optim.RowWiseAdagrad(embedding_params, lr=config.embedding_lr)
+        self.embedding_optimizer = fused or self._unfused_embedding_optimizer(embedding_params, config)
         self.step = 0
         self.trained_through: str | None = None  # the last day this model has finished training on
+
+    @staticmethod
+    def _unfused_embedding_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+        # Without the fused TBE (jagged sequences on CPU, or Adam), the rows get a plain optimizer.
+        if config.embedding_optimizer == "adam":
+            # Dense Adam over whole tables, as FuxiCTR and DeepCTR train theirs: rows absent from a
+            # batch still move with their momentum, and weight decay pulls every row (L2 regulariser).
+            return torch.optim.Adam(params, lr=config.embedding_lr, weight_decay=config.embedding_weight_decay)
+        return trec_optim.RowWiseAdagrad(params, lr=config.embedding_lr)
 
     # -- one step ---------------------------------------------------------------------------
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -56,3 +56,82 @@ def test_vm_trains_on_its_surface_only(small_log, tmp_path):
     predictions = _fit(small_log, tmp_path / "vm", TrainConfig(batch_size=256), vm)
     assert set(predictions["surface"].to_list()) == {small_log.spec.surfaces.index("feed")}
     assert "user_id" not in build_model(vm, small_log.spec).features  # the VM's feature gap
+
+
+def _adam_model(log, config: TrainConfig, model_config=FM):
+    torch.manual_seed(0)
+    return build_model(model_config, log.spec, embedding_lr=config.embedding_lr, embedding_optimizer=config.embedding_optimizer)
+
+
+def _rows_in_batch(model, batch) -> dict[str, torch.Tensor]:
+    """Table name -> the rows a batch looks up (admission is off: KJT values are table rows)."""
+    kjts = [batch.sparse] + ([batch.sequences] if batch.sequences is not None else [])
+    lookups = {k: v for kjt in kjts for k, v in kjt.to_dict().items()}
+    return {
+        config.name: torch.cat([lookups[f].values() for f in config.feature_names if f in lookups]).unique()
+        for config in model.sparse_arch.collection.embedding_bag_configs()
+    }
+
+
+def test_adam_embedding_optimizer_updates_only_the_looked_up_rows(small_log, tmp_path):
+    from fxrec.data.reader import iter_frames
+
+    config = TrainConfig(batch_size=256, embedding_optimizer="adam", embedding_lr=1e-2)
+    model = _adam_model(small_log, config)
+    trainer = Trainer(model, config, tmp_path, progress=False)
+    assert model.fused_optimizer() is None and isinstance(trainer.embedding_optimizer, torch.optim.Adam)
+    _, frame = next(iter_frames(small_log, [small_log.spec.feature(n) for n in model.features]))
+    batch = next(frame.batches(256))
+    before = {k: v.detach().clone() for k, v in model.sparse_arch.state_dict().items() if k.endswith(".weight")}
+    trainer.train_step(batch)
+    rows = _rows_in_batch(model, batch)
+    for name, used in rows.items():
+        weight = model.sparse_arch.state_dict()[f"collection.embedding_bags.{name}.weight"]
+        changed = (weight != before[f"collection.embedding_bags.{name}.weight"]).any(dim=1)
+        unused = torch.ones(len(changed), dtype=torch.bool)
+        unused[used] = False
+        assert changed[used[used > 0]].all(), f"{name}: a looked-up row did not move"
+        assert not changed[unused].any(), f"{name}: a row outside the batch moved on the first step"
+
+
+def test_adam_embedding_weight_decay_shrinks_rows_outside_the_batch(small_log, tmp_path):
+    from fxrec.data.reader import iter_frames
+
+    config = TrainConfig(batch_size=256, embedding_optimizer="adam", embedding_lr=1e-3, embedding_weight_decay=0.1)
+    model = _adam_model(small_log, config)
+    trainer = Trainer(model, config, tmp_path, progress=False)
+    _, frame = next(iter_frames(small_log, [small_log.spec.feature(n) for n in model.features]))
+    batch = next(frame.batches(256))
+    name = "user_id"
+    key = next(k for k in model.sparse_arch.state_dict() if k.endswith(f"{name}.weight"))
+    before = model.sparse_arch.state_dict()[key].clone()
+    trainer.train_step(batch)
+    after = model.sparse_arch.state_dict()[key]
+    unused = torch.ones(len(before), dtype=torch.bool)
+    unused[_rows_in_batch(model, batch)[name]] = False
+    unused[0] = False  # the missing-id row starts at zero: nothing to shrink
+    assert (after[unused].norm(dim=1) < before[unused].norm(dim=1)).all()
+
+
+def test_adam_embedding_state_checkpoints_and_resumes_exactly(small_log, tmp_path):
+    config = TrainConfig(batch_size=256, checkpoint_every=4, embedding_optimizer="adam", embedding_lr=1e-2)
+
+    def fit(model_dir, run_config):
+        Trainer(_adam_model(small_log, run_config), run_config, model_dir, progress=False).fit(small_log)
+        return pl.read_parquet(model_dir / "predictions" / "*.parquet").sort("event_id")
+
+    uninterrupted = fit(tmp_path / "a", config)
+    with pytest.raises(TrainingInterrupted):
+        fit(tmp_path / "b", config.model_copy(update={"max_steps": 17}))  # mid-day 2
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["embedding_optimizer"]["state"]
+    assert state and all(s["exp_avg"].abs().sum() > 0 for s in state.values())  # Adam's moments are saved
+    resumed = fit(tmp_path / "b", config)
+    np.testing.assert_allclose(resumed["pred_click"].to_numpy(), uninterrupted["pred_click"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_optimizer_settings_that_cannot_work_are_refused(small_log, tmp_path):
+    with pytest.raises(ValueError, match="needs embedding_optimizer: adam"):
+        TrainConfig(embedding_weight_decay=1e-3)
+    fused_model = build_model(FM, small_log.spec)  # row-wise AdaGrad fused into the tables
+    with pytest.raises(ValueError, match="needs unfused tables"):
+        Trainer(fused_model, TrainConfig(embedding_optimizer="adam"), tmp_path, progress=False)
