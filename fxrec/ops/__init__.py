@@ -3,12 +3,14 @@
 Every op takes the jagged layout of `fxrec.interactions.base.SequenceTokens`: `values` (sum_len, H, D)
 or (sum_len, D) — rows offsets[b]:offsets[b+1] belong to example b, lengths 0..max_len — plus
 `offsets` (B + 1,) int64 and `max_len`. Nothing is padded to the batch maximum. `offsets` may also be a
-`JaggedPlan` of them: a model that calls several ops over one batch builds the plan once, so the cpu
-backend's length buckets are planned once per batch (the sequence arches in `fxrec.interactions` do).
+`JaggedPlan` of them: a model that calls several ops over one batch builds the plan once (the sequence
+arches in `fxrec.interactions` do), so whatever the backend derives from the offsets is derived once.
 
 Each op has one dispatch point and three backends (`Backend`): "reference" (plain PyTorch, the test
-oracle), "cpu" (length buckets + tiled flash kernel, hand-written backward) and "triton" (offsets-driven
-GPU kernels). backend="auto" picks cpu for CPU tensors and triton for CUDA tensors.
+oracle), "cpu" and "triton" (offsets-driven GPU kernels). backend="auto" picks cpu for CPU tensors and
+triton for CUDA tensors. The cpu backend runs fxrec's C++ kernels (`fxrec.ops.native`, built on first use
+with the machine's compiler), which read the jagged rows in place; on a machine without a compiler it
+runs length buckets over PyTorch's flash kernel instead. Both have hand-written backwards.
 
 Example (a Kunlun/InterFormer sequence block)::
 

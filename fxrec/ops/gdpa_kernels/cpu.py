@@ -1,6 +1,11 @@
 """The fast CPU path for GDPA.
 
-Why: the score tensor act(q k^T) is (sum_len, H, T) — with T = the FFN hidden size (256) it is
+With a C++ compiler on the machine, every call goes to the native kernel (`fxrec/ops/native/gdpa.cpp`,
+wrapped in `native.py`): it reads the jagged query rows in place, a block of one example's queries at a
+time against that example's keys, with no padding, gathers or scatters. Without a compiler, the
+bucketed path below runs.
+
+The bucketed path, and why: the score tensor act(q k^T) is (sum_len, H, T) — with T = the FFN hidden size (256) it is
 T/D times larger than q itself, and autograd would keep both the scores and their activation. The
 hand-written autograd.Function below keeps only q, k, v and recomputes the scores per chunk in
 backward; queries are grouped into length buckets (linear cost, so only a handful) and padded within a
@@ -13,7 +18,9 @@ from typing import Any
 
 import torch
 
+from fxrec.ops import native
 from fxrec.ops._jagged import Chunk, JaggedPlan
+from fxrec.ops.gdpa_kernels.native import NativeGDPA
 from fxrec.ops.gdpa_kernels.reference import activate, window_mask
 
 
@@ -108,6 +115,8 @@ def gdpa(
     window: int | None,
 ) -> torch.Tensor:
     """q (sum_len, H, D), k (B, T, H, D), v (B, T, H, Dv) -> (sum_len, H, Dv); see `fxrec.ops.gdpa`."""
+    if native.load():
+        return NativeGDPA.apply(q, k, v, plan.offsets, activation, scale, window)
     # bound the (n, H, L, T) score chunk, the largest temporary, rather than the (n, H, L, D) inputs:
     # 1/8 of the whole score tensor (1-8 MiB) keeps the ~4 live score-sized temporaries of the backward
     # small next to the jagged tensors while the batched matmuls stay large

@@ -1,13 +1,15 @@
 """fxrec's C++ CPU kernels, compiled on first use with the machine's C++ compiler.
 
-`load()` builds `jagged_attention.cpp` once per source version (torch caches the build under
-~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and registers its ops as `torch.ops.fxrec_native.*`.
+`load()` builds the C++ sources here once per version of them (the build is named by their content hash
+and cached by torch under ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR; the first build takes
+~20 s) and registers the ops as `torch.ops.fxrec_native.*`.
 It returns False, after one warning, when no compiler is available: callers then keep to the
 pure-PyTorch kernels. FXREC_NATIVE=0 turns the native kernels off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from functools import cache
@@ -17,7 +19,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name("jagged_attention.cpp")]
+HERE = Path(__file__).parent
+SOURCES = [HERE / "jagged_attention.cpp", HERE / "gdpa.cpp"]
+HEADERS = [HERE / "common.h"]
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
@@ -29,8 +33,9 @@ def load() -> bool:
     try:
         from torch.utils import cpp_extension
 
+        digest = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES + HEADERS)).hexdigest()
         cpp_extension.load(
-            name="fxrec_native",
+            name=f"fxrec_native_{digest[:12]}",
             sources=[str(path) for path in SOURCES],
             extra_cflags=FLAGS,
             extra_ldflags=["-fopenmp"],
@@ -40,4 +45,4 @@ def load() -> bool:
     except Exception as error:  # no compiler, no ninja, a broken toolchain: fall back, loudly once
         log.warning("fxrec native kernels unavailable, using the PyTorch kernels instead: %s", error)
         return False
-    return hasattr(torch.ops.fxrec_native, "jagged_attention_forward")
+    return hasattr(torch.ops.fxrec_native, "gdpa_forward")

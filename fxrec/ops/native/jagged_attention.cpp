@@ -10,75 +10,15 @@
 //           dQ = scale * dS K, dK = scale * dS^T Q.
 // fp32 only; callers convert other dtypes.
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
 #include <limits>
 
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-                       const float* beta, float* c, const int* ldc);
+#include "common.h"
 
 namespace {
 
-// Column-major BLAS; every caller below passes row-major blocks as their column-major transposes.
-void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {  // C = beta * C; callers use beta 0 or 1
-    if (beta == 0.0f)
-      for (int64_t j = 0; j < n; ++j) std::fill(c + j * ldc, c + j * ldc + m, 0.0f);
-    return;
-  }
-  const int mi = m, ni = n, ki = k, lda_i = lda, ldb_i = ldb, ldc_i = ldc;
-  sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &lda_i, b, &ldb_i, &beta, c, &ldc_i);
-}
-
-// Queries are taken in blocks of this many rows: each block's score tile is (rows x its key range), so
-// scratch stays small for long sequences and causal or windowed attention skips the keys no row sees.
-constexpr int64_t kQueryBlock = 128;
-
-struct Mask {
-  bool causal;
-  int64_t window;  // < 0: none
-  // keys [lo, hi] that query i of a (lq x lk) block may see; hi < lo means none
-  inline void range(int64_t i, int64_t lk, int64_t& lo, int64_t& hi) const {
-    lo = window >= 0 ? std::max<int64_t>(0, i - window) : 0;
-    hi = lk - 1;
-    if (causal) hi = std::min(hi, i);
-    if (window >= 0) hi = std::min(hi, i + window);
-  }
-  // keys [k0, k1) that some query of rows [i0, i0 + rows) may see (ranges grow with i)
-  inline void block(int64_t i0, int64_t rows, int64_t lk, int64_t& k0, int64_t& k1) const {
-    int64_t lo, hi, unused;
-    range(i0, lk, lo, unused);
-    range(i0 + rows - 1, lk, unused, hi);
-    k0 = std::min(lo, lk);
-    k1 = std::max(k0, hi + 1);
-  }
-};
-
-struct Layout {
-  const int64_t* q_off;
-  const int64_t* k_off;
-  int64_t heads, dim, dim_v;
-  int64_t q_len(int64_t b) const { return q_off[b + 1] - q_off[b]; }
-  int64_t k_len(int64_t b) const { return k_off[b + 1] - k_off[b]; }
-};
-
-void check(const at::Tensor& t, const char* name, int64_t dims) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32");
-  TORCH_CHECK(t.dim() == dims && t.is_contiguous(), name, " must be contiguous with ", dims, " dims");
-}
-
-int64_t longest(const at::Tensor& offsets) {
-  auto lengths = offsets.slice(0, 1) - offsets.slice(0, 0, -1);
-  return offsets.numel() > 1 ? lengths.max().item<int64_t>() : 0;
-}
+using namespace fxrec_native;
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& q_offsets, const at::Tensor& k_offsets,
@@ -133,14 +73,13 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor
           float total = 0.0f;
 #pragma omp simd reduction(+ : total)
           for (int64_t j = lo; j <= hi; ++j) {
-            row[j] = std::exp(row[j] - top);
+            row[j] = safe_exp(row[j] - top);
             total += row[j];
           }
           const float inv = 1.0f / total;
 #pragma omp simd
           for (int64_t j = lo; j <= hi; ++j) row[j] *= inv;
-          std::fill(row, row + lo, 0.0f);
-          std::fill(row + hi + 1, row + width, 0.0f);
+          zero_outside(row, lo, hi, width);
           lb[(i0 + r) * heads] = top + std::log(total);
         }
         // O^T (dv x rows) = V^T P^T
@@ -197,10 +136,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
           mask.range(i0 + r, lk, lo, hi);
           lo = std::max<int64_t>(lo - k0, 0), hi -= k0;
           const float shift = lb[(i0 + r) * heads];
-          std::fill(row, row + std::min(lo, width), 0.0f);
 #pragma omp simd
-          for (int64_t j = lo; j <= hi; ++j) row[j] = std::exp(row[j] - shift);
-          std::fill(row + std::max(hi + 1, lo), row + width, 0.0f);
+          for (int64_t j = lo; j <= hi; ++j) row[j] = safe_exp(row[j] - shift);
+          zero_outside(row, lo, hi, width);
           const float* g = gi + r * ldv;
           const float* o = oi + r * ldv;
           float d = 0.0f;
