@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from functools import cache
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def load() -> bool:
         return False
     try:
         from torch.utils import cpp_extension
+
+        if shutil.which("ninja") is None:  # the pip `ninja` package's binary, when its venv is not on PATH
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
         digest = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES + HEADERS)).hexdigest()
         cpp_extension.load(
