@@ -51,5 +51,11 @@ def test_jagged_path_matches_padded_reference(name, kwargs, monkeypatch):
     ref_out, ref_grads = forward_backward(name, kwargs)
     torch.testing.assert_close(fast_out, ref_out, atol=1e-5, rtol=1e-4)
     assert fast_grads.keys() == ref_grads.keys()
+    # fp32 rounding in a gradient scales with the largest gradient upstream of it (LayerNorm weight
+    # gradients here reach ~100), not with its own size: each tensor gets 1e-4 of its own largest entry
+    # plus 2e-7 (about one fp32 ulp) of the largest gradient anywhere
+    largest = max(float(g.abs().max()) for g in ref_grads.values())
     for key in ref_grads:
-        torch.testing.assert_close(fast_grads[key], ref_grads[key], atol=1e-5, rtol=1e-4, msg=key)
+        error = float((fast_grads[key] - ref_grads[key]).abs().max())
+        bound = 1e-4 * float(ref_grads[key].abs().max()) + 2e-7 * largest + 1e-7
+        assert error <= bound, f"{key}: max |diff| {error:.2e} > {bound:.2e}"
