@@ -74,8 +74,11 @@ def train_model(
         lengths = [c.get("max_len", LoopFMChannel.default_max_len) for c in model_config.channel_specs() if c["name"] == "loopfm"]
         published = PublishedFM(publish_dir(run, model_config.fm, model_config.fm_delay), loopfm_length=max(lengths, default=1))
     fm_dims = published.dims if published is not None else {}
-    model = build_model(model_config, log.spec, embedding_lr=config.train.embedding_lr, fm_dims=fm_dims)
-    save_model_card(model_dir, model_config, log, config.train.embedding_lr, fm_dims)
+    optimizer = config.train.embedding_optimizer
+    model = build_model(
+        model_config, log.spec, embedding_lr=config.train.embedding_lr, fm_dims=fm_dims, embedding_optimizer=optimizer
+    )
+    save_model_card(model_dir, model_config, log, config.train.embedding_lr, fm_dims, embedding_optimizer=optimizer)
     parameters = sum(p.numel() for p in model.parameters())
     if not quiet:
         channels = ", ".join(c.name for c in model.channels) or "none"

@@ -106,7 +106,12 @@ def publish(
     settings = config.publish
     torch.manual_seed(config.train.seed)
     torch.set_num_threads(config.train.threads)
-    model = build_model(fm_config, log.spec, embedding_lr=config.train.embedding_lr)
+    model = build_model(
+        fm_config,
+        log.spec,
+        embedding_lr=config.train.embedding_lr,
+        embedding_optimizer=config.train.embedding_optimizer,
+    )
     hooks = _Hooks(model, settings.loopfm_layers)
     features = [log.spec.feature(n) for n in model.features]
 

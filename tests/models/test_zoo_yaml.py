@@ -62,3 +62,24 @@ def test_zoo_config_runs_end_to_end(tmp_path):
     assert set(models) == {"fm", "vm_feed_interformer", "vm_stories_dhen", "vm_video_dcnv2"}
     for model in models.values():
         assert 0 < model["ne"] < 1.2 and model["n_eval"] > 0
+
+
+def test_adam_embeddings_train_through_the_pipeline_and_reload(tmp_path):
+    """`train.embedding_optimizer: adam` reaches the model build and its card: the FM trains with plain
+    tables and reloads from its directory."""
+    from fxrec.models.ranking import load_model
+    from fxrec.pipeline import prepare_events, train_model
+
+    config = load_config(ZOO)
+    small = config.simulator.model_copy(update={"days": 2, "impressions_per_day": 600, "users": 100, "ads": 30})
+    raw = {**config.model_dump(), "simulator": small.model_dump()}
+    raw["train"] = {**raw["train"], "embedding_optimizer": "adam"}
+    raw["fm"] = {**raw["fm"], "interaction": {"name": "dcnv2", "num_layers": 1}}
+    config = RunConfig.model_validate(raw)
+    run = tmp_path / "run"
+    log = prepare_events(config, run)
+    assert build_model(config.fm, log.spec).fused_optimizer() is not None, "by default this FM's tables are fused"
+    model_dir = train_model(config.fm, config, run, log, quiet=True)
+    model, _, _ = load_model(model_dir)
+    assert model.fused_optimizer() is None, "adam needs plain tables that the trainer's optimizer updates"
+    assert yaml.safe_load((model_dir / "model.yaml").read_text())["embedding_optimizer"] == "adam"
