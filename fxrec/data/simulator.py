@@ -54,6 +54,9 @@ class SimulatorConfig(BaseModel):
     candidates: int = 6
     attribution_window_days: float = 7.0
     history_length: int = 20
+    # adds `hist_surface_id`, the surface of each history click: per-entry event types for Kunlun's
+    # event-level towers (`event_type_feature: hist_surface_id`)
+    history_surfaces: bool = False
     surfaces: list[SurfaceConfig] = [
         SurfaceConfig(name="feed", share=0.55, base_logit=-3.1, positions=6),
         SurfaceConfig(name="stories", share=0.25, base_logit=-3.6),
@@ -94,6 +97,11 @@ def dataset_spec(config: SimulatorConfig) -> DatasetSpec:
             FeatureSpec(name="user_activity", kind="dense", vm=False),
             FeatureSpec(name="hist_item_id", kind="sequence", source="item_id", table="item_id", vm=False),
             FeatureSpec(name="hist_advertiser_id", kind="sequence", source="advertiser_id", table="advertiser_id", vm=False),
+            *(
+                [FeatureSpec(name="hist_surface_id", kind="sequence", source="surface_id", table="surface_id", vm=False)]
+                if config.history_surfaces
+                else []
+            ),
         ],
     )
 

@@ -100,6 +100,7 @@ class RankingModel(nn.Module):
             fused=fused_embeddings,
             embedding_lr=embedding_lr,
             min_count=min_count,
+            type_feature=interaction.get("event_type_feature"),
         )
         # A jagged history that the interaction does not read itself is mean-pooled into one token.
         self.pool_history = self.sparse_arch.jagged_sequences and not sequence_aware and has_history

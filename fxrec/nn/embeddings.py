@@ -132,6 +132,7 @@ class SparseArch(nn.Module):
         fused: bool = True,
         embedding_lr: float = 0.05,
         min_count: int = 0,
+        type_feature: str | None = None,
     ):
         super().__init__()
         self.dim = dim
@@ -140,6 +141,13 @@ class SparseArch(nn.Module):
         self.sparse_keys = [f.name for f in features if f.kind in (FeatureKind.sparse, FeatureKind.multi)]
         self.multi_keys = {f.name for f in features if f.kind is FeatureKind.multi}
         self.sequence_keys = [f.name for f in features if f.kind is FeatureKind.sequence]
+        if type_feature is not None and (type_feature not in self.sequence_keys or not jagged_sequences):
+            raise ValueError(
+                f"event-type feature {type_feature!r} must be one of the model's sequence features "
+                f"{self.sequence_keys}, read by a sequence-aware interaction"
+            )
+        # each history entry's event type: the type feature's table row - 1 (row 0, missing, counts as 0)
+        self.type_feature = type_feature
         tables = _tables(spec, features)
         self.admission = FrequencyAdmission(
             table_rows={t: c for t, (c, _) in tables.items()},
@@ -215,6 +223,11 @@ class SparseArch(nn.Module):
         if self.sequence_keys and sequences is not None:
             values = torch.stack([embedded[k].values() for k in self.sequence_keys]).sum(0)
             offsets = embedded[self.sequence_keys[0]].offsets()
-            sequence = SequenceTokens(values=values, offsets=offsets.long(), ages=ages, max_len=self.max_len)
+            types = None
+            if self.type_feature is not None:
+                types = (sequences[self.type_feature].values().long() - 1).clamp_(min=0)
+            sequence = SequenceTokens(
+                values=values, offsets=offsets.long(), ages=ages, max_len=self.max_len, types=types
+            )
         stacked = torch.stack(tokens, dim=1) if tokens else torch.zeros(batch, 0, self.dim)
         return stacked, sequence

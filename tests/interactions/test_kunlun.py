@@ -77,8 +77,12 @@ def test_event_level_towers() -> None:
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
     with torch.no_grad():
         assert (model(make_tokens(5), sequence, event_types=1 - types) - out).abs().amax() > 1e-5
-    with pytest.raises(ValueError, match="event_types"):
+    with pytest.raises(ValueError, match="event types"):
         model(make_tokens(5), sequence)
+    with torch.no_grad():  # types carried by the sequence (the model's event_type_feature) act the same
+        torch.testing.assert_close(model(make_tokens(5), replace(sequence, types=types)), out)
+    with pytest.raises(ValueError, match="out of range"):
+        model(make_tokens(5), sequence, event_types=types + 1)
 
 
 def test_event_towers_have_their_own_width_and_length() -> None:

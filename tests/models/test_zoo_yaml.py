@@ -62,6 +62,10 @@ def test_zoo_config_runs_end_to_end(tmp_path):
     assert set(models) == {"fm", "vm_feed_interformer", "vm_stories_dhen", "vm_video_dcnv2"}
     for model in models.values():
         assert 0 < model["ne"] < 1.2 and model["n_eval"] > 0
+    from fxrec.models.ranking import load_model
+
+    fm, _, _ = load_model(tmp_path / "run" / "models" / "fm")  # event-level towers, typed from the data
+    assert fm.sparse_arch.type_feature == "hist_surface_id" and len(fm.interaction.towers) == 3
 
 
 def test_adam_embeddings_train_through_the_pipeline_and_reload(tmp_path):

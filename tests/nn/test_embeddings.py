@@ -69,3 +69,46 @@ def test_single_id_tables_pool_with_sum_and_equal_mean(small_log):
     mean = EmbeddingBagCollection(tables=arch.collection.embedding_bag_configs())
     mean.load_state_dict(arch.collection.state_dict())
     torch.testing.assert_close(mean(batch.sparse).values(), summed, rtol=0, atol=0)
+
+
+def test_event_types_are_the_surfaces_of_earlier_clicks(tmp_path):
+    """`type_feature` gives every history entry its event type: here the surface of that past click, in
+    the history's order, from clicks strictly before the event (checked against the raw log)."""
+    import numpy as np
+
+    from fxrec.data.eventlog import EventLog
+    from fxrec.data.simulator import SimulatorConfig, simulate_to
+
+    config = SimulatorConfig(days=3, impressions_per_day=1500, users=200, ads=60, history_length=4, history_surfaces=True)
+    simulate_to(config, tmp_path / "events", progress=False)
+    log = EventLog(tmp_path / "events")
+    features = [log.spec.feature(n) for n in ("item_id", "hist_item_id", "hist_surface_id")]
+    arch = SparseArch(log.spec, features, dim=8, jagged_sequences=True, fused=False, type_feature="hist_surface_id")
+    day = log.days[2]
+    _, frame = next(iter_frames(log, features, days=[day]))
+    rows = 300
+    batch = frame.take(torch.arange(rows))
+    _, sequence = arch(batch.sparse, batch.sequences, batch.sequence_ages)
+    assert sequence is not None and sequence.types is not None
+
+    raw = [log.read_day(d, ["ts", "user_id", "surface_id", "click"]).to_pydict() for d in log.days[:3]]
+    earlier = {k: sum((r[k] for r in raw[:2]), []) for k in raw[0]}  # whole earlier days
+    today = raw[2]
+    offsets = sequence.offsets.tolist()
+    checked = 0
+    for row in range(rows):
+        user, ts = today["user_id"][row], today["ts"][row]
+        clicks = [
+            (t, s)
+            for src in (earlier, today)
+            for u, t, s, c in zip(src["user_id"], src["ts"], src["surface_id"], src["click"], strict=True)
+            if u == user and c > 0 and t < ts
+        ]
+        expected = [s for _, s in sorted(clicks, key=lambda x: x[0])[-config.history_length :]]
+        got = sequence.types[offsets[row] : offsets[row + 1]].tolist()
+        assert got == expected, f"row {row}: types {got}, surfaces of earlier clicks {expected}"
+        checked += len(got)
+    assert checked > 50 and len(set(sequence.types.tolist())) == len(config.surfaces)
+    with pytest.raises(ValueError, match="event-type feature"):
+        SparseArch(log.spec, features, dim=8, jagged_sequences=True, type_feature="item_id")
+    np.testing.assert_array_equal(sequence.offsets.numpy(), batch.sequences["hist_item_id"].offsets().numpy())
