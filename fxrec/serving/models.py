@@ -75,6 +75,12 @@ def load(run: Path, name: str) -> LoadedModel:
         )
     model, config, _ = _load_model(model_dir, run)
     model.eval()
+    if model.sparse_arch.jagged_sequences:
+        # a model over jagged histories runs fxrec's native kernels: build (or load) them now, not inside
+        # the first request (a first build takes ~20 s)
+        from fxrec.ops import native
+
+        native.load()
     return LoadedModel(name, model, config, trained_through(model_dir))
 
 
