@@ -51,6 +51,13 @@ class TrainConfig(BaseModel):
     # Adam only: L2 on every row, Adam's coupled weight decay (= FuxiCTR's embedding_regularizer).
     embedding_weight_decay: float = Field(default=0.0, ge=0.0)
     weight_decay: float = 0.0  # dense parameters (Adam)
+    # Dense learning-rate schedule by optimizer step (the defaults keep dense_lr constant): a linear
+    # warmup over the first `dense_lr_warmup_steps` steps, then x `dense_lr_decay` every
+    # `dense_lr_decay_steps` steps (exponential, continuous). Per step, not per epoch, so the
+    # progressive loop and the holdout epochs share it; embedding rows keep their own rate.
+    dense_lr_warmup_steps: int = Field(default=0, ge=0)
+    dense_lr_decay: float = Field(default=1.0, gt=0.0, le=1.0)
+    dense_lr_decay_steps: int = Field(default=1, ge=1)
     task_weights: dict[str, float] = {}
     checkpoint_every: int = Field(default=200, ge=1)
     report_days: int | None = Field(default=None, ge=1)  # report metrics over the last N evaluation days

@@ -131,10 +131,19 @@ class Trainer:
         self.embedding_optimizer.zero_grad(set_to_none=True)  # a no-op for the fused optimizer
         loss, logits = self.loss(batch)
         loss.backward()  # the fused embedding bags update their rows here
+        for group in self.dense_optimizer.param_groups:  # from self.step, so a resumed run continues it
+            group["lr"] = self.dense_lr(self.step)
         self.dense_optimizer.step()
         self.embedding_optimizer.step()  # a no-op for the fused optimizer: backward already applied it
         self.step += 1
         return logits
+
+    def dense_lr(self, step: int) -> float:
+        """The dense parameters' learning rate at optimizer step `step` (0-based; TrainConfig's schedule)."""
+        config = self.config
+        warmup = min(1.0, (step + 1) / config.dense_lr_warmup_steps) if config.dense_lr_warmup_steps else 1.0
+        decay = config.dense_lr_decay ** (max(0, step - config.dense_lr_warmup_steps) / config.dense_lr_decay_steps)
+        return config.dense_lr * warmup * decay
 
     @torch.no_grad()
     def predict(self, frame: EventFrame) -> dict[str, np.ndarray]:

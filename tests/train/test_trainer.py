@@ -135,3 +135,49 @@ def test_embedding_optimizer_settings_that_cannot_work_are_refused(small_log, tm
     fused_model = build_model(FM, small_log.spec)  # row-wise AdaGrad fused into the tables
     with pytest.raises(ValueError, match="needs unfused tables"):
         Trainer(fused_model, TrainConfig(embedding_optimizer="adam"), tmp_path, progress=False)
+
+
+def _dense_parameters(model) -> list[torch.Tensor]:
+    embedding = {id(p) for p in model.sparse_arch.parameters()}
+    return [p.detach().clone() for p in model.parameters() if id(p) not in embedding]
+
+
+def test_dense_lr_schedule_warms_up_then_decays_and_scales_the_updates(small_log, tmp_path):
+    from fxrec.data.reader import iter_frames
+
+    config = TrainConfig(batch_size=256, dense_lr=1e-2, dense_lr_warmup_steps=4, dense_lr_decay=0.5, dense_lr_decay_steps=2)
+    trainer = Trainer(build_model(FM, small_log.spec), config, tmp_path, progress=False)
+    _, frame = next(iter_frames(small_log, [small_log.spec.feature(n) for n in trainer.model.features]))
+    batch = next(frame.batches(256))
+    used = []
+    for _ in range(7):
+        trainer.train_step(batch)
+        used.append(trainer.dense_optimizer.param_groups[0]["lr"])
+    expected = [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2 * 0.5**0.5, 5e-3]  # warmup, then halved every 2 steps
+    np.testing.assert_allclose(used, expected, rtol=1e-12)
+    default = Trainer(build_model(FM, small_log.spec), TrainConfig(dense_lr=1e-2), tmp_path, progress=False)
+    assert [default.dense_lr(s) for s in (0, 10, 10_000)] == [1e-2] * 3  # no schedule unless asked for
+
+    # Adam's first step moves every parameter by about its learning rate: a 100-step warmup makes
+    # the first update ~100x smaller than the unscheduled one from the same weights.
+    moves = []
+    for warmup in (0, 100):
+        torch.manual_seed(0)
+        model = build_model(FM, small_log.spec)
+        trainer = Trainer(model, config.model_copy(update={"dense_lr_warmup_steps": warmup}), tmp_path, progress=False)
+        before = _dense_parameters(model)
+        trainer.train_step(batch)
+        moves.append(max(float((a - b).abs().max()) for a, b in zip(_dense_parameters(model), before, strict=True)))
+    assert moves[0] == pytest.approx(1e-2, rel=0.05)
+    assert moves[1] == pytest.approx(1e-4, rel=0.05)
+
+
+def test_dense_lr_schedule_resumes_exactly(small_log, tmp_path):
+    config = TrainConfig(batch_size=256, checkpoint_every=4, dense_lr_warmup_steps=8, dense_lr_decay=0.7, dense_lr_decay_steps=5)
+    uninterrupted = _fit(small_log, tmp_path / "a", config)
+    with pytest.raises(TrainingInterrupted):
+        _fit(small_log, tmp_path / "b", config.model_copy(update={"max_steps": 17}))  # mid-day 2
+    resumed = _fit(small_log, tmp_path / "b", config)
+    constant = _fit(small_log, tmp_path / "c", TrainConfig(batch_size=256))
+    np.testing.assert_allclose(resumed["pred_click"].to_numpy(), uninterrupted["pred_click"].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(uninterrupted["pred_click"].to_numpy(), constant["pred_click"].to_numpy(), atol=1e-4)
