@@ -143,6 +143,11 @@ class InterFormer(Interaction):
         super().__init__()
         if num_layers < 1:
             raise ValueError("InterFormer needs num_layers >= 1")
+        if num_cls < 1 or num_pma < 0 or num_recent < 0:
+            raise ValueError(
+                f"InterFormer needs num_cls >= 1 (the non-sequence summary and the CLS tokens) and "
+                f"num_pma, num_recent >= 0; got num_cls={num_cls}, num_pma={num_pma}, num_recent={num_recent}"
+            )
         modules = list(interaction_modules) if interaction_modules is not None else ["dot", "dcn"]
         self.num_cls = num_cls
         self.merge = MaskNetMerge(num_sequences, dim) if num_sequences > 1 else None

@@ -49,3 +49,11 @@ def test_masknet_merges_aligned_sequences() -> None:
 def test_needs_a_sequence() -> None:
     with pytest.raises(ValueError, match="sequence-aware"):
         small()(make_tokens(2))
+
+
+def test_summary_sizes_are_checked() -> None:
+    with pytest.raises(ValueError, match="num_cls >= 1"):
+        small(num_cls=0)
+    model = small(num_recent=0, num_pma=0)
+    out = model(make_tokens(3), make_sequence([0, 2, 5]))
+    assert out.shape == (3, model.num_outputs, DIM) and model.num_outputs == 2 * 4  # two num_cls summaries
