@@ -1,5 +1,5 @@
-// Shared pieces of fxrec's native CPU kernels: BLAS gemm on strided row blocks, the jagged layout of
-// one (sequence, head) work item, contiguous key ranges for masks, and input checks.
+// Shared pieces of fxrec's native CPU kernels: BLAS gemm on strided row blocks, query blocks and their
+// contiguous key ranges (masks), the jagged layout of a work item, and input checks.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -51,9 +51,9 @@ struct Mask {
   }
 };
 
-// exp with its argument clamped to [-80, 80]: the vector expf of glibc leaves its fast path, lane by lane,
-// for arguments that under- or overflow (a large score makes most of a row do that); e^-80 ~ 2e-35 is
-// still a normal float, so sums and products keep their value
+// exp with its argument clamped to [-80, 80], so no lane under- or overflows (glibc's vector expf takes a
+// slow special-case path for such lanes, and softmax rows far below their max are common); e^-80 ~ 2e-35
+// is still a normal float, so the sums and products it enters keep their value
 inline float safe_exp(float x) { return std::exp(std::clamp(x, -80.0f, 80.0f)); }
 
 // zero row[0, lo) and row(hi, width): the keys outside a query's range [lo, hi] (which may be empty)

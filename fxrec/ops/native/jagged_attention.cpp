@@ -1,9 +1,11 @@
 // Jagged softmax attention on CPU that reads and writes the jagged rows in place: no padded copies.
 //
-// One work item is one (sequence, head). Its (lq x lk) score block lives in a per-thread scratch tensor
-// (the rows of a history are short, so the block sits in cache) and the matmuls are BLAS sgemm calls
-// whose leading dimensions stride straight through the (rows, H, D) layout. Every query row attends a
-// contiguous key range [lo, hi] (causal, sliding window or all keys), so masking is a loop bound.
+// One work item is one (sequence, head); its queries go in blocks of kQueryBlock rows. A block's score
+// tile (rows x the keys any of its rows may see) lives in a per-thread scratch tensor, small enough to
+// stay in cache, and the matmuls are BLAS sgemm calls whose leading dimensions stride straight through
+// the (rows, H, D) layout. Every query row attends a contiguous key range [lo, hi] (causal, sliding
+// window or all keys), so masking is a loop bound. Short histories are the common case: one block,
+// a few small gemms, no padding, gathers or scatters.
 //
 // Forward:  S = scale * Q K^T, P = softmax(S) over [lo, hi], O = P V, lse = max + log(sum).
 // Backward: P = exp(scale * Q K^T - lse), dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
