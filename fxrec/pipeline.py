@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -75,6 +76,7 @@ def train_model(
         published = PublishedFM(publish_dir(run, model_config.fm, model_config.fm_delay), loopfm_length=max(lengths, default=1))
     fm_dims = published.dims if published is not None else {}
     optimizer = config.train.embedding_optimizer
+    torch.manual_seed(config.train.seed)  # the initial weights too come from the run's seed
     model = build_model(
         model_config, log.spec, embedding_lr=config.train.embedding_lr, fm_dims=fm_dims, embedding_optimizer=optimizer
     )
