@@ -6,8 +6,9 @@ The last day is only evaluated. Predictions go to `<model_dir>/predictions/day=<
 metrics are computed from them afterwards, so any two models can be compared on the same events.
 
 Embeddings are updated by the fused row-wise AdaGrad inside TorchRec's fused embedding bags, or by
-Adam on plain tables (`TrainConfig.embedding_optimizer`); dense parameters by Adam. A checkpoint every `checkpoint_every` steps holds everything needed to
-resume mid-day and reach the same result as an uninterrupted run.
+Adam on plain tables (`TrainConfig.embedding_optimizer`); dense parameters by Adam. A checkpoint every
+`checkpoint_every` steps holds everything needed to resume mid-day and reach the same result as an
+uninterrupted run.
 """
 
 from __future__ import annotations
