@@ -16,7 +16,11 @@ line refitted on the per-size means); the eta ratio's interval is the bootstrap'
 (the simulator's true click probabilities on the same test rows) is the floor no model can beat.
 Kunlun's paper reports an eta about 2x InterFormer's (research/arch.md §3).
 
-    python bench/scaling.py [--quick] [--out FILE] [--seeds N]
+    python bench/scaling.py [--quick] [--out FILE] [--seeds N] [--data-scale K] [--rungs 0,1,3,4]
+
+`--data-scale K` simulates K times the impressions per day over the same days, users and ads, and
+trains on K times the rows (the data-rich check: is the log, not the model, what limits NE?);
+`--rungs` keeps only those ladder rungs (0-based) of each family.
 """
 
 from __future__ import annotations
@@ -342,17 +346,37 @@ def plot(
 
 
 def main() -> None:
-    args = parse_args("scaling", __doc__.splitlines()[0], [(("--seeds",), {"type": int, "default": None})])
+    args = parse_args(
+        "scaling",
+        __doc__.splitlines()[0],
+        [
+            (("--seeds",), {"type": int, "default": None}),
+            (
+                ("--data-scale",),
+                {"type": int, "default": 1, "help": "K times the impressions and training rows"},
+            ),
+            (
+                ("--rungs",),
+                {"default": None, "help": "comma-separated 0-based rungs of each ladder to train"},
+            ),
+        ],
+    )
     torch.set_num_threads(THREADS)
-    log = EventLog(data_path(SIMULATOR))
+    simulator = SIMULATOR.model_copy(
+        update={"impressions_per_day": SIMULATOR.impressions_per_day * args.data_scale}
+    )
+    log = EventLog(data_path(simulator))
     train_end, valid_end = split_points(log.read_all(["event_id"]).column("event_id").to_numpy())
     # --quick: small slices of each split; histories still come from the whole log.
-    train_rows = 3_000 if args.quick else TRAIN_ROWS
-    eval_rows = 1_500 if args.quick else EVAL_ROWS
+    train_rows = 3_000 if args.quick else TRAIN_ROWS * args.data_scale
+    eval_rows = 1_500 if args.quick else EVAL_ROWS * min(args.data_scale, 2)
     assign = partial(masks, train_end=train_end, valid_end=valid_end, train_rows=train_rows, rows=eval_rows)
     frames = split_by_mask(log, list(log.spec.features), assign)
     oracle = oracle_ne(log, assign)
     ladders = QUICK_LADDERS if args.quick else LADDERS
+    if args.rungs:
+        keep = [int(i) for i in args.rungs.split(",")]
+        ladders = {family: [sizes[i] for i in keep] for family, sizes in ladders.items()}
     seeds = args.seeds or (2 if args.quick else SEEDS)
     draws = 200 if args.quick else 2000
     settings = {
@@ -367,7 +391,8 @@ def main() -> None:
         "threads": THREADS,
         "heads": HEADS,
         "optimizers": "TrainConfig defaults: Adam on dense parameters, row-wise AdaGrad on embeddings",
-        "simulator": SIMULATOR.model_dump(),
+        "data_scale": args.data_scale,
+        "simulator": simulator.model_dump(),
         "flops": "torch.utils.flop_counter.FlopCounterMode, forward+backward of one batch / batch size; "
         "dense matmul FLOPs only (embedding lookups, element-wise ops and norms not counted)",
         "fit": "NE = a - eta * ln(dense FLOPs per example), least squares over every (size, seed) run; "
@@ -378,10 +403,11 @@ def main() -> None:
         flush=True,
     )
     runs: list[dict[str, Any]] = []
-    # Seeds outermost: a run cut short still has whole ladders for the seeds it finished.
+    # Seeds outermost, then rungs with the families in turn: a run cut short still has both
+    # families' ladders up to the same rung.
     for seed in range(seeds):
-        for family in FAMILIES:
-            for size in ladders[family]:
+        for rung in zip(*(ladders[f] for f in FAMILIES), strict=True):
+            for size in rung:
                 runs.append(train_one(size, seed, log, frames))
                 shown = {k: v for k, v in runs[-1].items() if k != "valid_auc"}
                 print(shown, flush=True)
