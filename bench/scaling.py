@@ -20,7 +20,11 @@ Kunlun's paper reports an eta about 2x InterFormer's (research/arch.md §3).
 
 `--data-scale K` simulates K times the impressions per day over the same days, users and ads, and
 trains on K times the rows (the data-rich check: is the log, not the model, what limits NE?);
-`--rungs` keeps only those ladder rungs (0-based) of each family.
+`--rungs` keeps only those ladder rungs (0-based) of each family. `results/scaling_data8.json` is
+`--data-scale 8 --rungs 0,1,3,4 --seeds 1`: 1.92M training rows lift every model from NE ~0.97-0.98
+to ~0.94, and InterFormer then scales (eta 0.0010 +- 0.0002), but a Kunlun run lands in one of two
+modes whatever its size, NE ~0.939 or ~0.952 by seed (d=8: 0.939, 0.951, 0.953, 0.952 on seeds
+0-3; InterFormer d=8: 0.941, 0.942), so one seed per rung cannot fit Kunlun's eta.
 """
 
 from __future__ import annotations
