@@ -24,7 +24,11 @@ trains on K times the rows (the data-rich check: is the log, not the model, what
 `--data-scale 8 --rungs 0,1,3,4 --seeds 1`: 1.92M training rows lift every model from NE ~0.97-0.98
 to ~0.94, and InterFormer then scales (eta 0.0010 +- 0.0002), but a Kunlun run lands in one of two
 modes whatever its size, NE ~0.939 or ~0.952 by seed (d=8: 0.939, 0.951, 0.953, 0.952 on seeds
-0-3; InterFormer d=8: 0.941, 0.942), so one seed per rung cannot fit Kunlun's eta.
+0-3; InterFormer d=8: 0.941, 0.942), so one seed per rung cannot fit Kunlun's eta. The mode follows
+the dense initialisation (interaction, heads and dense arch together; not the embeddings, not the data
+order, not the dense LR, GDPA scale or HSP vs PMA): a good start jumps from validation AUC 0.67 to
+0.69 around step 1,000, a bad one plateaus at 0.68 and makes the same jump only around step 2,400,
+in a second epoch. One epoch is too short for Kunlun here; a fair eta needs more steps per rung.
 """
 
 from __future__ import annotations
