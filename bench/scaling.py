@@ -28,7 +28,8 @@ modes whatever its size, NE ~0.939 or ~0.952 by seed (d=8: 0.939, 0.951, 0.953, 
 the dense initialisation (interaction, heads and dense arch together; not the embeddings, not the data
 order, not the dense LR, GDPA scale or HSP vs PMA): a good start jumps from validation AUC 0.67 to
 0.69 around step 1,000, a bad one plateaus at 0.68 and makes the same jump only around step 2,400,
-in a second epoch. One epoch is too short for Kunlun here; a fair eta needs more steps per rung.
+in a second epoch (two epochs take inits 1-3 to test NE 0.943-0.949, from 0.951-0.953). One epoch
+is too short for Kunlun here; a fair eta needs more steps per rung.
 """
 
 from __future__ import annotations
