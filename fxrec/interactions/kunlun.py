@@ -18,6 +18,16 @@ click) or from `event_types (N,)` int64 passed to forward; the history is split 
 its own width (`event_widths`, projected in from d and back out to d) and its own length
 (`event_lengths`: each type keeps only its most recent entries), each contributing its own H to the
 interaction and the output.
+
+`input_norm=True` LayerNorms the non-sequence tokens and each tower's history on the way in. Embedding
+rows start tiny (TorchRec's uniform +-1/sqrt(rows) init: |e| ~ 0.1 at d=8 over a thousand ads) while
+every post-norm block adds biases of order 1, so the first blocks pass on a near-constant vector with
+each id's identity at a few percent of its norm, and training can sit on a plateau whose length depends
+on the dense initialisation. On the scaling bench's 8x simulated log (1.9M rows, one epoch) d=8 seeds
+0-3 reach test NE 0.939 / 0.951 / 0.953 / 0.952 without it, and with it seeds 0-2 reach 0.943 / 0.940
+/ 0.939 (d=16: 0.949 / 0.939 / 0.936); normalising the tokens is what matters (the history alone is not
+enough). On MovieLens-100K (80k rows) it lowers validation AUC (0.678 vs 0.690 over 3 seeds), hence
+off by default.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ class KunlunSequenceTower(nn.Module):
         window: int | None,
         comp_skip: bool,
         rotary: str,
+        input_norm: bool,
     ):
         super().__init__()
         self.is_global = [not comp_skip or i % 2 == 0 for i in range(num_layers)]
@@ -81,6 +92,7 @@ class KunlunSequenceTower(nn.Module):
         def project(a: int, b: int) -> nn.Module:
             return nn.Identity() if a == b else nn.Linear(a, b)
 
+        self.input_norm = nn.LayerNorm(dim) if input_norm else nn.Identity()
         self.values_in, self.summary_in, self.pooled_out = (
             project(dim, width),
             project(dim, width),
@@ -170,6 +182,7 @@ class Kunlun(Interaction):
         event_lengths: list[int | None] | None = None,
         event_type_feature: str | None = None,
         interaction_hidden: int = 128,
+        input_norm: bool = False,
     ):
         super().__init__()
         if num_layers < 1:
@@ -206,6 +219,7 @@ class Kunlun(Interaction):
                 window,
                 comp_skip,
                 rotary,
+                input_norm,
             )
             for width in widths
         )
@@ -217,6 +231,7 @@ class Kunlun(Interaction):
         self.interactions = nn.ModuleList(
             WukongBlock(summary_tokens, num_tokens, dim, hidden=interaction_hidden) for _ in range(num_layers)
         )
+        self.token_norm = nn.LayerNorm(dim) if input_norm else nn.Identity()
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_layers))
         self.num_outputs = summary_tokens
 
@@ -264,9 +279,12 @@ class Kunlun(Interaction):
         if sequence is None:
             raise ValueError("Kunlun is sequence-aware: pass the jagged history as `sequence`")
         streams = self.split(sequence, event_types)
-        values = [tower.values_in(v) for tower, (v, _, _, _) in zip(self.towers, streams, strict=True)]
+        values = [
+            tower.values_in(tower.input_norm(v))
+            for tower, (v, _, _, _) in zip(self.towers, streams, strict=True)
+        ]
         cached: list[torch.Tensor | None] = [None] * self.num_event_types
-        x = tokens
+        x = self.token_norm(tokens)
         for i in range(self.num_layers):
             x_sum = self.summaries[i](x)  # (B, num_summary, d): the weights the GDPA-FFN is generated from
             for t, (tower, (_, ages, plan, max_len)) in enumerate(zip(self.towers, streams, strict=True)):

@@ -102,7 +102,7 @@ def test_event_towers_have_their_own_width_and_length() -> None:
 
     def perturbed(row: int) -> torch.Tensor:
         values = sequence.values.clone()
-        values[row] += 10.0
+        values[row] += torch.linspace(-10.0, 10.0, DIM)  # a new direction: the input norm removes shifts
         return model(make_tokens(5), replace(sequence, values=values), event_types=types)
 
     with torch.no_grad():
@@ -111,3 +111,14 @@ def test_event_towers_have_their_own_width_and_length() -> None:
         assert (perturbed(type1_rows[-1]) - out)[4].abs().amax() > 1e-4
     with pytest.raises(ValueError, match="one entry per event type"):
         small(num_event_types=2, event_widths=[DIM])
+
+
+def test_input_norm_makes_the_embedding_scale_irrelevant() -> None:
+    # Fresh embedding rows are ~100x smaller than the blocks' biases; with input_norm the output
+    # depends on the direction of each token and history entry, not on its scale.
+    tokens, sequence = make_tokens(5), make_sequence(LENGTHS)
+    shrunk = replace(sequence, values=sequence.values * 0.1)
+    with torch.no_grad():
+        model, plain = small(input_norm=True), small()
+        assert torch.allclose(model(tokens, sequence), model(tokens * 0.1, shrunk), atol=1e-2)
+        assert not torch.allclose(plain(tokens, sequence), plain(tokens * 0.1, shrunk), atol=1e-2)
