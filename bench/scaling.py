@@ -16,20 +16,24 @@ line refitted on the per-size means); the eta ratio's interval is the bootstrap'
 (the simulator's true click probabilities on the same test rows) is the floor no model can beat.
 Kunlun's paper reports an eta about 2x InterFormer's (research/arch.md §3).
 
-    python bench/scaling.py [--quick] [--out FILE] [--seeds N] [--data-scale K] [--rungs 0,1,3,4]
+    python bench/scaling.py [--quick] [--out FILE] [--seeds N] [--first-seed S] [--data-scale K]
+        [--rungs 0,1,3,4] [--families interformer,kunlun] [--combine A.json,B.json]
 
 `--data-scale K` simulates K times the impressions per day over the same days, users and ads, and
 trains on K times the rows (the data-rich check: is the log, not the model, what limits NE?);
-`--rungs` keeps only those ladder rungs (0-based) of each family. `results/scaling_data8.json` is
-`--data-scale 8 --rungs 0,1,3,4 --seeds 1`: 1.92M training rows lift every model from NE ~0.97-0.98
-to ~0.94, and InterFormer then scales (eta 0.0010 +- 0.0002), but a Kunlun run lands in one of two
-modes whatever its size, NE ~0.939 or ~0.952 by seed (d=8: 0.939, 0.951, 0.953, 0.952 on seeds
-0-3; InterFormer d=8: 0.941, 0.942), so one seed per rung cannot fit Kunlun's eta. The mode follows
-the dense initialisation (interaction, heads and dense arch together; not the embeddings, not the data
-order, not the dense LR, GDPA scale or HSP vs PMA): a good start jumps from validation AUC 0.67 to
-0.69 around step 1,000, a bad one plateaus at 0.68 and makes the same jump only around step 2,400,
-in a second epoch (two epochs take inits 1-3 to test NE 0.943-0.949, from 0.951-0.953). One epoch
-is too short for Kunlun here; a fair eta needs more steps per rung.
+`--rungs` keeps only those ladder rungs (0-based) of each family; `--families` and `--first-seed`
+split a run across processes and `--combine a.json,b.json,...` reports their runs together.
+
+`results/scaling_data8.json` is `--data-scale 8 --rungs 0,1,3,4`, 3 seeds per size, combined from
+`scaling_data8_{interformer_seed0,interformer,kunlun,kunlun_seed2}.json` (1.92M training rows,
+oracle NE 0.837). InterFormer: eta 0.0014 +- 0.0005, NE 0.9399 -> 0.9351 / 0.9360 at the top two
+rungs. Kunlun (with `input_norm`): eta 0.0009 +- 0.0009, NE 0.9407 / 0.9414 / 0.9390 / 0.9383; ratio
+0.65 (bootstrap 95% 0.00..2.09). Without `input_norm` a Kunlun run landed in one of two modes by
+its dense initialisation (d=8 seeds 0-3: 0.939, 0.951, 0.953, 0.952): a good start jumps from
+validation AUC 0.67 to 0.69 around step 1,000, a bad one makes the same jump only in a second epoch.
+The input norms remove most of that (kunlun.py's docstring says why), not all of it: one seed at d=16
+(0.9489) and one at d=32 (0.9433) still lag their rung's other two by 0.005-0.01, which is most of
+Kunlun's spread and of its eta's uncertainty.
 """
 
 from __future__ import annotations
