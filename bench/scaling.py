@@ -17,7 +17,7 @@ line refitted on the per-size means); the eta ratio's interval is the bootstrap'
 Kunlun's paper reports an eta about 2x InterFormer's (research/arch.md §3).
 
     python bench/scaling.py [--quick] [--out FILE] [--seeds N] [--first-seed S] [--data-scale K]
-        [--rungs 0,1,3,4] [--families interformer,kunlun] [--combine A.json,B.json]
+        [--rungs 0,1,3,4] [--families interformer,kunlun] [--epochs E] [--combine A.json,B.json]
 
 `--data-scale K` simulates K times the impressions per day over the same days, users and ads, and
 trains on K times the rows (the data-rich check: is the log, not the model, what limits NE?);
@@ -35,6 +35,14 @@ The input norms remove most of that (kunlun.py's docstring says why), not all of
 (0.9489) and one at d=32 (0.9433) still lag their rung's other two by 0.005-0.01, which is most of
 Kunlun's spread and of its eta's uncertainty. A dense-LR warmup does not rescue d=16 seed 0 (200 steps:
 0.9524, 500 steps: 0.9483).
+
+`results/scaling_data8_e2.json` is the same log with `--epochs 2 --rungs 0,1,3`, 3 seeds per size
+(parts `scaling_data8_e2_{if01,if2,kl_r0,kl_r13}.json`); every run's best validation epoch was its
+second. InterFormer: NE 0.9392 / 0.9369 / 0.9337, eta 0.0023 +- 0.0007. Kunlun: NE 0.9397 / 0.9390 /
+0.9356, eta 0.0018 +- 0.0007; ratio 0.81 (bootstrap 95% 0.25..1.85, P(ratio >= 1.5) 0.09). The second
+epoch lifts Kunlun's two lagging seeds (d=16 seed 0: 0.9489 -> 0.9409, d=32 seed 1: 0.9433 -> 0.9384)
+but they stay their rungs' worst; InterFormer has one such seed too (d=8 seed 1: 0.9432 vs 0.9376 /
+0.9369). At d=32 Kunlun's best seed (0.9335) matches InterFormer's (0.9331-0.9341) at 55% of its FLOPs.
 """
 
 from __future__ import annotations
@@ -77,7 +85,7 @@ BATCH_SIZE = 1024
 THREADS = 1  # 2 shared cores: one thread keeps the timings comparable across runs
 TRAIN_ROWS = 240_000  # the most recent training events
 EVAL_ROWS = 30_000  # the first rows of the validation and test splits
-MAX_EPOCHS, PATIENCE = 1, 1
+MAX_EPOCHS, PATIENCE = 1, 1  # --epochs sets the epochs; the best validation epoch is scored
 SEEDS = 3
 HEADS = {"hidden": [128, 64]}
 FAMILIES = ("interformer", "kunlun")
@@ -217,7 +225,7 @@ def data_path(config: SimulatorConfig) -> Path:
     return path
 
 
-def train_one(size: Size, seed: int, log: EventLog, frames: SplitFrames) -> dict[str, Any]:
+def train_one(size: Size, seed: int, log: EventLog, frames: SplitFrames, epochs: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     config = ModelConfig(
         name=f"{size.family}-{size.label}",
@@ -232,7 +240,7 @@ def train_one(size: Size, seed: int, log: EventLog, frames: SplitFrames) -> dict
     flops = dense_flops_per_example(model, frames)
     trainer = Trainer(model, train, Path("/tmp/fxrec-scaling"), progress=False)
     started = time.perf_counter()
-    result = fit_holdout(trainer, frames, max_epochs=MAX_EPOCHS, patience=PATIENCE)
+    result = fit_holdout(trainer, frames, max_epochs=epochs, patience=PATIENCE)
     seconds = time.perf_counter() - started
     examples = sum(e.train_examples for e in result.epochs[: result.best_epoch + 1])
     return {
@@ -397,6 +405,8 @@ def combine(args: Any) -> None:
     results = [json.loads(Path(f).read_text()) for f in args.combine.split(",")]
     if len({r["oracle_test_ne"] for r in results}) != 1:
         raise SystemExit("--combine: the files come from different logs or splits (their oracle NEs differ)")
+    if len({r["settings"].get("max_epochs", MAX_EPOCHS) for r in results}) != 1:
+        raise SystemExit("--combine: the files trained different numbers of epochs")
     runs = list({(r["family"], r["size"], r["seed"]): r for res in results for r in res["runs"]}.values())
     ladders = {
         f: [Size(**s) for res in results for s in res["settings"]["ladders"].get(f, [])] for f in FAMILIES
@@ -426,6 +436,7 @@ def main() -> None:
                 ("--rungs",),
                 {"default": None, "help": "comma-separated 0-based rungs of each ladder to train"},
             ),
+            (("--epochs",), {"type": int, "default": MAX_EPOCHS, "help": "training epochs per run"}),
             (("--families",), {"default": ",".join(FAMILIES), "help": "comma-separated families to train"}),
             (
                 ("--combine",),
@@ -464,7 +475,7 @@ def main() -> None:
     settings = {
         "ladders": {f: [asdict(s) for s in sizes] for f, sizes in ladders.items()},
         "seeds": list(range(args.first_seed, args.first_seed + seeds)),
-        "max_epochs": MAX_EPOCHS,
+        "max_epochs": args.epochs,
         "patience": PATIENCE,
         "train_rows": train_rows,
         "valid_rows": frames.valid.num_rows,
@@ -490,7 +501,7 @@ def main() -> None:
     for seed in range(args.first_seed, args.first_seed + seeds):
         for rung in zip(*ladders.values(), strict=True):
             for size in rung:
-                runs.append(train_one(size, seed, log, frames))
+                runs.append(train_one(size, seed, log, frames, args.epochs))
                 shown = {k: v for k, v in runs[-1].items() if k != "valid_auc"}
                 print(shown, flush=True)
                 table, fits, ratio = summarise(runs, ladders, draws)
