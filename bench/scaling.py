@@ -395,7 +395,7 @@ def report(
         )
     write_result(args, "scaling", table, ratio, fits=fits, oracle_test_ne=oracle, runs=runs, settings=settings,
                  complete=True)  # fmt: skip
-    if not args.quick:
+    if fits and not args.quick:  # a part run of one family or one size has no line to draw
         plot(table, fits, runs, oracle, args.out.with_suffix(".png"))
 
 
