@@ -192,6 +192,7 @@ def early_stopped(
         "valid_curve": [float(v) for v in curve],
         "test_auc": float(auc(test.labels, probs)),
         "test_log_loss": float(log_loss(test.labels, probs)),
+        "test_probs": probs,
     }
 
 

@@ -20,6 +20,13 @@ FeatureMap, trained in a plain Adam loop (bench/_peers.py says why). fxrec's per
 
 `--resume` keeps the (dataset, model) results of earlier runs' JSON files (later files win) and runs
 only the models they lack, so models can run as separate processes and be merged into one table.
+
+Every run's test predictions go to `<out>_predictions.npz` beside the JSON (and come back with
+`--resume`), for the comparisons' paired bootstrap (fxrec.metrics.bootstrap): the test rows are
+resampled by user, both models are scored on each draw, and the 95% interval of the difference of
+their seed-mean AUCs is reported with the share of draws where fxrec is ahead. The spread over seeds
+says how much training noise there is; this interval adds the test period's own noise, which two
+models on the same rows share.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from fxrec.data.eventlog import EventLog
 from fxrec.data.simulator import SimulatorConfig, simulate_to
 from fxrec.data.sources import import_movielens_100k, import_open_bandit, movielens_split_points
 from fxrec.data.sources.movielens import split_points
+from fxrec.metrics.bootstrap import auc_difference
 from fxrec.models.ranking import build_model
 from fxrec.train.holdout import SplitFrames, fit_holdout, split_by_event_id, split_by_mask
 from fxrec.train.trainer import Trainer
@@ -446,6 +454,7 @@ def run_fxrec(
         "valid_curve": [e.valid["auc"] for e in result.epochs],
         "test_auc": result.test["auc"],
         "test_log_loss": result.test["log_loss"],
+        "test_probs": trainer.predict(frames.test)["click"],  # the best epoch's weights are restored
     }
 
 
@@ -466,11 +475,35 @@ def summarise(dataset: str, model: str, runs: list[dict]) -> dict[str, Any]:
     }
 
 
+BOOTSTRAP_RESAMPLES = 2000
 MIN_TEST_POSITIVES = 50  # below this a test AUC difference says nothing (one positive: AUC is its rank)
 
 
-def compare(table: list[dict[str, Any]], datasets: list[str], raw: dict[str, Any]) -> dict[str, Any]:
-    """Per dataset: fxrec DCNv2 minus each peer's DCN(v2), and the best fxrec backbone minus the best peer (test AUC)."""
+def paired(
+    tests: dict[str, tuple[np.ndarray, np.ndarray]],
+    predictions: dict[str, dict[str, list[np.ndarray]]],
+    dataset: str,
+    a: str,
+    b: str,
+) -> dict[str, float] | None:
+    """The paired, user-clustered bootstrap of model a's mean test AUC minus model b's (None without predictions)."""
+    runs = predictions.get(dataset, {})
+    if dataset not in tests or not runs.get(a) or not runs.get(b):
+        return None
+    labels, users = tests[dataset]
+    return auc_difference(labels, runs[a], runs[b], users, resamples=BOOTSTRAP_RESAMPLES)
+
+
+def compare(
+    table: list[dict[str, Any]],
+    datasets: list[str],
+    raw: dict[str, Any],
+    tests: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    predictions: dict[str, dict[str, list[np.ndarray]]] | None = None,
+) -> dict[str, Any]:
+    """Per dataset: fxrec DCNv2 minus each peer's DCN(v2), and the best fxrec backbone minus the best
+    peer (test AUC), each with its paired bootstrap interval where the runs' test predictions are known."""
+    tests, predictions = tests or {}, predictions or {}
     ratios: dict[str, Any] = {}
     for dataset in datasets:
         by_model = {r["model"]: r["test_auc"] for r in table if r["dataset"] == dataset}
@@ -478,11 +511,16 @@ def compare(table: list[dict[str, Any]], datasets: list[str], raw: dict[str, Any
         peers = {m: a for m, a in by_model.items() if m in PEER_MODELS}
         positives = raw.get(dataset, {}).get("split", {}).get("test_positives")
         entry: dict[str, Any] = {"test_positives": positives}
+        scored = tests  # the test rows to bootstrap over
         if positives is not None and positives < MIN_TEST_POSITIVES:
             entry["note"] = f"uninformative: the test split has {positives} positive(s)"
+            scored = {}  # nor is a bootstrap over those rows: most draws hold no positive at all
         for peer_dcn in ("deepctr_dcn", "fuxictr_dcnv2"):
             if "fxrec_dcnv2" in fx and peer_dcn in peers:
                 entry[f"dcnv2_minus_{peer_dcn}_auc"] = fx["fxrec_dcnv2"] - peers[peer_dcn]
+                interval = paired(scored, predictions, dataset, "fxrec_dcnv2", peer_dcn)
+                if interval is not None:
+                    entry[f"dcnv2_minus_{peer_dcn}_bootstrap"] = interval
         if fx and peers:
             best_fx, best_peer = max(fx, key=fx.get), max(peers, key=peers.get)  # type: ignore[arg-type]
             entry.update(
@@ -490,8 +528,39 @@ def compare(table: list[dict[str, Any]], datasets: list[str], raw: dict[str, Any
                 best_peer=best_peer,
                 best_fxrec_minus_best_peer_auc=fx[best_fx] - peers[best_peer],
             )
+            interval = paired(scored, predictions, dataset, best_fx, best_peer)
+            if interval is not None:
+                entry["best_fxrec_minus_best_peer_bootstrap"] = interval
         ratios[dataset] = entry
     return ratios
+
+
+def predictions_path(result: Path) -> Path:
+    """Where a result file's per-run test predictions live (for the paired bootstrap and --resume)."""
+    return result.with_name(f"{result.stem}_predictions.npz")
+
+
+def save_predictions(path: Path, predictions: dict[str, dict[str, list[np.ndarray]]]) -> None:
+    arrays = {
+        f"{d}/{m}/{i}": p
+        for d, models in predictions.items()
+        for m, runs in models.items()
+        for i, p in enumerate(runs)
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def load_predictions(path: Path) -> dict[str, dict[str, list[np.ndarray]]]:
+    """{dataset: {model: [test probs per seed]}} from `save_predictions`; empty if the file is absent."""
+    if not path.exists():
+        return {}
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    with np.load(path) as arrays:
+        for key in sorted(arrays.files, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1]))):
+            dataset, model, _ = key.split("/")
+            out.setdefault(dataset, {}).setdefault(model, []).append(arrays[key])
+    return out
 
 
 def settings(epochs: int, patience: int) -> dict[str, Any]:
@@ -527,10 +596,14 @@ def main() -> None:
     rows = None
     raw: dict[str, dict[str, list[dict]]] = {}
     table: list[dict[str, Any]] = []
+    tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per dataset: test labels, test users
+    predictions: dict[str, dict[str, list[np.ndarray]]] = {}  # dataset -> model -> test probs per seed
     for path in args.resume:  # earlier runs' results, kept as they are (see --resume)
         earlier = json.loads(path.read_text())
         for dataset, runs in earlier["runs"].items():
             raw.setdefault(dataset, {}).update(runs)
+        for dataset, models in load_predictions(predictions_path(path)).items():
+            predictions.setdefault(dataset, {}).update(models)
         kept = {(r["dataset"], r["model"]) for r in earlier["rows"]}
         table = [r for r in table if (r["dataset"], r["model"]) not in kept]
         table += [r for r in earlier["rows"] if r["dataset"] in datasets]
@@ -546,6 +619,7 @@ def main() -> None:
         lengths = max_lengths([frames.train, frames.valid, frames.test], features, log.spec.history_length)
         peer = {s: frame_to_peer(getattr(frames, s), features, lengths) for s in ("train", "valid", "test")}
         columns = feature_columns(log.spec, features, EMBEDDING_DIM, lengths)
+        tests[dataset] = (peer["test"].labels, frames.test.meta["user_id"].numpy())
         raw.setdefault(dataset, {})["split"] = {
             "train_end": train_end,
             "valid_end": valid_end,
@@ -594,6 +668,8 @@ def main() -> None:
                         dataset_patience,
                     )
                 run["seconds"] = time.perf_counter() - started
+                probs = np.asarray(run.pop("test_probs"), dtype=np.float32)
+                predictions.setdefault(dataset, {}).setdefault(model, []).append(probs)
                 runs.append(run)
                 print(
                     f"{dataset:12s} {model:18s} seed {seed}: test AUC {run['test_auc']:.4f}  valid {run['valid_curve']}",
@@ -603,11 +679,12 @@ def main() -> None:
             table.append(summarise(dataset, model, runs))
             # Written after every model, so a long run interrupted midway keeps what it measured.
             partial_settings = settings(epochs, patience)
+            save_predictions(predictions_path(args.out), predictions)
             write_result(
                 args,
                 "quality_peers",
                 table,
-                compare(table, datasets, raw),
+                compare(table, datasets, raw, tests, predictions),
                 runs=raw,
                 settings=partial_settings,
                 complete=False,
@@ -617,9 +694,17 @@ def main() -> None:
         key=lambda r: (datasets.index(r["dataset"]), order.index(r["model"]) if r["model"] in order else 99)
     )
     print_table("test AUC / log loss, mean ± std over seeds (best validation epoch)", table)
-    ratios = compare(table, datasets, raw)
+    ratios = compare(table, datasets, raw, tests, predictions)
+    save_predictions(predictions_path(args.out), predictions)
     for dataset, entry in ratios.items():
         print(dataset, entry)
+        interval = entry.get("best_fxrec_minus_best_peer_bootstrap")
+        if interval is not None:
+            print(
+                f"{dataset}: {entry['best_fxrec']} - {entry['best_peer']} test AUC {interval['difference']:+.4f}, "
+                f"95% [{interval['low']:+.4f}, {interval['high']:+.4f}] over {interval['clusters']} test users, "
+                f"fxrec ahead in {interval['p_a_ahead']:.0%} of draws"
+            )
     write_result(
         args, "quality_peers", table, ratios, runs=raw, settings=settings(epochs, patience), complete=True
     )
