@@ -8,6 +8,7 @@ Absolute times on these shared machines are context only; the ratios are the res
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -20,10 +21,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def parse_args(name: str, description: str, extra: list[tuple[tuple, dict]] | None = None) -> argparse.Namespace:
+def simulated_log(config: Any, name: str) -> Path:
+    """The simulator's log for `config` (a SimulatorConfig), cached under .cache/data by a hash of the
+    config, so a changed config simulates afresh instead of reading a stale log."""
+    from fxrec.data.simulator import simulate_to
+
+    digest = hashlib.sha1(json.dumps(config.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
+    path = ROOT / ".cache" / "data" / f"simulated-{name}-{digest}"
+    if not path.exists():
+        simulate_to(config, path, progress=False)
+    return path
+
+
+def parse_args(
+    name: str, description: str, extra: list[tuple[tuple, dict]] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"bench/{name}.py", description=description)
     parser.add_argument("--quick", action="store_true", help="a small run that finishes in under a minute")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"{name}.json", help="JSON output file")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / f"{name}.json", help="JSON output file"
+    )
     for args, kwargs in extra or []:
         parser.add_argument(*args, **kwargs)
     return parser.parse_args()
@@ -48,7 +65,9 @@ def print_table(title: str, rows: list[dict[str, Any]], columns: list[str] | Non
     columns = columns or list(dict.fromkeys(k for row in rows for k in row))
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="right" if rows and isinstance(rows[0].get(column), (int, float)) else "left")
+        table.add_column(
+            column, justify="right" if rows and isinstance(rows[0].get(column), (int, float)) else "left"
+        )
     for row in rows:
         table.add_row(*[_fmt(row.get(c)) for c in columns])
     Console(width=200).print(table)
@@ -62,8 +81,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_result(args: argparse.Namespace, name: str, rows: list[dict[str, Any]], ratios: dict[str, Any], **extra: Any) -> dict:
-    result = {"benchmark": name, "quick": bool(args.quick), "machine": machine(), "rows": rows, "ratios": ratios, **extra}
+def write_result(
+    args: argparse.Namespace, name: str, rows: list[dict[str, Any]], ratios: dict[str, Any], **extra: Any
+) -> dict:
+    result = {
+        "benchmark": name,
+        "quick": bool(args.quick),
+        "machine": machine(),
+        "rows": rows,
+        "ratios": ratios,
+        **extra,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float))
     print(f"wrote {args.out}")

@@ -55,7 +55,6 @@ embedding already holds what a longer history would add.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,12 +66,12 @@ import _common  # noqa: F401  (puts the repo on sys.path)
 import numpy as np
 import pyarrow as pa
 import torch
-from _common import ROOT, parse_args, print_table, write_result
+from _common import parse_args, print_table, simulated_log, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from fxrec.config import ModelConfig, TrainConfig
 from fxrec.data.eventlog import EventLog
-from fxrec.data.simulator import SimulatorConfig, simulate_to
+from fxrec.data.simulator import SimulatorConfig
 from fxrec.data.sources.movielens import split_points
 from fxrec.metrics.ranking import ne as normalized_entropy
 from fxrec.models.ranking import RankingModel, build_model
@@ -222,15 +221,6 @@ def bootstrap_eta(
         means = np.array([v[rng.integers(0, len(v), len(v))].mean() for v in ne])
         etas[i] = -np.polyfit(log_flops, means, 1)[0]
     return etas
-
-
-def data_path(config: SimulatorConfig) -> Path:
-    """The simulated log for this config, cached under a hash of the config (a changed config re-simulates)."""
-    digest = hashlib.sha1(json.dumps(config.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
-    path = ROOT / ".cache" / "data" / f"simulated-scaling-{digest}"
-    if not path.exists():
-        simulate_to(config, path, progress=False)
-    return path
 
 
 def train_one(size: Size, seed: int, log: EventLog, frames: SplitFrames, epochs: int) -> dict[str, Any]:
@@ -472,7 +462,7 @@ def main() -> None:
     simulator = SIMULATOR.model_copy(
         update={"impressions_per_day": SIMULATOR.impressions_per_day * args.data_scale}
     )
-    log = EventLog(data_path(simulator))
+    log = EventLog(simulated_log(simulator, "scaling"))
     if args.history_length is not None:  # histories are computed when the splits are read, not stored
         log.spec = log.spec.model_copy(update={"history_length": args.history_length})
     train_end, valid_end = split_points(log.read_all(["event_id"]).column("event_id").to_numpy())
