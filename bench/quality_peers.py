@@ -99,8 +99,8 @@ FXREC_TRAIN: dict[str, dict[str, Any]] = {
 # the simulator's earlier log (6,000 impressions a day, 24k training rows, where batch 8192 made three
 # steps an epoch: DCNv2 valid 0.53 vs 0.62 at batch 1024). On the current log (10x) the two are level
 # for DCNv2 (valid 0.6500 vs 0.6496 MovieLens-tuned) and DHEN's MovieLens-tuned entry stays ahead,
-# so the entries stay. On Open Bandit (5
-# validation positives) the earlier settings had the higher validation AUC for all three.
+# so the entries stay. On Open Bandit (5 validation positives) the earlier settings had the higher
+# validation AUC for all three.
 FXREC_TRAIN_BY_DATASET: dict[str, dict[str, dict[str, Any]]] = {
     "simulator": {"fxrec_dcnv2": {}, "fxrec_interformer": {}},
     "open_bandit": {"fxrec_dcnv2": {}, "fxrec_dhen": {"embedding_lr": 0.02}, "fxrec_interformer": {}},
@@ -560,12 +560,14 @@ def load_predictions(path: Path) -> dict[str, dict[str, list[np.ndarray]]]:
     """{dataset: {model: [test probs per seed]}} from `save_predictions`; empty if the file is absent."""
     if not path.exists():
         return {}
-    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    found: dict[str, dict[str, dict[int, np.ndarray]]] = {}
     with np.load(path) as arrays:
-        for key in sorted(arrays.files, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1]))):
-            dataset, model, _ = key.split("/")
-            out.setdefault(dataset, {}).setdefault(model, []).append(arrays[key])
-    return out
+        for key in arrays.files:
+            dataset, model, index = key.split("/")
+            found.setdefault(dataset, {}).setdefault(model, {})[int(index)] = arrays[key]
+    return {
+        d: {m: [runs[i] for i in sorted(runs)] for m, runs in models.items()} for d, models in found.items()
+    }
 
 
 def settings(epochs: int, patience: int) -> dict[str, Any]:
@@ -689,7 +691,7 @@ def main() -> None:
                 args,
                 "quality_peers",
                 table,
-                compare(table, datasets, raw, tests, predictions),
+                compare(table, datasets, raw),  # the bootstrap intervals come with the final table
                 runs=raw,
                 settings=partial_settings,
                 complete=False,

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from fxrec.metrics.ranking import tie_groups
+
 
 class _SortedScores:
     """One model's scores sorted once, so each draw's weighted AUC costs two bincounts."""
 
     def __init__(self, labels: np.ndarray, probs: np.ndarray):
-        order = np.argsort(np.asarray(probs, dtype=np.float64), kind="mergesort")
-        scores = np.asarray(probs, dtype=np.float64)[order]
-        change = np.concatenate([[True], scores[1:] != scores[:-1]])
-        self.order = order
-        self.group = np.cumsum(change) - 1  # tie group of each sorted row
+        self.order, self.group = tie_groups(np.asarray(probs, dtype=np.float64))
         self.groups = int(self.group[-1]) + 1
-        self.positive = (np.asarray(labels) > 0.5)[order]
+        self.positive = (np.asarray(labels) > 0.5)[self.order]
 
     def auc(self, weights: np.ndarray) -> float:
         """AUC with row weights: weighted pairs (positive above negative), ties count one half."""

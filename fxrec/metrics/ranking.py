@@ -32,15 +32,21 @@ def relative_ne_change(ne_new: float, ne_base: float) -> float:
     return 100.0 * (ne_new - ne_base) / ne_base
 
 
-def _average_ranks(scores: np.ndarray) -> np.ndarray:
+def tie_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, group): the ascending sort order of `scores` and, for each sorted position, the index
+    of its run of equal scores (0, 1, ...), the unit AUC's half-credit for ties works on."""
     order = np.argsort(scores, kind="mergesort")
     sorted_scores = scores[order]
-    # Tie groups: [start, end) runs of equal scores get the mean of their 1-based ranks.
-    change = np.concatenate([[True], sorted_scores[1:] != sorted_scores[:-1]])
-    group = np.cumsum(change) - 1
-    starts = np.flatnonzero(change)
-    ends = np.concatenate([starts[1:], [len(scores)]])
-    mean_rank = (starts + ends + 1) / 2.0
+    change = np.ones(len(scores), dtype=bool)
+    change[1:] = sorted_scores[1:] != sorted_scores[:-1]
+    return order, np.cumsum(change) - 1
+
+
+def _average_ranks(scores: np.ndarray) -> np.ndarray:
+    order, group = tie_groups(scores)
+    # A run of equal scores at sorted positions [end - size, end) gets the mean of its 1-based ranks.
+    sizes = np.bincount(group)
+    mean_rank = np.cumsum(sizes) - (sizes - 1) / 2.0
     ranks = np.empty(len(scores), dtype=np.float64)
     ranks[order] = mean_rank[group]
     return ranks
@@ -57,7 +63,13 @@ def auc(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def gauc(labels: np.ndarray, probs: np.ndarray, users: np.ndarray) -> float:
-    frame = pl.DataFrame({"user": np.asarray(users), "y": (np.asarray(labels) > 0.5).astype(np.int64), "p": np.asarray(probs, dtype=np.float64)})
+    frame = pl.DataFrame(
+        {
+            "user": np.asarray(users),
+            "y": (np.asarray(labels) > 0.5).astype(np.int64),
+            "p": np.asarray(probs, dtype=np.float64),
+        }
+    )
     per_user = (
         frame.with_columns(rank=pl.col("p").rank("average").over("user"))
         .group_by("user")
@@ -71,7 +83,9 @@ def gauc(labels: np.ndarray, probs: np.ndarray, users: np.ndarray) -> float:
     )
     if per_user.height == 0:
         return float("nan")
-    user_auc = (per_user["rank_pos"] - per_user["pos"] * (per_user["pos"] + 1) / 2) / (per_user["pos"] * per_user["neg"])
+    user_auc = (per_user["rank_pos"] - per_user["pos"] * (per_user["pos"] + 1) / 2) / (
+        per_user["pos"] * per_user["neg"]
+    )
     weights = per_user["n"].cast(pl.Float64)
     return float((user_auc * weights).sum() / weights.sum())
 
