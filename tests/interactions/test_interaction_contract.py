@@ -35,6 +35,7 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("kunlun", {"num_layers": 2, "window": 3, "ffn_hidden": 16, "interaction_hidden": 32}),
     ("kunlun", {"num_layers": 3, "comp_skip": False, "pooling": "pma", "rotary": "position", "window": None}),
+    ("kunlun", {"num_layers": 2, "window": 3, "ffn_hidden": 16, "interaction_tokens": "all"}),
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
 

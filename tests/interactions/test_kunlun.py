@@ -122,3 +122,19 @@ def test_input_norm_makes_the_embedding_scale_irrelevant() -> None:
         model, plain = small(input_norm=True), small()
         assert torch.allclose(model(tokens, sequence), model(tokens * 0.1, shrunk), atol=1e-2)
         assert not torch.allclose(plain(tokens, sequence), plain(tokens * 0.1, shrunk), atol=1e-2)
+
+
+def test_interaction_tokens_all_crosses_the_raw_tokens_too() -> None:
+    tokens, sequence = make_tokens(5), make_sequence(LENGTHS)
+    seen: list[int] = []
+    for mode, extra in (("summary", 0), ("all", NUM_TOKENS)):
+        model = small(interaction_tokens=mode, num_summary=2, num_sequence_tokens=3)
+        handle = model.interactions[0].register_forward_pre_hook(
+            lambda _, args: seen.append(args[0].shape[1])
+        )
+        with torch.no_grad():
+            out = model(tokens, sequence)
+        handle.remove()
+        assert seen[-1] == 2 + 3 + extra and out.shape == (5, 2 + 3, DIM)
+    with pytest.raises(ValueError, match="interaction_tokens"):
+        small(interaction_tokens="tokens")
