@@ -65,13 +65,16 @@ def import_movielens(out: Path = typer.Option(Path("data/movielens-100k"), "--ou
 @import_app.command("open-bandit")
 def import_open_bandit(
     out: Path = typer.Option(Path("data/open-bandit"), "--out", "-o"),
-    campaign: str = typer.Option("all", help="all | men | women"),
-    policy: str = typer.Option("random", help="random | bts"),
+    campaigns: str = typer.Option("all", help="comma-separated: all, men, women"),
+    policies: str = typer.Option("random", help="comma-separated: random, bts"),
 ) -> None:
-    """The Open Bandit Dataset sample (CC BY 4.0) from the obp wheel on PyPI."""
+    """Open Bandit Dataset samples (CC BY 4.0) from the obp wheel on PyPI, merged into one log."""
     from fxrec.data.sources import import_open_bandit as run_import
 
-    _report_import(lambda: run_import(out, campaign=campaign, policy=policy), out)
+    def run() -> Path:
+        return run_import(out, campaigns=campaigns.split(","), policies=policies.split(","))
+
+    _report_import(run, out)
 
 
 @import_app.command("table")

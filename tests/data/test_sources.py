@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -64,7 +65,12 @@ def _movielens_files(rng: np.random.Generator, rows: int = 40) -> dict[str, str]
 
 
 def _obd_files(
-    rng: np.random.Generator, rows: int = 30, items: int = 4, timestamp: str | None = None
+    rng: np.random.Generator,
+    rows: int = 30,
+    items: int = 4,
+    timestamp: str | None = None,
+    policy: str = "random",
+    campaign: str = "all",
 ) -> dict[str, str]:
     header = ",timestamp,item_id,position,click,propensity_score," + ",".join(
         f"user_feature_{i}" for i in range(4)
@@ -83,9 +89,10 @@ def _obd_files(
             f"{k},{stamp},{item},{k % 3 + 1},{int(k % 7 == 0)},0.25," + ",".join(features + affinity)
         )
     context = [",item_id,item_feature_0,item_feature_1,item_feature_2,item_feature_3"]
-    context += [f"{j},{j},{0.1 * j},x{j % 2},y{j},z0" for j in range(items)]
-    root = "obp/dataset/obd/random/all"
-    return {f"{root}/all.csv": "\n".join(lines), f"{root}/item_context.csv": "\n".join(context)}
+    # Like the real files, each sample's context hashes the categorical item features its own way.
+    context += [f"{j},{j},{0.1 * j},{policy}x{j % 2},y{j},z0" for j in range(items)]
+    root = f"obp/dataset/obd/{policy}/{campaign}"
+    return {f"{root}/{campaign}.csv": "\n".join(lines), f"{root}/item_context.csv": "\n".join(context)}
 
 
 @pytest.fixture
@@ -270,7 +277,36 @@ def test_open_bandit_bad_timestamp(tmp_path: Path, rng: np.random.Generator) -> 
 
 def test_open_bandit_rejects_unknown_campaign(tmp_path: Path, obp_cache: Path) -> None:
     with pytest.raises(ValueError, match="campaign"):
-        import_open_bandit(tmp_path / "obd", cache_dir=obp_cache, campaign="kids")
+        import_open_bandit(tmp_path / "obd", cache_dir=obp_cache, campaigns=["all", "kids"])
+    with pytest.raises(ValueError, match="policy"):
+        import_open_bandit(tmp_path / "obd", cache_dir=obp_cache, policies=[])
+
+
+def test_open_bandit_merges_samples_in_time_order(tmp_path: Path, rng: np.random.Generator) -> None:
+    cache = tmp_path / "cache"
+    files, sizes = {}, {"all": 4, "men": 3}
+    for policy in ("random", "bts"):
+        for campaign, items in sizes.items():
+            files |= _obd_files(rng, rows=20, items=items, policy=policy, campaign=campaign)
+    _fake_wheel(cache, "obp-0.4.1-py3-none-any.whl", files)
+    log = EventLog(
+        import_open_bandit(
+            tmp_path / "obd", cache_dir=cache, campaigns=["all", "men"], policies=["random", "bts"]
+        )
+    )
+    frame = pl.from_arrow(log.read_all())
+    assert frame.height == 80 and frame["event_id"].to_list() == list(range(80)) and frame["ts"].is_sorted()
+    assert log.spec.surfaces == ["zozotown-all", "zozotown-men"]
+    assert frame.group_by("surface", "policy").len().height == 4
+    # The men campaign's items come after the all campaign's: same raw ids, different items.
+    items = frame.group_by("surface").agg(
+        pl.col("item_id").min().alias("lo"), pl.col("item_id").max().alias("hi")
+    )
+    bounds = {s: (lo, hi) for s, lo, hi in items.iter_rows()}
+    assert bounds["zozotown-all"][1] < sizes["all"] <= bounds["zozotown-men"][0]
+    # Both policies' rows of an item carry the same item features (one context file per campaign).
+    per_item = frame.group_by("item_id").agg(pl.col("item_feature_1").n_unique(), pl.col("policy").n_unique())
+    assert (per_item["item_feature_1"] == 1).all() and (per_item["policy"] == 2).any()
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -445,3 +481,11 @@ def test_real_wheels_import_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     assert 0.8 < unseen.mean() < 0.9  # ~86% of test rows come from users unseen in training
     obd = EventLog(import_open_bandit(tmp_path / "obd", cache_dir=cache))
     assert obd.num_rows() == 10_000 and len(obd.days) == 7
+    every = EventLog(
+        import_open_bandit(
+            tmp_path / "obd6", cache_dir=cache, campaigns=open_bandit.CAMPAIGNS, policies=open_bandit.POLICIES
+        )
+    )
+    table = every.read_all(["item_id", "click"])
+    assert every.num_rows() == 60_000 and pc.sum(table["click"]).as_py() == 287
+    assert pc.count_distinct(table["item_id"]).as_py() == 80 + 34 + 46
