@@ -94,7 +94,7 @@ def _report_import(run, out: Path) -> None:
 
     try:
         run()
-    except (EventLogError, FileNotFoundError) as error:
+    except (EventLogError, FileNotFoundError, ValueError) as error:
         _fail(error)
     log = EventLog(out)
     console.print(f"wrote {log.num_rows():,} events over {len(log.days)} days to {out} (spec: {out / 'spec.yaml'})")

@@ -55,3 +55,10 @@ def test_unknown_vm_name(tmp_path):
     result = CliRunner().invoke(app, ["train", "vm", "--config", str(config), "--run", str(tmp_path / "r"), "--name", "nope"])
     assert result.exit_code == 2
     assert "no VM named 'nope'" in result.output
+
+
+def test_unknown_open_bandit_campaign_is_a_clear_error(tmp_path):
+    out = tmp_path / "obd"
+    result = CliRunner().invoke(app, ["data", "import", "open-bandit", "--out", str(out), "--campaigns", "all,kids"])
+    assert result.exit_code == 2 and "campaign must be one of" in result.output and "kids" in result.output
+    assert not out.exists()
