@@ -72,6 +72,16 @@ are the ones above). Kunlun is now ahead at every size: NE 0.9602 / 0.9611 / 0.9
 for 0.37-6.2 MFLOPs, against InterFormer's 0.9625 / 0.9596 / 0.9614 / 0.9594 / 0.9612 for 0.43-6.1.
 eta: Kunlun 0.0010 +- 0.0007, InterFormer 0.0005 +- 0.0006, ratio 1.91, but with InterFormer's slope
 this close to 0 the bootstrap interval (-12..17, P(ratio >= 1.5) 0.53) says the ratio is not measured.
+
+`results/scaling_data8_e2_kunlun_all.json` is the default 8x log with 2 epochs again, where InterFormer's
+slope is clearly positive, with the `interaction_tokens="all"` Kunlun ladder (rungs 0, 1, 3, 3 seeds;
+InterFormer's runs are `scaling_data8_e2`'s). Kunlun: NE 0.9393 / 0.9370 / 0.9350 for 0.39 / 0.97 / 3.3
+MFLOPs, eta 0.0020 +- 0.0005 (summary-only: 0.9397 / 0.9390 / 0.9356, eta 0.0018); InterFormer 0.9392
+/ 0.9369 / 0.9337 for 0.46 / 1.07 / 5.0, eta 0.0023 +- 0.0007. Ratio 0.87 (bootstrap 95% 0.43..1.76,
+P(ratio >= 1.5) 0.08): on this log the two families lie on one NE-vs-FLOPs line (Kunlun level at the
+same NE for 84-91% of the FLOPs at the two small rungs; at d=32, 0.0013 behind for 66%), and the fix
+that put Kunlun ahead on the drifting log makes its seeds agree (d=8 sd 0.0003 vs 0.0018) without
+steepening its slope.
 """
 
 from __future__ import annotations
