@@ -10,6 +10,10 @@
 - Each impression comes from a noisy retrieval + auction among a few candidates; clicks are
   drawn from a known nonlinear ground truth over interest x topic x context plus position bias.
 - Conversions follow clicks with advertiser-specific log-normal delays (`conversion_delay_s`).
+- Optionally (`intent_strength > 0`), short-term intent: each click pulls the user's next clicks
+  toward the topics a fixed topic-transition map links to what was clicked, fading with every
+  later click. The pull lives in the order of the user's clicks, not in who the user is, so only a
+  model reading the history (and how recent each entry is) can learn it.
 
 Everything is vectorised over a day's impressions and seeded: the same config gives the same log.
 """
@@ -54,6 +58,12 @@ class SimulatorConfig(BaseModel):
     candidates: int = 6
     attribution_window_days: float = 7.0
     history_length: int = 20
+    # short-term intent (0 turns it off and leaves the log as it was): the logit gains
+    # intent_strength * tanh(intent . T . topic(ad)), intent being the recency-weighted mean topic of
+    # the user's last `intent_memory` clicks, each click's weight halving every `intent_halflife` clicks
+    intent_strength: float = 0.0
+    intent_halflife: float = 3.0
+    intent_memory: int = 24
     # adds `hist_surface_id`, the surface of each history click: per-entry event types for Kunlun's
     # event-level towers (`event_type_feature: hist_surface_id`)
     history_surfaces: bool = False
@@ -149,6 +159,10 @@ class AdsWorld:
         self.hour_phase = rng.uniform(0, 24, size=k)
         self.device_format = rng.normal(0.0, 0.3, size=(DEVICES, FORMATS))
         self.base_logit = np.array([s.base_logit for s in c.surfaces])
+        if c.intent_strength > 0:  # its own generator: the other draws stay as they were without it
+            extra = np.random.default_rng([c.seed, 1])
+            self.transition = extra.normal(size=(k, k))
+            self.recent_clicks = np.full((n_users, c.intent_memory), -1)  # ad ids, most recent first
 
     def drift(self) -> None:
         c = self.config
@@ -202,7 +216,10 @@ class AdsWorld:
             + np.where(np.array([s.name == "video" for s in c.surfaces])[surface] & (watching == topic % WATCH_CONTEXTS), 0.5, 0.0)
             - 0.45 * np.log(position)
         )
-        click = rng.random(n) < 1 / (1 + np.exp(-logit))
+        draw = rng.random(n)
+        if c.intent_strength > 0:
+            logit = logit + self.intent(user, ad, ts, draw, logit)
+        click = draw < 1 / (1 + np.exp(-logit))
         # Conversions after clicks, with advertiser-specific delays.
         advertiser = self.ad_advertiser[ad]
         p_conversion = 1 / (1 + np.exp(-(self.adv_conversion_logit[advertiser] + 0.6 * affinity)))
@@ -239,6 +256,31 @@ class AdsWorld:
         table = pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v)) for k, v in columns.items()}).take(pa.array(order))
         event_id = np.arange(event_id_start, event_id_start + n, dtype=np.int64)
         return table.add_column(0, "event_id", pa.array(event_id))
+
+
+    def intent(self, user: np.ndarray, ad: np.ndarray, ts: np.ndarray, draw: np.ndarray, logit: np.ndarray) -> np.ndarray:
+        """The short-term intent term of each impression, from the user's clicks strictly before it.
+
+        Impressions are taken in rounds (round r holds each user's r-th impression of the day, in
+        (ts, index) order, the order of event ids), so a click updates the user's memory before
+        their next impression is scored; `draw` decides the clicks as `day` then does.
+        """
+        c = self.config
+        term = np.zeros(len(user))
+        order = np.lexsort((np.arange(len(user)), ts, user))
+        starts = np.flatnonzero(np.r_[True, user[order][1:] != user[order][:-1]])
+        rank = np.arange(len(user)) - np.repeat(starts, np.diff(np.r_[starts, len(user)]))
+        weights = 0.5 ** (np.arange(c.intent_memory) / c.intent_halflife)
+        weights /= weights.sum()
+        for r in range(rank.max() + 1):
+            rows = order[rank == r]
+            memory = self.recent_clicks[user[rows]]
+            pull = np.einsum("j,mj,mjk->mk", weights, memory >= 0, self.ad_topic[np.maximum(memory, 0)])
+            term[rows] = c.intent_strength * np.tanh(np.einsum("mk,kl,ml->m", pull, self.transition, self.ad_topic[ad[rows]]))
+            clicked = rows[draw[rows] < 1 / (1 + np.exp(-(logit[rows] + term[rows])))]
+            who = user[clicked]
+            self.recent_clicks[who] = np.concatenate([ad[clicked, None], self.recent_clicks[who, :-1]], axis=1)
+        return term
 
 
 def simulate(config: SimulatorConfig, progress: bool = True) -> pa.Table:

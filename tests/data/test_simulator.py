@@ -47,3 +47,32 @@ def test_minority_cohort_behaves_differently():
     # A small night-active minority exists: some, but far from most, traffic is at night.
     assert 0.01 < night < 0.3
     assert np.isfinite(frame["oracle_logit"].to_numpy()).all()
+
+
+def test_intent_comes_only_from_earlier_clicks_in_event_order():
+    """Short-term intent, recomputed from the log alone: each impression's term is what the user's
+    clicks at earlier event ids give, so the simulator never reads a click that had not happened."""
+    from fxrec.data.simulator import AdsWorld
+
+    config = _small(days=2, impressions_per_day=3000, intent_strength=2.0, intent_memory=5, intent_halflife=1.5)
+    with_intent = simulate(config, progress=False)
+    without = simulate(config.model_copy(update={"intent_strength": 0.0}), progress=False)
+    # Off, it changes nothing else: the same users, ads and click draws come out.
+    for column in ("event_id", "user_id", "item_id", "ts"):
+        assert with_intent.column(column).equals(without.column(column))
+    term = with_intent.column("oracle_logit").to_numpy() - without.column("oracle_logit").to_numpy()
+    world = AdsWorld(config)
+    weights = 0.5 ** (np.arange(5) / 1.5)
+    weights /= weights.sum()
+    users, ads = with_intent.column("user_id").to_numpy(), with_intent.column("item_id").to_numpy()
+    clicks = with_intent.column("click").to_numpy()
+    earlier: dict[int, list[int]] = {}
+    expected = np.empty(len(users))
+    for i in np.argsort(with_intent.column("event_id").to_numpy()):
+        recent = earlier.get(users[i], [])[:5]
+        pull = sum((w * world.ad_topic[a] for w, a in zip(weights, recent, strict=False)), np.zeros(config.topics))
+        expected[i] = 2.0 * np.tanh(pull @ world.transition @ world.ad_topic[ads[i]])
+        if clicks[i]:
+            earlier[users[i]] = [ads[i], *earlier.get(users[i], [])]
+    np.testing.assert_allclose(term, expected, atol=1e-4)
+    assert np.std(term) > 0.2 and (term != 0).mean() > 0.25  # a real effect, on every user with a click
