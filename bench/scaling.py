@@ -96,6 +96,10 @@ ahead at every size for fewer FLOPs, but the two again lie near one line, and bo
 above the oracle: at this data size neither family learns much of the intent (a second epoch,
 rungs 0 and 3, seed 0: InterFormer 0.9617 / 0.9653, Kunlun 0.9598 / 0.9577, so more passes over the
 same rows do not help). Seed spread (sd 0.001-0.003 per rung) is as large as the whole ladder's gain.
+Twice the data (`results/scaling_intent4.json`: `--data-scale 4 --rungs 0,3`, 2 seeds, oracle 0.803)
+lowers every NE by about 0.011, more than a 10x larger model does: InterFormer 0.9497 -> 0.9484
+(eta 0.0006 +- 0.0006), Kunlun 0.9489 -> 0.9483 (eta 0.0003 +- 0.0002), ratio 0.44 (95% -0.86..3.6).
+On this machine's data sizes the log, not the model, is what limits both families.
 """
 
 from __future__ import annotations
