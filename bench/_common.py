@@ -23,10 +23,13 @@ if str(ROOT) not in sys.path:
 
 def simulated_log(config: Any, name: str) -> Path:
     """The simulator's log for `config` (a SimulatorConfig), cached under .cache/data by a hash of the
-    config, so a changed config simulates afresh instead of reading a stale log."""
+    config and of the simulator's source, so a changed config or simulator simulates afresh instead of
+    reading a stale log."""
+    from fxrec.data import simulator
     from fxrec.data.simulator import simulate_to
 
-    digest = hashlib.sha1(json.dumps(config.model_dump(), sort_keys=True).encode()).hexdigest()[:8]
+    key = json.dumps(config.model_dump(), sort_keys=True) + Path(simulator.__file__).read_text()
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     path = ROOT / ".cache" / "data" / f"simulated-{name}-{digest}"
     if not path.exists():
         simulate_to(config, path, progress=False)

@@ -31,7 +31,7 @@ FM = {
             "age_bucket",
             "device",
             "user_segments",
-            "user_activity",
+            "user_past_impressions",
             "hist_item_id",
             "hist_advertiser_id",
         ],

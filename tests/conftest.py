@@ -38,7 +38,7 @@ def tiny_fm_config():
     """A tiny FM with a SUM user tower and target attention: everything `fxrec publish` can write."""
     from fxrec.config import ModelConfig
 
-    user_features = ["user_id", "country", "age_bucket", "device", "user_segments", "user_activity", "hist_item_id"]
+    user_features = ["user_id", "country", "age_bucket", "device", "user_segments", "user_past_impressions", "hist_item_id"]
     return ModelConfig(
         name="fm",
         role="fm",

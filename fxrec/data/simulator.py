@@ -104,7 +104,7 @@ def dataset_spec(config: SimulatorConfig) -> DatasetSpec:
             FeatureSpec(name="user_segments", kind="multi", cardinality=config.topics + 1, vm=False),
             FeatureSpec(name="bid", kind="dense"),
             FeatureSpec(name="ad_age_days", kind="dense"),
-            FeatureSpec(name="user_activity", kind="dense", vm=False),
+            FeatureSpec(name="user_past_impressions", kind="dense", vm=False),
             FeatureSpec(name="hist_item_id", kind="sequence", source="item_id", table="item_id", vm=False),
             FeatureSpec(name="hist_advertiser_id", kind="sequence", source="advertiser_id", table="advertiser_id", vm=False),
             *(
@@ -136,6 +136,7 @@ class AdsWorld:
         cohort_centers = _unit(rng.normal(size=(3, k))) * 1.5
         self.interest = _unit(cohort_centers[self.user_cohort] + rng.normal(size=(n_users, k)))
         self.activity = rng.lognormal(0.0, 1.0, size=n_users)
+        self.impressions_before_today = np.zeros(n_users, dtype=np.int64)
         self.device = rng.choice(DEVICES, size=n_users, p=[0.45, 0.45, 0.10])
         self.country = rng.zipf(1.6, size=n_users) % COUNTRIES
         self.age_bucket = rng.choice(AGE_BUCKETS, size=n_users)
@@ -247,7 +248,7 @@ class AdsWorld:
             "user_segments": pa.FixedSizeListArray.from_arrays(self.segments[user].reshape(-1).astype(np.int64), 2).cast(pa.list_(pa.int64())),
             "bid": self.ad_bid[ad],
             "ad_age_days": (t - self.ad_start[ad]).astype(np.float32),
-            "user_activity": np.log1p(self.activity[user]).astype(np.float32),
+            "user_past_impressions": np.log1p(self.past_impressions(user, ts)).astype(np.float32),
             "click": click.astype(np.float32),
             "oracle_logit": logit.astype(np.float32),  # the ground truth, for oracle NE; never a feature
             "conversion": converted.astype(np.float32),
@@ -257,6 +258,18 @@ class AdsWorld:
         event_id = np.arange(event_id_start, event_id_start + n, dtype=np.int64)
         return table.add_column(0, "event_id", pa.array(event_id))
 
+
+    def past_impressions(self, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Each impression's count of the same user's impressions strictly before its timestamp: what a
+        logging system can observe (the generator's activity rate itself is hidden). Advances the
+        per-user count past this day."""
+        day_ts = ts - ts.min()  # < 2 days of seconds, so it fits below the user in one int64 key
+        key = user.astype(np.int64) << 20 | day_ts
+        ordered = np.sort(key)
+        earlier_today = np.searchsorted(ordered, key, "left") - np.searchsorted(ordered, key & ~((1 << 20) - 1), "left")
+        counts = self.impressions_before_today[user] + earlier_today
+        self.impressions_before_today += np.bincount(user, minlength=len(self.impressions_before_today))
+        return counts
 
     def intent(self, user: np.ndarray, ad: np.ndarray, ts: np.ndarray, draw: np.ndarray, logit: np.ndarray) -> np.ndarray:
         """The short-term intent term of each impression, from the user's clicks strictly before it.

@@ -76,3 +76,16 @@ def test_intent_comes_only_from_earlier_clicks_in_event_order():
             earlier[users[i]] = [ads[i], *earlier.get(users[i], [])]
     np.testing.assert_allclose(term, expected, atol=1e-4)
     assert np.std(term) > 0.2 and (term != 0).mean() > 0.25  # a real effect, on every user with a click
+
+
+def test_user_feature_counts_only_earlier_impressions():
+    """The dense user feature is an observed count of the user's impressions strictly before the
+    event (what a log can know), not the generator's hidden activity rate."""
+    frame = pl.from_arrow(simulate(_small(days=3, impressions_per_day=3000), progress=False))
+    assert "user_activity" not in frame.columns
+    expected = frame.with_columns(
+        earlier=pl.col("ts").rank("min").over("user_id").cast(pl.Int64) - 1  # same-ts ties are not earlier
+    )["earlier"].to_numpy()
+    observed = np.expm1(frame["user_past_impressions"].to_numpy().astype(np.float64))
+    np.testing.assert_allclose(observed, expected, rtol=1e-5, atol=1e-3)
+    assert (frame.group_by("user_id").agg(pl.col("user_past_impressions").min())["user_past_impressions"] == 0).all()
