@@ -7,8 +7,9 @@ FLOPs per example. Every size sees the same training rows the same number of tim
 ln(training FLOPs) = ln(FLOPs per example) + a constant and eta is the same on either axis.
 
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` over one forward + backward of a batch,
-divided by the batch size: matmuls, attention and convolutions are counted; embedding lookups
-(TBE / EmbeddingCollection), element-wise ops and norms are not, so these are *dense matmul* FLOPs.
+divided by the batch size: matmuls, attention, convolutions and fxrec's own jagged ops (their FLOP
+formulas are registered with the counter) are counted; embedding lookups (TBE / EmbeddingCollection),
+element-wise ops and norms are not, so these are *dense matmul* FLOPs.
 
 eta comes with two uncertainties: the standard error of the least-squares slope over every
 (size, seed) run, and a bootstrap over seeds (each size's seeds resampled with replacement, the
@@ -18,88 +19,14 @@ Kunlun's paper reports an eta about 2x InterFormer's (research/arch.md §3).
 
     python bench/scaling.py [--quick] [--out FILE] [--seeds N] [--first-seed S] [--data-scale K]
         [--rungs 0,1,3,4] [--families interformer,kunlun] [--epochs E] [--history-length L]
-        [--combine A.json,B.json]
+        [--world default|drifting|intent] [--combine A.json,B.json]
 
 `--data-scale K` simulates K times the impressions per day over the same days, users and ads, and
 trains on K times the rows (the data-rich check: is the log, not the model, what limits NE?);
-`--rungs` keeps only those ladder rungs (0-based) of each family; `--families` and `--first-seed`
-split a run across processes and `--combine a.json,b.json,...` reports their runs together.
-
-`results/scaling_data8.json` is `--data-scale 8 --rungs 0,1,3,4`, 3 seeds per size, combined from
-`scaling_data8_{interformer_seed0,interformer,kunlun,kunlun_seed2}.json` (1.92M training rows,
-oracle NE 0.837). InterFormer: eta 0.0014 +- 0.0005, NE 0.9399 -> 0.9351 / 0.9360 at the top two
-rungs. Kunlun (with `input_norm`): eta 0.0009 +- 0.0009, NE 0.9407 / 0.9414 / 0.9390 / 0.9383; ratio
-0.65 (bootstrap 95% 0.00..2.09). Without `input_norm` a Kunlun run landed in one of two modes by
-its dense initialisation (d=8 seeds 0-3: 0.939, 0.951, 0.953, 0.952): a good start jumps from
-validation AUC 0.67 to 0.69 around step 1,000, a bad one makes the same jump only in a second epoch.
-The input norms remove most of that (kunlun.py's docstring says why), not all of it: one seed at d=16
-(0.9489) and one at d=32 (0.9433) still lag their rung's other two by 0.005-0.01, which is most of
-Kunlun's spread and of its eta's uncertainty. A dense-LR warmup does not rescue d=16 seed 0 (200 steps:
-0.9524, 500 steps: 0.9483).
-
-`results/scaling_data8_e2.json` is the same log with `--epochs 2 --rungs 0,1,3`, 3 seeds per size
-(parts `scaling_data8_e2_{if01,if2,kl_r0,kl_r13}.json`); every run's best validation epoch was its
-second. InterFormer: NE 0.9392 / 0.9369 / 0.9337, eta 0.0023 +- 0.0007. Kunlun: NE 0.9397 / 0.9390 /
-0.9356, eta 0.0018 +- 0.0007; ratio 0.81 (bootstrap 95% 0.25..1.85, P(ratio >= 1.5) 0.09). The second
-epoch lifts Kunlun's two lagging seeds (d=16 seed 0: 0.9489 -> 0.9409, d=32 seed 1: 0.9433 -> 0.9384)
-but they stay their rungs' worst; InterFormer has one such seed too (d=8 seed 1: 0.9432 vs 0.9376 /
-0.9369). At d=32 Kunlun's best seed (0.9335) matches InterFormer's (0.9331-0.9341) at 55% of its FLOPs.
-
-Longer histories (`--history-length`) are the regime Kunlun's sliding windows and seed pooling are
-built for, but this log does not reward them: 71% of the 8x log's training rows have more than 20
-earlier clicks (21% more than 100), yet with L=100 instead of 20 (rung 1, seed 2, one epoch) test NE
-moved 0.9349 -> 0.9346 for InterFormer (1.07 -> 1.28 MFLOP) and 0.9361 -> 0.9367 for Kunlun (0.75 ->
-0.90 MFLOP), both within seed noise. Every user here has hundreds of impressions, so the user-id
-embedding already holds what a longer history would add.
-
-`--world drifting` is a log built for history to matter more than the id: interests drift 2.5x faster
-(0.2 a day) and 600 new users arrive a day instead of 100. `results/scaling_drifting2.json` is
-`--world drifting --data-scale 2`, all five rungs, 4 seeds, one epoch (480k training rows, oracle NE
-0.856; parts run as seeds 0-1, 2 and 3). Neither family scales there: InterFormer's eta 0.0005 +- 0.0006
-(NE 0.9625 at d=8, then 0.9594-0.9614), Kunlun's -0.0002 +- 0.0006 (0.9664-0.9678 at every size), so
-their ratio (-0.40) says nothing. Kunlun trails InterFormer by about 0.005 NE at every size. Rung 1
-variants (seeds 0-1, validation AUC; InterFormer 0.6544 / 0.6558, Kunlun 0.6439 / 0.6457) did not close
-that gap: PMA pooling 0.6451 / 0.6444, comp_skip off 0.6454 / 0.6443, input_norm off 0.6434 / 0.6419
-(rotary and window do nothing at rung 1, which has one global layer and so no attention), nor did the 4
-most recent history tokens added to the output (0.6460 / 0.6460), dense_lr 3e-3 (0.6453 / 0.6451) or
-num_summary 16 (0.6438 / 0.6400). The gap was in the global interaction: a DHEN (dot, dcn) model reaches
-0.6620 on seed 0 and a DCNv2 0.6470, and InterFormer crosses its raw tokens with DHEN, while Kunlun's
-Wukong block saw only the summaries. With `interaction_tokens="all"` (the ladder's setting since) rung 1
-reaches 0.6601 / 0.6637.
-
-`results/scaling_drifting2_kunlun_all.json` is that ladder on the same log (4 seeds; InterFormer's runs
-are the ones above). Kunlun is now ahead at every size: NE 0.9602 / 0.9611 / 0.9588 / 0.9575 / 0.9582
-for 0.37-6.2 MFLOPs, against InterFormer's 0.9625 / 0.9596 / 0.9614 / 0.9594 / 0.9612 for 0.43-6.1.
-eta: Kunlun 0.0010 +- 0.0007, InterFormer 0.0005 +- 0.0006, ratio 1.91, but with InterFormer's slope
-this close to 0 the bootstrap interval (-12..17, P(ratio >= 1.5) 0.53) says the ratio is not measured.
-
-`results/scaling_data8_e2_kunlun_all.json` is the default 8x log with 2 epochs again, where InterFormer's
-slope is clearly positive, with the `interaction_tokens="all"` Kunlun ladder (rungs 0, 1, 3, 3 seeds;
-InterFormer's runs are `scaling_data8_e2`'s). Kunlun: NE 0.9393 / 0.9370 / 0.9350 for 0.39 / 0.97 / 3.3
-MFLOPs, eta 0.0020 +- 0.0005 (summary-only: 0.9397 / 0.9390 / 0.9356, eta 0.0018); InterFormer 0.9392
-/ 0.9369 / 0.9337 for 0.46 / 1.07 / 5.0, eta 0.0023 +- 0.0007. Ratio 0.87 (bootstrap 95% 0.43..1.76,
-P(ratio >= 1.5) 0.08): on this log the two families lie on one NE-vs-FLOPs line (Kunlun level at the
-same NE for 84-91% of the FLOPs at the two small rungs; at d=32, 0.0013 behind for 66%), and the fix
-that put Kunlun ahead on the drifting log makes its seeds agree (d=8 sd 0.0003 vs 0.0018) without
-steepening its slope.
-
-`--world intent` adds short-term intent to the default log (`SimulatorConfig.intent_strength` 2.0):
-each click pulls the user's next clicks, through a fixed topic-transition map, toward other topics,
-the pull halving with every later click. It depends on the order of the user's recent clicks, which
-no id embedding holds and which a longer, better-read history should recover. It is worth 0.065 NE
-(oracle 0.811, 0.877 recalibrated without the term). `results/scaling_intent2.json` is `--world
-intent --data-scale 2 --rungs 0,1,3`, 3 seeds, one epoch (480k training rows; parts
-`scaling_intent2_{interformer,kunlun}.json`). InterFormer: NE 0.9627 / 0.9613 / 0.9597 for 0.44 /
-0.97 / 4.4 MFLOPs, eta 0.0013 +- 0.0007. Kunlun: 0.9616 / 0.9602 / 0.9592 for 0.37 / 0.90 / 2.9,
-eta 0.0011 +- 0.0010. Ratio 0.90 (bootstrap 95% -1.4..5.9, P(ratio >= 1.5) 0.26). Kunlun is a little
-ahead at every size for fewer FLOPs, but the two again lie near one line, and both stay 0.15 NE
-above the oracle: at this data size neither family learns much of the intent (a second epoch,
-rungs 0 and 3, seed 0: InterFormer 0.9617 / 0.9653, Kunlun 0.9598 / 0.9577, so more passes over the
-same rows do not help). Seed spread (sd 0.001-0.003 per rung) is as large as the whole ladder's gain.
-Twice the data (`results/scaling_intent4.json`: `--data-scale 4 --rungs 0,3`, 2 seeds, oracle 0.803)
-lowers every NE by about 0.011, more than a 10x larger model does: InterFormer 0.9497 -> 0.9484
-(eta 0.0006 +- 0.0006), Kunlun 0.9489 -> 0.9483 (eta 0.0003 +- 0.0002), ratio 0.44 (95% -0.86..3.6).
-On this machine's data sizes the log, not the model, is what limits both families.
+`--rungs` keeps only those ladder rungs (0-based) of each family; `--world` picks a variant of the
+simulated log (below); `--families` and `--first-seed` split a run across processes, and
+`--combine a.json,b.json,...` reports their runs together (part files belong under .cache/, the one
+result file is `results/scaling.json`). What the runs found is in the README's benchmark section.
 """
 
 from __future__ import annotations
@@ -197,11 +124,10 @@ LADDERS = {
             (32, {"num_layers": 2, "num_heads": 4, "ffn_hidden": 64, "interaction_hidden": 128}),
             (48, {"num_layers": 2, "num_heads": 4, "ffn_hidden": 128, "interaction_hidden": 256}),
         ],
-        # The input LayerNorms take Kunlun off its init-dependent plateau here (kunlun.py's docstring);
-        # the same norms on InterFormer's inputs gave d=8 seed 0 test NE 0.9423 vs 0.9405 without.
+        # The input LayerNorms take Kunlun off its init-dependent plateau on large logs (kunlun.py's
+        # docstring says why); on InterFormer's inputs they did not help.
         input_norm=True,
-        # The global interaction crosses the raw tokens too (kunlun.py's docstring says why); the result
-        # files before results/scaling_drifting2_kunlun_all.json used the summaries only.
+        # The global interaction crosses the raw tokens too (kunlun.py's docstring says why).
         interaction_tokens="all",
     ),
 }

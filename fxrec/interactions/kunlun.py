@@ -24,18 +24,12 @@ interaction and the output.
 rows start tiny (TorchRec's uniform +-1/sqrt(rows) init: |e| ~ 0.1 at d=8 over a thousand ads) while
 every post-norm block adds biases of order 1, so the first blocks pass on a near-constant vector with
 each id's identity at a few percent of its norm, and training can sit on a plateau whose length depends
-on the dense initialisation. On the scaling bench's 8x simulated log (1.9M rows, one epoch) d=8 seeds
-0-3 reach test NE 0.939 / 0.951 / 0.953 / 0.952 without it, and with it seeds 0-2 reach 0.943 / 0.940
-/ 0.939 (d=16: 0.949 / 0.939 / 0.936); normalising the tokens is what matters (the history alone is not
-enough). On MovieLens-100K (80k rows) it lowers validation AUC (0.678 vs 0.690 over 3 seeds), hence
-off by default.
+on the dense initialisation. Normalising the tokens removes most of that on logs of a million rows and
+more; on small logs it costs accuracy, hence off by default (the measurements are in the README).
 
 `interaction_tokens="all"` feeds the raw non-sequence tokens to the global interaction as well, as
 InterFormer's Interaction Arch does with DHEN over [X ‖ S_sum]. With only the summaries, every cross
 between two raw features (user x ad) has to pass through the gated n -> num_summary compression first.
-On the scaling bench's drifting log (rung 1: d=16, one layer) it lifts validation AUC from 0.6439 /
-0.6457 to 0.6601 / 0.6637 (seeds 0-1; InterFormer 0.6544 / 0.6558) for 0.89 instead of 0.67 dense
-MFLOPs per example.
 """
 
 from __future__ import annotations
