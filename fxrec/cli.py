@@ -98,6 +98,53 @@ def _report_import(run, out: Path) -> None:
         _fail(error)
     log = EventLog(out)
     console.print(f"wrote {log.num_rows():,} events over {len(log.days)} days to {out} (spec: {out / 'spec.yaml'})")
+    _print_profile(log)
+
+
+@data_app.command("profile")
+def profile(
+    events: Path = typer.Argument(..., help="an event log directory"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the profile as JSON"),
+) -> None:
+    """Events, users, items, days, label rates per day, cardinality and nulls per column, and warnings."""
+    import json
+
+    from fxrec.data.eventlog import EventLog, EventLogError
+
+    try:
+        log = EventLog(events)
+    except EventLogError as error:
+        _fail(error)
+    result = _print_profile(log)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def _print_profile(log):
+    from rich.table import Table
+
+    from fxrec.data.profile import profile_log
+
+    result = profile_log(log)
+    console.print(
+        f"[bold]{result.path}[/]: {result.events:,} events, {result.users:,} users, {result.items:,} items, "
+        f"{len(result.days)} days ({result.days[0].day} .. {result.days[-1].day})"
+    )
+    days = Table("day", "events", *[f"{label} rate" for label in result.labels], title="per day")
+    shown = result.days if len(result.days) <= 14 else result.days[:7] + result.days[-7:]
+    for day in shown:
+        if len(result.days) > 14 and day is result.days[-7]:
+            days.add_row("...", "", *["" for _ in result.labels])
+        days.add_row(day.day, f"{day.events:,}", *[f"{day.label_rates[t]:.4f}" for t in result.labels])
+    console.print(days)
+    columns = Table("column", "cardinality", "null share", "ids seen once", title="columns")
+    for column in result.columns:
+        once = "" if column.one_off_share is None else f"{column.one_off_share:.1%}"
+        columns.add_row(column.name, f"{column.cardinality:,}", f"{column.null_share:.1%}", once)
+    console.print(columns)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    return result
 
 
 def _load(config: Path, run: Path, events: Path | None):
