@@ -18,6 +18,17 @@
     timestamp_unit: s      # unit of numeric timestamps: s, ms, us or ns
     click_threshold: 4     # optional
     list_separator: "|"    # multi features stored as strings
+    delimiter: "::"        # optional; default "," for .csv, tab for .tsv, "::" for .dat (any length)
+    column_names: [uid, item, rating, time]   # optional: the files have no header row
+    encode:                # string or mixed categories -> int64 ids, per event-log column
+      country: dict        # dict: distinct values numbered 1..k in sorted order, over all files
+      user_id: hash        # hash: a stable 63-bit hash of the value's text
+    negatives:             # optional: a clicks-only log becomes impressions (a simulation of exposures)
+      per_positive: 4
+      from: same_hour_pool # or catalogue; see fxrec/data/sources/negatives.py
+      item_columns: [genre]
+
+A worked example per kind of log is in `configs/examples/`.
 
 Without an `event_id` column the importer numbers events 0, 1, ... in (ts, user_id, item_id) order.
 Every file is checked before anything is written; bad input raises EventLogError naming the file,
@@ -36,10 +47,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from fxrec.data.eventlog import EventLogError, write_events
 from fxrec.data.schema import CORE_COLUMNS, DatasetSpec, expected_type
+from fxrec.data.sources.ids import stable_hash
+from fxrec.data.sources.negatives import NegativeSampling, add_negatives
 
 _UNIT_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _POLARS_TYPES = {pa.int64(): pl.Int64, pa.float32(): pl.Float32, pa.string(): pl.String}
@@ -56,6 +69,10 @@ class TableImportOptions(BaseModel):
     timestamp_unit: Literal["s", "ms", "us", "ns"] = "s"
     click_threshold: float | None = None
     list_separator: str = "|"
+    delimiter: str | None = Field(default=None, min_length=1)
+    column_names: list[str] | None = None
+    encode: dict[str, Literal["hash", "dict"]] = {}
+    negatives: NegativeSampling | None = None
 
 
 @dataclass(frozen=True)
@@ -87,16 +104,21 @@ class TableImportSpec:
             raise EventLogError(f"{path}: not a valid table import spec ({error})") from None
 
 
-def _read(path: Path) -> pa.Table:
+_DEFAULT_DELIMITERS = {".csv": ",", ".txt": ",", ".tsv": "\t", ".dat": "::"}
+_FIELD_SEPARATOR = "\x1f"  # stands in for a multi-character delimiter (ASCII unit separator)
+
+
+def _read(path: Path, options: TableImportOptions) -> pa.Table:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
             table = pq.read_table(path)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            delimiter = "\t" if suffix == ".tsv" else ","
-            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+        elif suffix in _DEFAULT_DELIMITERS:
+            table = _read_text(path, options.delimiter or _DEFAULT_DELIMITERS[suffix], options.column_names)
         else:
-            raise EventLogError(f"{path}: unknown file type {suffix!r}; expected .csv, .tsv or .parquet")
+            raise EventLogError(
+                f"{path}: unknown file type {suffix!r}; expected .csv, .tsv, .txt, .dat or .parquet"
+            )
     except (OSError, pa.ArrowInvalid) as error:
         if "Empty CSV file" in str(error):
             raise EventLogError(f"{path}: empty file; expected a header and at least one row") from None
@@ -104,6 +126,17 @@ def _read(path: Path) -> pa.Table:
     if table.num_rows == 0:
         raise EventLogError(f"{path}: no rows; expected at least one event")
     return table
+
+
+def _read_text(path: Path, delimiter: str, column_names: list[str] | None) -> pa.Table:
+    """A delimited text file; a delimiter longer than one character (MovieLens' `::`) is swapped for
+    a one-byte separator first, since Arrow's CSV reader takes one byte."""
+    read = pacsv.ReadOptions(column_names=column_names) if column_names else pacsv.ReadOptions()
+    if len(delimiter) == 1:
+        return pacsv.read_csv(path, read_options=read, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+    data = path.read_bytes().replace(delimiter.encode(), _FIELD_SEPARATOR.encode())
+    parse = pacsv.ParseOptions(delimiter=_FIELD_SEPARATOR)
+    return pacsv.read_csv(pa.BufferReader(data), read_options=read, parse_options=parse)
 
 
 def _where(path: Path | str, source: str, column: str) -> str:
@@ -164,7 +197,45 @@ def _cast(series: pl.Series, target: pa.DataType, where: str) -> pl.Series:
     return converted
 
 
-def _convert(path: Path, table: pa.Table, spec: TableImportSpec) -> pl.DataFrame:
+def _encode(series: pl.Series, how: str, dictionary: dict[str, int] | None) -> pl.Series:
+    """String or mixed categories as int64 ids (elements of list columns too); nulls stay null."""
+    is_list = isinstance(series.dtype, pl.List)
+    values = (series.explode() if is_list else series).cast(pl.String)
+    if how == "hash":
+        ids = pl.Series(stable_hash(values.to_arrow()), dtype=pl.Int64)
+    else:
+        assert dictionary is not None
+        ids = values.replace_strict(dictionary, default=None, return_dtype=pl.Int64)
+    ids = pl.select(pl.when(values.is_null()).then(None).otherwise(ids)).to_series()
+    if not is_list:
+        return ids.alias(series.name)
+    lengths = series.list.len().fill_null(0).to_numpy()
+    rebuilt = pl.Series(series.name, np.split(ids.to_numpy(), np.cumsum(lengths)[:-1]), dtype=pl.List(pl.Int64))
+    return rebuilt
+
+
+def _dictionaries(tables: list[pa.Table], spec: TableImportSpec) -> dict[str, dict[str, int]]:
+    """For `encode: dict` columns: each distinct value over all files, numbered 1..k in sorted order."""
+    dictionaries = {}
+    for column, how in spec.options.encode.items():
+        if how != "dict":
+            continue
+        source = spec.source_of(column)
+        values: set[str] = set()
+        for table in tables:
+            if source in table.column_names:
+                series = pl.from_arrow(table.column(source))
+                assert isinstance(series, pl.Series)
+                if isinstance(series.dtype, pl.List):
+                    series = series.explode()
+                values |= set(series.drop_nulls().cast(pl.String).to_list())
+        dictionaries[column] = {v: i + 1 for i, v in enumerate(sorted(values))}
+    return dictionaries
+
+
+def _convert(
+    path: Path, table: pa.Table, spec: TableImportSpec, dictionaries: dict[str, dict[str, int]]
+) -> pl.DataFrame:
     """One file's rows as event-log columns, checked and typed; errors name the file and column."""
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
@@ -176,6 +247,9 @@ def _convert(path: Path, table: pa.Table, spec: TableImportSpec) -> pl.DataFrame
         if source not in frame.columns:
             if column == "event_id":
                 continue  # numbered after all files are read
+            if column == "click" and spec.options.negatives is not None:
+                columns[column] = pl.Series(column, np.ones(frame.height, dtype=np.float32))
+                continue  # a clicks-only log: every logged row is a positive
             if column == "surface" and spec.options.surface is not None:
                 columns[column] = pl.select(
                     pl.repeat(spec.options.surface, frame.height, dtype=pl.String).alias(column)
@@ -187,6 +261,10 @@ def _convert(path: Path, table: pa.Table, spec: TableImportSpec) -> pl.DataFrame
             )
         series = frame.get_column(source)
         target = expected_type(dataset, column)
+        if column in spec.options.encode:
+            if series.dtype == pl.String and target == pa.list_(pa.int64()):
+                series = series.str.split(spec.options.list_separator)
+            series = _encode(series, spec.options.encode[column], dictionaries.get(column))
         if column == "ts":
             series = _timestamps(series, spec, where)
         elif column == "click" and spec.options.click_threshold is not None:
@@ -245,9 +323,16 @@ def import_table(spec_path: Path, files: list[Path], out: Path) -> Path:
     files = [Path(f) for f in files]
     if not files:
         raise EventLogError(f"{spec_path}: no input files given")
-    frames = [_convert(path, _read(path), spec) for path in files]
+    unknown = sorted(set(spec.options.encode) - set(spec.log_columns()))
+    if unknown:
+        raise EventLogError(f"{spec_path}: encode names {unknown}, which are not event-log columns {spec.log_columns()}")
+    tables = [_read(path, spec.options) for path in files]
+    dictionaries = _dictionaries(tables, spec)
+    frames = [_convert(path, table, spec, dictionaries) for path, table in zip(files, tables, strict=True)]
     _check_event_ids(files, frames, spec)
     events = pl.concat(frames, how="vertical_relaxed")
+    if spec.options.negatives is not None:
+        events = add_negatives(events, spec.options.negatives, spec.dataset.tasks, where=str(spec_path))
     if "event_id" not in events.columns:
         order = np.lexsort([events.get_column(c).to_numpy() for c in ("item_id", "user_id", "ts")])
         event_id = np.empty(events.height, dtype=np.int64)
