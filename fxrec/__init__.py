@@ -17,4 +17,21 @@ def _check_stack() -> None:
         ) from error
 
 
+
+class _DropFxTracingNotice:
+    """torch 2.13 logs a deprecation notice the first time anything calls `torch.fx.is_fx_tracing()`;
+    TorchRec 1.8's KeyedJaggedTensor regrouping does, inside every model's first forward. The notice is
+    addressed to TorchRec, not to fxrec's users, so it is dropped; every other torch.fx message passes."""
+
+    def filter(self, record: object) -> bool:
+        return "is_fx_tracing will return true" not in str(getattr(record, "msg", ""))
+
+
+def _quiet_third_party_notices() -> None:
+    import logging
+
+    logging.getLogger("torch.fx._symbolic_trace").addFilter(_DropFxTracingNotice())
+
+
 _check_stack()
+_quiet_third_party_notices()

@@ -85,3 +85,26 @@ def test_example_imports_and_trains(tmp_path, example):
 
 
 VMS = {"clicks_csv": ["vm_web"], "impressions_parquet": ["vm_app", "vm_web"], "ratings_dat": ["vm_movies"]}
+
+
+@pytest.mark.slow
+def test_a_normal_run_prints_no_third_party_warnings(tmp_path):
+    """Import, train and evaluate in a fresh process: nothing on stderr warns (torch.fx's tracing
+    notice, pydantic, matplotlib...) — a user should see only fxrec's own output."""
+    import re
+    import subprocess
+    import sys
+
+    source = _ratings_dat(tmp_path / "log.dat", np.random.default_rng(0), n=1500)
+    events, run = tmp_path / "events", tmp_path / "run"
+    cli = [sys.executable, "-c", "from fxrec.cli import app; app()"]
+    config = str(EXAMPLES / "ratings_dat.yaml")
+    for argv in (
+        ["data", "import", "table", str(source), "--spec", str(EXAMPLES / "ratings_dat.spec.yaml"), "--out", str(events)],
+        ["train", "fm", "--config", config, "--run", str(run), "--events", str(events)],
+        ["eval", "--config", config, "--run", str(run), "--events", str(events)],
+    ):
+        done = subprocess.run(cli + argv, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        # Python warnings say "Warning"; torch's logger prefixes its warnings with W<month><day>
+        assert not re.search(r"warn|^W\d{4} ", done.stderr, re.IGNORECASE | re.MULTILINE), done.stderr[-2000:]
