@@ -65,24 +65,28 @@ def transfer_ratio_plot(rows: list[dict]) -> str | None:
     vms = list(dict.fromkeys(r["vm"] for r in rows))
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(sets) * max(1, len(vms)) / 1.5), 3.8))
     width = 0.8 / max(1, len(vms))
+    selected = []
     for j, vm in enumerate(vms):
         by_set = {r["channel_set"]: r for r in rows if r["vm"] == vm}
         present = [i for i, s in enumerate(sets) if s in by_set]
-        chosen = [by_set[sets[i]] for i in present]
+        shown = [by_set[sets[i]] for i in present]
         xs = [i + (j - (len(vms) - 1) / 2) * width for i in present]
-        values = [r["transfer_ratio"] for r in chosen]
-        below = [r["transfer_ratio"] - r["transfer_ratio_low"] if r["transfer_ratio_low"] is not None else 0.0 for r in chosen]
-        above = [r["transfer_ratio_high"] - r["transfer_ratio"] if r["transfer_ratio_high"] is not None else 0.0 for r in chosen]
-        bars = axis.bar(xs, values, width=width, yerr=[below, above], capsize=2, label=vm)
-        for bar, row in zip(bars, chosen, strict=True):
-            if row.get("selected"):
-                bar.set_edgecolor("black")
-                bar.set_linewidth(2)
+        bars = axis.bar(xs, [r["transfer_ratio"] for r in shown], width=width, label=vm)
+        spread = [(x, r) for x, r in zip(xs, shown, strict=True) if r["transfer_ratio_low"] is not None]
+        if spread:  # intervals only where the seed bootstrap gave one
+            axis.errorbar(
+                [x for x, _ in spread], [r["transfer_ratio"] for _, r in spread], capsize=2, fmt="none", color="black",
+                yerr=[[r["transfer_ratio"] - r["transfer_ratio_low"] for _, r in spread], [r["transfer_ratio_high"] - r["transfer_ratio"] for _, r in spread]],
+            )
+        selected += [bar for bar, row in zip(bars, shown, strict=True) if row.get("selected")]
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks(range(len(sets)), sets, rotation=30, ha="right")
     axis.set_ylabel("transfer ratio (test days)")
     axis.set_title("Share of the FM's NE gain each channel set captures (outlined: chosen on validation days)")
     axis.legend(fontsize=8)
+    for bar in selected:  # after the legend, whose swatches copy the first bar of each VM
+        bar.set_edgecolor("black")
+        bar.set_linewidth(2)
     return _png(figure)
 
 

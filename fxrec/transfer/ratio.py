@@ -30,8 +30,8 @@ class SeedRatio:
     """The transfer ratio over seeds and its 95% seed-bootstrap interval.
 
     `value` is None, with `reason` saying why, when the FM is no better than the VM baseline (the
-    ratio has no meaning then); `low` and `high` are None when there are too few seeds or too many
-    resamples in which the FM is no better for the interval to be bounded.
+    ratio has no meaning then); `low` and `high` are None with fewer than 3 seeds, or when too many
+    resamples have the FM no better for the interval to be bounded.
     """
 
     value: float | None
@@ -59,7 +59,7 @@ def transfer_ratio_over_seeds(
     value = transfer_ratio(baseline.mean(), channel.mean(), fm.mean())
     if np.isnan(value):
         return SeedRatio(None, reason=FM_NOT_BETTER)
-    if len(baseline) < 2:
+    if len(baseline) < 3:  # two seeds give three distinct resamples: no interval worth the name
         return SeedRatio(float(value))
     draws = np.random.default_rng(seed).integers(0, len(baseline), size=(resamples, len(baseline)))  # (R, S)
     gaps = baseline[draws].mean(axis=1) - fm[draws].mean(axis=1)  # (R,)

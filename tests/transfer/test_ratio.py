@@ -31,9 +31,10 @@ def test_seed_bootstrap_interval_contains_the_ratio_and_is_seeded():
     assert first.low <= first.value <= first.high
     assert first.high - first.low > 0  # the seeds differ, so does the ratio across resamples
     assert transfer_ratio_over_seeds(baseline, channel, 0.85) == first
-    # One seed: a value, no interval.
-    single = transfer_ratio_over_seeds(baseline[:1], channel[:1], 0.85)
-    assert single.value is not None and single.low is None and single.high is None
+    # One or two seeds: a value, no interval.
+    for seeds in (1, 2):
+        few = transfer_ratio_over_seeds(baseline[:seeds], channel[:seeds], 0.85)
+        assert few.value is not None and few.low is None and few.high is None
 
 
 def test_ratio_is_undefined_with_a_reason_when_the_fm_is_no_better():
