@@ -9,6 +9,7 @@ labels, as they would in production; what the test days are kept out of is the c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 
@@ -37,4 +38,7 @@ def select_channel_set(validation_ne: Mapping[str, float]) -> str:
     depends on the numbers alone, not on the order the config lists the sets in."""
     if not validation_ne:
         raise ValueError("no channel set to choose from")
+    undefined = sorted(name for name, ne in validation_ne.items() if math.isnan(ne))
+    if undefined:  # NaN compares false both ways: min() would pick by position, silently
+        raise ValueError(f"validation NE is undefined for channel sets {undefined} (no positive labels on the validation days?)")
     return min(validation_ne, key=lambda name: (validation_ne[name], name))

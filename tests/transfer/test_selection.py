@@ -36,3 +36,8 @@ def test_selection_takes_the_lowest_validation_ne_and_breaks_ties_by_name():
     assert select_channel_set({"sum": 0.88, "kd": 0.88, "none": 0.9}) == "kd"
     assert select_channel_set({"kd": 0.88, "sum": 0.88}) == "kd"
     assert select_channel_set({"none": 0.87, "kd": 0.88}) == "none"  # no channel helps: keep none
+
+
+def test_selection_refuses_an_undefined_validation_ne():
+    with pytest.raises(ValueError, match=r"undefined for channel sets \['kd'\]"):
+        select_channel_set({"none": 0.9, "kd": float("nan")})
