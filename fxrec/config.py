@@ -98,6 +98,9 @@ class ExperimentConfig(BaseModel):
     seeds: list[int] = [0, 1, 2]
     delays: list[int] = [0]  # FM staleness in extra days; sets in `delay_sets` also run at each delay > 0
     delay_sets: list[str] = []
+    # The last `test_days` evaluation days report the numbers; the earlier ones choose each VM's best
+    # channel set. None: the later half of the evaluation days.
+    test_days: int | None = Field(default=None, ge=1)
 
 
 class RunConfig(BaseModel):

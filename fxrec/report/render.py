@@ -54,24 +54,39 @@ def fm_vs_vm_plot(comparisons: list[dict]) -> str:
     return _png(figure)
 
 
-def transfer_ratio_plot(rows: list[dict]) -> str:
-    """Bars: transfer ratio per channel set (delay 0), one group per VM, error bars over seeds."""
+def transfer_ratio_plot(rows: list[dict]) -> str | None:
+    """Bars: test-day transfer ratio per channel set (delay 0), one group per VM, 95% seed-bootstrap
+    intervals, the set chosen on validation days outlined. None when no ratio is defined (the report
+    then says why instead of showing empty axes)."""
     rows = [r for r in rows if r["delay"] == 0 and r["channel_set"] != "none" and r["transfer_ratio"] is not None]
+    if not rows:
+        return None
     sets = list(dict.fromkeys(r["channel_set"] for r in rows))
     vms = list(dict.fromkeys(r["vm"] for r in rows))
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(sets) * max(1, len(vms)) / 1.5), 3.8))
     width = 0.8 / max(1, len(vms))
+    selected = []
     for j, vm in enumerate(vms):
         by_set = {r["channel_set"]: r for r in rows if r["vm"] == vm}
-        xs = [i + (j - (len(vms) - 1) / 2) * width for i in range(len(sets))]
-        values = [by_set[s]["transfer_ratio"] if s in by_set else 0.0 for s in sets]
-        errors = [by_set[s]["transfer_ratio_std"] or 0.0 if s in by_set else 0.0 for s in sets]
-        axis.bar(xs, values, width=width, yerr=errors, capsize=2, label=vm)
+        present = [i for i, s in enumerate(sets) if s in by_set]
+        shown = [by_set[sets[i]] for i in present]
+        xs = [i + (j - (len(vms) - 1) / 2) * width for i in present]
+        bars = axis.bar(xs, [r["transfer_ratio"] for r in shown], width=width, label=vm)
+        spread = [(x, r) for x, r in zip(xs, shown, strict=True) if r["transfer_ratio_low"] is not None]
+        if spread:  # intervals only where the seed bootstrap gave one
+            axis.errorbar(
+                [x for x, _ in spread], [r["transfer_ratio"] for _, r in spread], capsize=2, fmt="none", color="black",
+                yerr=[[r["transfer_ratio"] - r["transfer_ratio_low"] for _, r in spread], [r["transfer_ratio_high"] - r["transfer_ratio"] for _, r in spread]],
+            )
+        selected += [bar for bar, row in zip(bars, shown, strict=True) if row.get("selected")]
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks(range(len(sets)), sets, rotation=30, ha="right")
-    axis.set_ylabel("transfer ratio")
-    axis.set_title("Share of the FM's NE gain each channel set captures")
+    axis.set_ylabel("transfer ratio (test days)")
+    axis.set_title("Share of the FM's NE gain each channel set captures (outlined: chosen on validation days)")
     axis.legend(fontsize=8)
+    for bar in selected:  # after the legend, whose swatches copy the first bar of each VM
+        bar.set_edgecolor("black")
+        bar.set_linewidth(2)
     return _png(figure)
 
 
@@ -96,7 +111,9 @@ def write_report(content: dict, run_dir: Path, title: str) -> tuple[Path, Path]:
     if content["comparisons"]:
         plots["fm_vs_vm"] = fm_vs_vm_plot(content["comparisons"])
     if content.get("transfer"):
-        plots["transfer_ratio"] = transfer_ratio_plot(content["transfer"]["rows"])
+        ratio_plot = transfer_ratio_plot(content["transfer"]["rows"])
+        if ratio_plot is not None:
+            plots["transfer_ratio"] = ratio_plot
     html = environment.get_template("report.html.j2").render(title=title, report=content, plots=plots)
     html_path = run_dir / "report.html"
     html_path.write_text(html)
