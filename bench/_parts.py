@@ -79,15 +79,17 @@ def _atomic(path: Path, write: Any) -> None:
 
 @dataclass
 class Part:
-    """One process's share: some models of one dataset (search trials in `trial_range`, or all)."""
+    """One process's share: some models of one dataset, their search trials in `trial_range`, and,
+    where `finals`, the final seeds (a run without --trial-range: it does the trials still missing)."""
 
     dataset: str
     models: list[str]
     seconds: float
-    trial_range: tuple[int, int] | None = None  # None: every trial, then the final seeds
+    trial_range: tuple[int, int]
+    finals: bool = True
 
     def command(self, trials: int, seeds: int) -> str:
-        extra = f" --trial-range {self.trial_range[0]}:{self.trial_range[1]}" if self.trial_range else ""
+        extra = "" if self.finals else f" --trial-range {self.trial_range[0]}:{self.trial_range[1]}"
         return (
             f"python bench/quality_peers.py --datasets {self.dataset} --models {','.join(self.models)} "
             f"--trials {trials} --seeds {seeds}{extra} --resume"
@@ -99,8 +101,8 @@ def plan_parts(
 ) -> list[Part]:
     """Parts of at most `budget_s` each (by the estimates): a model's whole search and final seeds
     together where they fit, packed first-fit by decreasing size with other models of its dataset;
-    a model that does not fit alone is split by trial range, its last range leaving room for the
-    final seeds (which run in the part that completes the search)."""
+    a model that does not fit alone is split into search-only trial ranges and a last part with the
+    final seeds and the trials that fit beside them, to run after the model's other parts."""
     parts: list[Part] = []
     datasets = list(dict.fromkeys(d for d, _ in run_seconds))
     for dataset in datasets:
@@ -113,7 +115,7 @@ def plan_parts(
                 continue
             home = next((p for p in packed if p.seconds + costs[model] <= budget_s), None)
             if home is None:
-                packed.append(Part(dataset, [model], costs[model]))
+                packed.append(Part(dataset, [model], costs[model], (0, trials)))
             else:
                 home.models.append(model)
                 home.seconds += costs[model]
@@ -128,9 +130,10 @@ def _split_model(
     beside_finals = max(0, min(trials, per_part - seeds))  # trials that fit in the last part
     head = trials - beside_finals
     parts = [
-        Part(dataset, [model], (min(a + per_part, head) - a) * run, (a, min(a + per_part, head)))
+        Part(
+            dataset, [model], (min(a + per_part, head) - a) * run, (a, min(a + per_part, head)), finals=False
+        )
         for a in range(0, head, per_part)
     ]
-    # The last part completes the search and runs the final seeds (alone if no trial fits beside them).
     parts.append(Part(dataset, [model], (beside_finals + seeds) * run, (head, trials)))
     return parts

@@ -238,9 +238,15 @@ class Protocol:
 
 
 def run_dataset(
-    dataset: str, models: list[str], protocol: Protocol, cache: RunCache, trial_range: range, sliced: bool
+    dataset: str,
+    models: list[str],
+    protocol: Protocol,
+    cache: RunCache,
+    trial_range: range | None,
+    sliced: bool,
 ) -> None:
-    """The missing search trials in `trial_range`, then the final seeds of every model whose search is complete."""
+    """The missing search trials (only those in `trial_range`, a search-only part, if given); without
+    a range, then the final seeds of every model, whose search is complete by then."""
     trials = protocol.trial_list()
     data: Prepared | None = None
 
@@ -249,7 +255,7 @@ def run_dataset(
         return found if found is not None and found["config"] == expected else None
 
     for model in models:
-        for k in trial_range:
+        for k in trial_range if trial_range is not None else range(protocol.trials):
             path = cache.trial_path(dataset, model, k)
             if cached(path, trials[k].as_dict()) is not None:
                 continue
@@ -271,9 +277,11 @@ def run_dataset(
                 f"{dataset:11s} {model:18s} trial {k} {trials[k]}: valid AUC {record['valid_auc']:.4f}",
                 flush=True,
             )
+        if trial_range is not None:
+            continue
         search = {k: cache.load(cache.trial_path(dataset, model, k)) for k in range(protocol.trials)}
         if any(r is None or r["config"] != trials[k].as_dict() for k, r in search.items()):
-            continue  # another part completes this model's search and runs its finals
+            raise RuntimeError(f"{dataset}/{model}: a search trial vanished from {cache.dir}")
         chosen = select_trial({k: r["valid_auc"] for k, r in search.items()})  # type: ignore[index]
         for seed in range(1, protocol.seeds + 1):
             path = cache.final_path(dataset, model, protocol.trials, seed)
@@ -471,7 +479,7 @@ def main() -> None:
             (("--models",), {"default": None, "help": f"default: all ({','.join(MODELS)}); --quick: {','.join(QUICK_MODELS)}"}),
             (("--trials",), {"type": int, "default": 8, "help": "search trials per model (the same for all)"}),
             (("--seeds",), {"type": int, "default": 3, "help": "final runs of the selected setting"}),
-            (("--trial-range",), {"default": None, "help": "I:J: run only search trials I..J-1 (a part)"}),
+            (("--trial-range",), {"default": None, "help": "I:J: only search trials I..J-1, no final seeds (a part)"}),
             (("--threads",), {"type": int, "default": 1}),
             (("--resume",), {"action": "store_true", "help": "keep cached runs (default: rerun them)"}),
             (("--report",), {"action": "store_true", "help": "combine the cached runs into --out"}),
@@ -485,7 +493,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown models / datasets {unknown}; known: {MODELS}, {DATASETS}")
     if args.quick:  # a slice, 2 trials, 1 seed, 2 epochs; written beside the cache, not over the results
-        protocol = Protocol(trials=2, seeds=1, epochs=2, patience=1, threads=args.threads, resume=False)
+        protocol = Protocol(trials=2, seeds=1, epochs=2, patience=1, threads=args.threads, resume=args.resume)
         if args.out == ROOT / "bench" / "results" / "quality_peers.json":
             args.out = RUNS / "quick.json"
     else:
@@ -499,13 +507,12 @@ def main() -> None:
         plan(datasets, models, protocol)
         return
     if not args.report:
-        start, stop = (
-            (int(x) for x in args.trial_range.split(":")) if args.trial_range else (0, protocol.trials)
-        )
+        trial_range = None
+        if args.trial_range:
+            start, stop = (int(x) for x in args.trial_range.split(":"))
+            trial_range = range(start, min(stop, protocol.trials))
         for dataset in datasets:
-            run_dataset(
-                dataset, models, protocol, cache, range(start, min(stop, protocol.trials)), args.quick
-            )
+            run_dataset(dataset, models, protocol, cache, trial_range, args.quick)
     if args.report or args.quick:
         report(datasets, models, protocol, cache, args)
 
