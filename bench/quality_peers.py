@@ -33,10 +33,28 @@ bench/results/quality_peers.json, the only result file.
     python bench/quality_peers.py --datasets D --models A,B --trials 8 --seeds 3 [--trial-range I:J] --resume
     python bench/quality_peers.py --report --trials 8 --seeds 3
 
-The full run (8 trials, 3 seeds, 1 thread), as `--plan` splits it into parts of at most 45 minutes
-(estimates extrapolated from a one-epoch run on a slice, every run at MAX_EPOCHS: upper bounds):
+The full run, as `--plan` split it into parts of at most 45 minutes each (one thread a part, so two
+parts can run side by side on two cores; estimates extrapolated from one epoch on a slice, every run
+at MAX_EPOCHS, so upper bounds; about 1.8 h of runs for MovieLens, 4.8 h for the simulator, 0.9 h for
+Open Bandit). Each line is `python bench/quality_peers.py ARGS --trials 8 --seeds 3 --resume`; a
+model's part without --trial-range runs its final seeds and goes after its other parts:
 
-    PLAN
+    --datasets movielens --models fxrec_interformer,fuxictr_din,fxrec_dhen   # ~45 min
+    --datasets movielens --models deepctr_din,deepctr_dcn,fuxictr_dcnv2,fxrec_dcnv2   # ~36 min
+    --datasets movielens --models fxrec_kunlun   # ~26 min
+    --datasets simulator --models fxrec_interformer --trial-range 0:5   # ~41 min
+    --datasets simulator --models fxrec_interformer --trial-range 5:6   # ~8 min
+    --datasets simulator --models fxrec_interformer   # ~41 min
+    --datasets simulator --models fxrec_kunlun --trial-range 0:3   # ~16 min
+    --datasets simulator --models fxrec_kunlun   # ~42 min
+    --datasets simulator --models deepctr_din --trial-range 0:3   # ~16 min
+    --datasets simulator --models deepctr_din   # ~42 min
+    --datasets simulator --models fuxictr_din,deepctr_dcn   # ~42 min
+    --datasets simulator --models fxrec_dhen,fuxictr_dcnv2,fxrec_dcnv2   # ~43 min
+    --datasets open_bandit --models deepctr_din,fxrec_interformer,fxrec_kunlun,deepctr_dcn,fxrec_dhen   # ~44 min
+    --datasets open_bandit --models fuxictr_din,fuxictr_dcnv2,fxrec_dcnv2   # ~10 min
+
+    python bench/quality_peers.py --report --trials 8 --seeds 3
 """
 
 from __future__ import annotations
@@ -122,7 +140,7 @@ def load_dataset(name: str) -> tuple[EventLog, tuple[int, int]]:
         path = DATA / {"movielens": "movielens-100k", "open_bandit": "open-bandit-6"}[name]
     if not path.exists() and name == "movielens":
         import_movielens_100k(path)
-    elif not path.exists():  # all six samples: 60,000 impressions, 287 clicks
+    elif not path.exists():  # all six samples (campaigns x policies)
         import_open_bandit(path, campaigns=open_bandit.CAMPAIGNS, policies=open_bandit.POLICIES)
     log = EventLog(path)
     if name == "movielens":
@@ -442,6 +460,7 @@ def plan(datasets: list[str], models: list[str], protocol: Protocol) -> None:
     slowest per row), extrapolate to a full run at MAX_EPOCHS, and print parts of <= PART_BUDGET_S."""
     slowest = min(protocol.trial_list(), key=lambda t: t.batch_size)
     run_seconds: dict[tuple[str, str], float] = {}
+    warm: set[str] = set()
     for dataset in datasets:
         data = prepare(dataset, sliced=True)
         log, (train_end, valid_end) = load_dataset(dataset)
@@ -451,6 +470,9 @@ def plan(datasets: list[str], models: list[str], protocol: Protocol) -> None:
         )  # train + valid rows: each epoch trains on one, scores the other
         sliced_rows = data.frames.train.num_rows + data.frames.valid.num_rows
         for model in models:
+            if model not in warm:  # a model's first run in a process pays one-off costs (kernel setup)
+                fit(model, data, slowest, 0, 1, 1, protocol.threads)
+                warm.add(model)
             started = time.perf_counter()
             fit(model, data, slowest, 0, 1, 1, protocol.threads)
             per_row = (time.perf_counter() - started) / sliced_rows
