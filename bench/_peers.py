@@ -8,11 +8,16 @@ The peers read exactly the features fxrec's models read: the table rows fxrec ha
 
 - `deepctr_dcn`, `deepctr_din`: DeepCTR-Torch's own model classes, trained by DeepCTR's `fit()`.
 - `fuxictr_dcnv2`, `fuxictr_din`: FuxiCTR 2.3.10's layers (`FeatureEmbeddingDict`, `CrossNetV2`,
-  `DIN_Attention`, `MLP_Block`) assembled the way FuxiCTR's model_zoo DCNv2 / DIN are, with FuxiCTR's
-  initialisation. The wheel ships no DCNv2 / DIN model class outside model_zoo, whose models need
-  FuxiCTR's CSV -> FeatureMap -> dataloader pipeline; here the `FeatureMap` is built in memory from
-  fxrec's spec and the models train in a plain Adam loop (`fit_fuxictr`): FuxiCTR's `BaseModel.fit`
-  minus its gradient-norm clipping (10), lr reduction on plateau and logging.
+  `DIN_Attention`, `MLP_Block`) assembled the way FuxiCTR's model_zoo DCNv2 / DIN are, with their
+  defaults and FuxiCTR's initialisation. The wheel ships no DCNv2 / DIN model class outside
+  model_zoo, whose models need FuxiCTR's CSV -> FeatureMap -> dataloader pipeline; here the
+  `FeatureMap` is built in memory from fxrec's spec and the models train in a plain loop
+  (`fit_fuxictr`): FuxiCTR's `BaseModel.fit` minus its gradient-norm clipping (10), lr reduction on
+  plateau and logging.
+
+Both train with the search's optimiser (`peer_adam`: Adam at one lr, L2 on the embedding tables as
+Adam weight decay) and return the restored best-validation model's `predict`; the caller decides
+when the test rows are scored.
 """
 
 from __future__ import annotations
@@ -146,20 +151,38 @@ def behavior_features(features: list[FeatureSpec]) -> list[str]:
 def build_peer(
     name: str, columns: list, features: list[FeatureSpec], seed: int, hidden: tuple[int, ...]
 ) -> torch.nn.Module:
+    """DeepCTR's model at its defaults, except the shared tower `hidden` and no built-in L2 on the
+    embeddings (the search's `embedding_l2` is that knob, as an Adam parameter group: `peer_adam`)."""
     if name == "deepctr_dcn":
-        # DCN-M (matrix cross, i.e. DCNv2), two cross layers, the deep tower in parallel.
+        # DCN-M (matrix cross, i.e. DCNv2): the variant is the model compared, not a tuned setting.
         return DCN(
             columns,
             columns,
-            cross_num=2,
             cross_parameterization="matrix",
             dnn_hidden_units=hidden,
+            l2_reg_embedding=0.0,
             seed=seed,
             device="cpu",
         )
     if name == "deepctr_din":
-        return DIN(columns, behavior_features(features), dnn_hidden_units=hidden, seed=seed, device="cpu")
+        return DIN(
+            columns,
+            behavior_features(features),
+            dnn_hidden_units=hidden,
+            l2_reg_embedding=0.0,
+            seed=seed,
+            device="cpu",
+        )
     raise ValueError(f"unknown peer {name!r}; known: {PEER_MODELS}")
+
+
+def peer_adam(model: nn.Module, embeddings: nn.Module, lr: float, embedding_l2: float) -> torch.optim.Adam:
+    """Adam at `lr` on every parameter; L2 `embedding_l2` (coupled weight decay) on the embedding
+    tables only: the same update as fxrec's Adam embeddings with `embedding_weight_decay`."""
+    table_ids = {id(p) for p in embeddings.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in table_ids]
+    groups = [{"params": list(embeddings.parameters()), "weight_decay": embedding_l2}, {"params": rest}]
+    return torch.optim.Adam(groups, lr=lr)
 
 
 def early_stopped(
@@ -167,12 +190,11 @@ def early_stopped(
     run_epoch: Callable[[], None],
     predict: Callable[[PeerData], np.ndarray],
     valid: PeerData,
-    test: PeerData,
     max_epochs: int,
     patience: int,
 ) -> dict:
-    """Epochs until validation AUC stops improving for `patience` epochs; the best epoch's weights are
-    restored and scored once on test."""
+    """Epochs until validation AUC stops improving for `patience` epochs; the best epoch's weights
+    are restored (the caller scores test, once, after a search has picked its setting)."""
     best_auc, best_state, best_epoch, stale, curve = -np.inf, None, -1, 0, []
     for epoch in range(max_epochs):
         run_epoch()
@@ -185,15 +207,16 @@ def early_stopped(
             if stale >= patience:
                 break
     model.load_state_dict(best_state)
-    probs = np.clip(predict(test), 1e-7, 1 - 1e-7)
-    return {
-        "best_epoch": best_epoch,
-        "valid_auc": float(best_auc),
-        "valid_curve": [float(v) for v in curve],
-        "test_auc": float(auc(test.labels, probs)),
-        "test_log_loss": float(log_loss(test.labels, probs)),
-        "test_probs": probs,
-    }
+    return {"best_epoch": best_epoch, "valid_auc": float(best_auc), "valid_curve": [float(v) for v in curve]}
+
+
+def test_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """AUC and log loss of (N,) probabilities, clipped as DeepCTR and FuxiCTR clip theirs."""
+    probs = np.clip(probs, 1e-7, 1 - 1e-7)
+    return {"test_auc": float(auc(labels, probs)), "test_log_loss": float(log_loss(labels, probs))}
+
+
+Fitted = tuple[dict, Callable[[PeerData], np.ndarray]]  # (validation record, the restored model's predict)
 
 
 def fit_peer(
@@ -202,19 +225,19 @@ def fit_peer(
     features: list[FeatureSpec],
     train: PeerData,
     valid: PeerData,
-    test: PeerData,
     seed: int,
-    batch_size: int,
     lr: float,
+    batch_size: int,
+    embedding_l2: float,
     max_epochs: int,
     patience: int,
-    hidden: tuple[int, ...] = (128, 64),
-) -> dict:
-    """DeepCTR's own fit(), one epoch at a time; the best validation-AUC epoch is restored and tested."""
+    hidden: tuple[int, ...],
+) -> Fitted:
+    """DeepCTR's own fit(), one epoch at a time; the best validation-AUC epoch is restored."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = build_peer(name, columns, features, seed, hidden)
-    model.compile(torch.optim.Adam(model.parameters(), lr=lr), "binary_crossentropy")
+    model.compile(peer_adam(model, model.embedding_dict, lr, embedding_l2), "binary_crossentropy")
     names = [c.name for c in columns] + [c.length_name for c in columns if getattr(c, "length_name", None)]
 
     def run_epoch() -> None:
@@ -231,7 +254,7 @@ def fit_peer(
     def predict(data: PeerData) -> np.ndarray:
         return model.predict({k: data.inputs[k] for k in names}, batch_size=4096).reshape(-1)
 
-    return early_stopped(model, run_epoch, predict, valid, test, max_epochs, patience)
+    return early_stopped(model, run_epoch, predict, valid, max_epochs, patience), predict
 
 
 def fuxictr_feature_map(spec: DatasetSpec, features: list[FeatureSpec], attended: set[str]) -> FeatureMap:
@@ -268,9 +291,10 @@ def fuxictr_feature_map(spec: DatasetSpec, features: list[FeatureSpec], attended
 
 
 class FuxiDCNv2(nn.Module):
-    """FuxiCTR model_zoo DCNv2, "parallel": embeddings -> [CrossNetV2 ‖ MLP_Block] -> Linear -> sigmoid."""
+    """FuxiCTR model_zoo DCNv2 at its defaults ("parallel", 3 full-rank cross layers):
+    embeddings -> [CrossNetV2 ‖ MLP_Block] -> Linear -> sigmoid."""
 
-    def __init__(self, feature_map: FeatureMap, dim: int, cross_layers: int, hidden: list[int]):
+    def __init__(self, feature_map: FeatureMap, dim: int, hidden: list[int], cross_layers: int = 3):
         super().__init__()
         self.embedding = FeatureEmbeddingDict(feature_map, dim)
         width = dim * len(feature_map.features)
@@ -331,7 +355,7 @@ def build_fuxictr(
     hidden: list[int],
 ) -> nn.Module:
     if name == "fuxictr_dcnv2":
-        model: nn.Module = FuxiDCNv2(fuxictr_feature_map(spec, features, set()), dim, 2, hidden)
+        model: nn.Module = FuxiDCNv2(fuxictr_feature_map(spec, features, set()), dim, hidden)
     elif name == "fuxictr_din":
         targets = behavior_features(features)
         sequences = [f"hist_{t}" for t in targets]
@@ -360,19 +384,19 @@ def fit_fuxictr(
     features: list[FeatureSpec],
     train: PeerData,
     valid: PeerData,
-    test: PeerData,
     seed: int,
     dim: int,
-    batch_size: int,
     lr: float,
+    batch_size: int,
+    embedding_l2: float,
     max_epochs: int,
     patience: int,
-    hidden: tuple[int, ...] = (128, 64),
-) -> dict:
-    """A FuxiCTR-layer model in a plain loop: Adam, BCE, shuffled batches; best validation-AUC epoch tested."""
+    hidden: tuple[int, ...],
+) -> Fitted:
+    """A FuxiCTR-layer model in a plain loop: Adam, BCE, shuffled batches; best validation-AUC epoch restored."""
     torch.manual_seed(seed)
     model = build_fuxictr(name, spec, features, dim, list(hidden))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = peer_adam(model, model.embedding, lr, embedding_l2)
     names = [f.name for f in features]
 
     def tensors(data: PeerData) -> dict[str, torch.Tensor]:
@@ -392,12 +416,7 @@ def fit_fuxictr(
             loss.backward()
             optimizer.step()
 
-    return early_stopped(
-        model,
-        run_epoch,
-        lambda data: _predict(model, tensors(data), len(data.labels)),
-        valid,
-        test,
-        max_epochs,
-        patience,
-    )
+    def predict(data: PeerData) -> np.ndarray:
+        return _predict(model, tensors(data), len(data.labels))
+
+    return early_stopped(model, run_epoch, predict, valid, max_epochs, patience), predict

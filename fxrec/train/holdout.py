@@ -174,11 +174,13 @@ def fit_holdout(
     task: str = "click",
     max_train_rows: int | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    score_test: bool = True,
 ) -> HoldoutResult:
     """Train epochs on `frames.train` (shuffled, seeded), keep the best validation-AUC epoch, score test.
 
     Stops after `patience` epochs without a better validation AUC. The model ends with the best
-    epoch's weights restored; `frames.test` is read exactly once, after training has finished.
+    epoch's weights restored; `frames.test` is read exactly once, after training has finished, or
+    not at all with `score_test=False` (a hyperparameter search's trials; `result.test` stays empty).
     `max_train_rows` caps each epoch (a random subset), for quick runs.
     """
     if max_epochs < 1 or patience < 1:
@@ -208,5 +210,6 @@ def fit_holdout(
                 break
     assert best_state is not None
     trainer.model.load_state_dict(best_state)
-    result.test = evaluate_frame(trainer, frames.test, task)
+    if score_test:
+        result.test = evaluate_frame(trainer, frames.test, task)
     return result

@@ -94,6 +94,20 @@ def test_early_stopping_restores_the_best_validation_epoch(small_log, split, tmp
     assert any(not torch.equal(snapshots[1][k], snapshots[3][k]) for k in final)
 
 
+def test_a_search_trial_never_reads_the_test_split(small_log, split, tmp_path, monkeypatch):
+    frames, _, _ = split
+    trainer = _trainer(small_log, tmp_path)
+    read: list[str] = []
+
+    def recording_evaluate(trainer_, frame, task="click"):
+        read.append("test" if frame is frames.test else "valid")
+        return {"auc": 0.6, "log_loss": 0.6, "ne": 0.9}
+
+    monkeypatch.setattr(holdout, "evaluate_frame", recording_evaluate)
+    result = fit_holdout(trainer, frames, max_epochs=2, patience=1, max_train_rows=512, score_test=False)
+    assert read == ["valid", "valid"] and result.test == {}
+
+
 def test_training_never_sees_valid_or_test_rows(small_log, split, tmp_path):
     frames, train_end, _ = split
     trainer = _trainer(small_log, tmp_path)
