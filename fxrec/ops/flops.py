@@ -3,29 +3,36 @@
 FlopCounterMode counts only the ops it has a formula for; without these, the native C++ and Triton
 kernels (`fxrec.ops.library`) counted 0. The formulas are registered when `fxrec.ops` is imported.
 
-Convention: torch's. A matmul of (M, K) by (K, N) is 2 * M * N * K FLOPs; element-wise work (softmax,
-activations, scaling) is not counted. Each example b is counted over its real lengths (read from the
-offsets the op receives; padding is never counted): m_b queries, n_b keys (GDPA: n_b = T, the example's
-dense keys), H heads, head dims D (queries, keys) and Dv (values), and
+Convention: torch's, for model FLOPs. A matmul of (M, K) by (K, N) is 2 * M * N * K FLOPs; element-wise
+work (softmax, activations, scaling) is not counted. Each example b is counted over its real lengths
+(read from the offsets the op receives; padding is never counted): m_b queries, n_b keys (GDPA: n_b = T,
+the example's dense keys), H heads, head dims D (queries, keys) and Dv (values), and
 
     pairs_b = #{(i, j): 0 <= i < m_b, 0 <= j < n_b, j <= i if causal, |i - j| <= window if windowed}
 
 the (query, key) pairs the mask allows (m_b * n_b without a mask), in closed form (`allowed_pairs`).
 
-    attention forward   sum_b 2 H pairs_b (D + Dv)          scores q k^T, then p v
-    attention backward  sum_b 2 H pairs_b (3 D + 2 Dv)      scores recomputed, dP = dO v^T, dV = P^T dO,
-                                                            dQ = dS k, dK = dS^T q
-    GDPA forward        sum_b 2 H pairs_b (D + Dv)          act(q k^T) v
-    GDPA backward       sum_b 2 H pairs_b (3 D + 2 Dv)      the same five matmuls
+    attention forward   sum_b 2 H pairs_b (D + Dv)      scores S = q k^T, then P v
+    attention backward  sum_b 2 H pairs_b 2 (D + Dv)    dP = dO v^T, dV = P^T dO, dQ = dS k, dK = dS^T q
+    GDPA forward        sum_b 2 H pairs_b (D + Dv)      act(q k^T) v
+    GDPA backward       sum_b 2 H pairs_b 2 (D + Dv)    the same four gradient matmuls
 
-Unmasked, these are exactly torch's `sdpa_flop_count` / `sdpa_backward_flop_count` per example (torch
-counts its NJT flash attention the same way, per sequence). Masks are the one departure: torch's SDPA
-formula counts the full square even when is_causal=True, while fxrec counts only the allowed pairs, for
-causal masks and sliding windows alike, in attention and GDPA. That is the work fxrec's kernels do (a
-mask is a loop bound in the C++ kernels and a skipped key block in the Triton ones, up to the edge of
-one block) and what a model's FLOPs mean, so a sliding-window layer over a long history is not counted
-as full attention. The padded reference backends compute (and are counted for) the full padded
-squares, so their counts are upper bounds of these.
+The forward is exactly torch's `sdpa_flop_count` per example (torch counts its NJT flash attention the
+same way, per sequence), and the backward is 2x the forward: what autograd counts for the backward of
+the reference backends' two matmuls. Two departures from torch's SDPA formulas, the same for every op:
+
+- masks: torch counts the full square even when is_causal=True; fxrec counts only the allowed pairs,
+  for causal masks and sliding windows alike. That is the work fxrec's kernels do (a mask is a loop
+  bound in the C++ kernels and a skipped key block in the Triton ones, up to one block's edge) and
+  what the model computes, so a sliding-window layer over a long history is not counted as full
+  attention;
+- recomputation: the kernels' backwards recompute the scores (one more q k^T), which torch's flash
+  backward formula counts; fxrec leaves it out, as model FLOPs (MFU) leave out rematerialisation, so
+  a kernel's count does not depend on whether it saves or recomputes.
+
+So on the same inputs a native or Triton op counts exactly what the reference backend counts on an
+unpadded, unmasked batch, and never more: the padded reference is counted for its padding and masked
+pairs too.
 
 Under fake tensors (no offset values) a Triton op is counted as if every sequence had the batch's
 longest length, as torch does for NJT; the native ops have no fake implementation.
@@ -79,7 +86,7 @@ def attention_flops(
 
     GDPA is the same count with key_lengths = T for every example and causal=False.
     """
-    per_pair = 2 * heads * ((3 * dim + 2 * value_dim) if backward else (dim + value_dim))
+    per_pair = 2 * heads * (dim + value_dim) * (2 if backward else 1)
     pairs = sum(
         count * allowed_pairs(m, n, causal, window)
         for (m, n), count in Counter(zip(query_lengths, key_lengths, strict=True)).items()
