@@ -31,14 +31,16 @@ NATIVE.define(
 )
 NATIVE.define(
     "jagged_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-    "Tensor q_offsets, Tensor k_offsets, bool causal, int window, float scale) -> (Tensor, Tensor, Tensor)"
+    "Tensor q_offsets, Tensor k_offsets, bool causal, int window, float scale) "
+    "-> (Tensor, Tensor, Tensor)"
 )
 NATIVE.define(
-    "gdpa_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, float scale, int window) -> Tensor"
+    "gdpa_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, float scale, int window) "
+    "-> Tensor"
 )
 NATIVE.define(
-    "gdpa_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, float scale, "
-    "int window) -> (Tensor, Tensor, Tensor)"
+    "gdpa_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, "
+    "float scale, int window) -> (Tensor, Tensor, Tensor)"
 )
 
 TRITON = Library("fxrec_triton", "DEF")
@@ -48,16 +50,16 @@ TRITON.define(
 )
 TRITON.define(
     "jagged_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-    "Tensor q_offsets, Tensor k_offsets, bool causal, int window, float scale, float out_scale, int max_q_len, "
-    "int max_k_len) -> (Tensor, Tensor, Tensor)"
+    "Tensor q_offsets, Tensor k_offsets, bool causal, int window, float scale, float out_scale, "
+    "int max_q_len, int max_k_len) -> (Tensor, Tensor, Tensor)"
 )
 TRITON.define(
     "gdpa_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, float scale, int window, "
     "int max_len) -> Tensor"
 )
 TRITON.define(
-    "gdpa_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, float scale, "
-    "int window, int max_len) -> (Tensor, Tensor, Tensor)"
+    "gdpa_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, "
+    "float scale, int window, int max_len) -> (Tensor, Tensor, Tensor)"
 )
 
 
