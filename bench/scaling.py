@@ -7,8 +7,15 @@ FLOPs per example. Every size sees the same training rows the same number of tim
 ln(training FLOPs) = ln(FLOPs per example) + a constant and eta is the same on either axis.
 
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` over one forward + backward of a batch,
-divided by the batch size: matmuls, attention and convolutions are counted; embedding lookups
-(TBE / EmbeddingCollection), element-wise ops and norms are not, so these are *dense matmul* FLOPs.
+divided by the batch size: matmuls, attention and convolutions are counted, fxrec's own jagged
+attention and GDPA kernels included (`fxrec.ops.flops`: over each example's real history length,
+only the (query, key) pairs a causal mask or sliding window allows, backward = 2x forward); embedding
+lookups (TBE / EmbeddingCollection), element-wise ops and norms are not, so these are *dense matmul*
+FLOPs. Result files written before fxrec's kernels had FLOP formulas counted those kernels as 0 (Kunlun's
+SWA, HSP pooling and GDPA, InterFormer's attention): with them, Kunlun's counts on the ladders below
+rise by 13-19% and InterFormer's by 4.5-6% (d=8: Kunlun 0.375 -> 0.432 MFLOPs per example, InterFormer
+0.443 -> 0.470). That moves Kunlun's points right by 0.12-0.17 in ln(FLOPs), InterFormer's by
+0.04-0.06, and leaves eta nearly unchanged (largest / smallest rung: Kunlun 17.6x -> 17.4x).
 
 eta comes with two uncertainties: the standard error of the least-squares slope over every
 (size, seed) run, and a bootstrap over seeds (each size's seeds resampled with replacement, the
@@ -564,7 +571,8 @@ def main() -> None:
         "history_length": log.spec.history_length,
         "simulator": simulator.model_dump(),
         "flops": "torch.utils.flop_counter.FlopCounterMode, forward+backward of one batch / batch size; "
-        "dense matmul FLOPs only (embedding lookups, element-wise ops and norms not counted)",
+        "dense matmul FLOPs only, fxrec's jagged attention / GDPA kernels included over real lengths and "
+        "allowed pairs (fxrec.ops.flops); embedding lookups, element-wise ops and norms not counted",
         "fit": "NE = a - eta * ln(dense FLOPs per example), least squares over every (size, seed) run; "
         "bootstrap: seeds resampled within each size, refit on per-size means",
     }
