@@ -2,8 +2,11 @@
 
 Peak: a large square matmul in fp32 and in bf16 (bf16 runs on AMX tiles where the CPU has them); the
 machine's peak is the faster of the two. Model FLOPs: `torch.utils.flop_counter.FlopCounterMode` over
-one forward + backward (matmuls and attention; embedding lookups, element-wise ops and norms are not
-counted). Two measurements per precision:
+one forward + backward (matmuls and attention, fxrec's own jagged attention / GDPA kernels included with
+the formulas of `fxrec.ops.flops`: real lengths, allowed pairs, no recomputation; embedding lookups,
+element-wise ops and norms are not counted). Result files written before those formulas counted
+fxrec's kernels as 0, so their MFU is a little low for FMs with jagged histories. Two measurements
+per precision:
 
 - "dense part": forward + backward + Adam step of everything after the embedding lookup (dense arch,
   user tower, target attention, interaction, click head) on fixed embedding outputs, the click loss
@@ -57,7 +60,11 @@ FMS: dict[str, ModelConfig] = {
         heads={"kind": "shared_bottom", "hidden": [1024, 512]},
     ),
 }
-MATMUL_OPS = ("addmm", "mm", "bmm", "baddbmm", "matmul", "linear", "_scaled_dot_product", "mkldnn")
+# fxrec's own attention kernels count as matmul time: their FLOPs are counted (fxrec.ops.flops)
+MATMUL_OPS = (
+    "addmm", "mm", "bmm", "baddbmm", "matmul", "linear", "_scaled_dot_product", "mkldnn", "fxrec_native",
+    "fxrec_triton",
+)
 SIMULATOR = SimulatorConfig(
     seed=5, days=2, impressions_per_day=20_000, users=5_000, ads=800, history_length=20
 )

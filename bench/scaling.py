@@ -7,9 +7,11 @@ FLOPs per example. Every size sees the same training rows the same number of tim
 ln(training FLOPs) = ln(FLOPs per example) + a constant and eta is the same on either axis.
 
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` over one forward + backward of a batch,
-divided by the batch size: matmuls, attention, convolutions and fxrec's own jagged ops (their FLOP
-formulas are registered with the counter) are counted; embedding lookups (TBE / EmbeddingCollection),
-element-wise ops and norms are not, so these are *dense matmul* FLOPs.
+divided by the batch size: matmuls, attention and convolutions are counted, fxrec's own jagged
+attention and GDPA kernels included (`fxrec.ops.flops`: over each example's real history length,
+only the (query, key) pairs a causal mask or sliding window allows, backward = 2x forward); embedding
+lookups (TBE / EmbeddingCollection), element-wise ops and norms are not, so these are *dense matmul*
+FLOPs.
 
 eta comes with two uncertainties: the standard error of the least-squares slope over every
 (size, seed) run, and a bootstrap over seeds (each size's seeds resampled with replacement, the
@@ -490,7 +492,8 @@ def main() -> None:
         "history_length": log.spec.history_length,
         "simulator": simulator.model_dump(),
         "flops": "torch.utils.flop_counter.FlopCounterMode, forward+backward of one batch / batch size; "
-        "dense matmul FLOPs only (embedding lookups, element-wise ops and norms not counted)",
+        "dense matmul FLOPs only, fxrec's jagged attention / GDPA kernels included over real lengths and "
+        "allowed pairs (fxrec.ops.flops); embedding lookups, element-wise ops and norms not counted",
         "fit": "NE = a - eta * ln(dense FLOPs per example), least squares over every (size, seed) run; "
         "bootstrap: seeds resampled within each size, refit on per-size means",
     }

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from fxrec.ops import flops  # noqa: F401  (declares fxrec's custom ops and their FLOP formulas)
 from fxrec.ops._jagged import (
     JaggedPlan,
     as_plan,

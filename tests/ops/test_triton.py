@@ -11,9 +11,10 @@ import pytest  # noqa: E402
 triton = pytest.importorskip("triton")
 
 import torch  # noqa: E402
-from ops_fixtures import assert_close_all, grads, offsets_of  # noqa: E402
+from ops_fixtures import assert_close_all, flop_counts, grads, offsets_of  # noqa: E402
 
 from fxrec.ops import gdpa, jagged_dense_attention, jagged_self_attention  # noqa: E402
+from fxrec.ops.flops import attention_flops  # noqa: E402
 
 if not torch.cuda.is_available() and not isinstance(triton.language.sigmoid, triton.runtime.interpreter.InterpretedFunction):
     pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (set it before the first `import torch`, "
@@ -74,3 +75,25 @@ def test_triton_self_attention_full_matrix_and_head_dim_not_power_of_two(causal:
     _compare(lambda q, k, v, backend: jagged_self_attention(q, k, v, offsets, MAX_LEN, causal=causal, window=window,
                                                             backend=backend),
              _jagged(heads=1, dim=12, seed=4))
+
+
+@pytest.mark.parametrize(("causal", "window"), [(False, None), (True, 3)])
+def test_triton_self_attention_flops_count_real_lengths(causal: bool, window: int | None) -> None:
+    """FlopCounterMode sees the Triton kernels (as torch.ops.fxrec_triton.*) and counts the allowed pairs of
+    the real lengths, as for the native kernels."""
+    offsets = offsets_of(LENGTHS)
+    counts = flop_counts(lambda: jagged_self_attention(*_jagged(heads=2, dim=8, seed=5), offsets, MAX_LEN,
+                                                       causal=causal, window=window, backend="triton"))
+    assert counts == tuple(attention_flops(LENGTHS, LENGTHS, 2, 8, 8, causal, window, backward=b) for b in (False, True))
+    assert counts[0] > 0
+
+
+def test_triton_gdpa_flops_count_real_lengths() -> None:
+    offsets = offsets_of(LENGTHS)
+    generator = torch.Generator().manual_seed(6)
+    q = torch.randn(sum(LENGTHS), 2, 8, generator=generator).requires_grad_()
+    k, v = (torch.randn(len(LENGTHS), 20, 2, 8, generator=generator).requires_grad_() for _ in range(2))
+    counts = flop_counts(lambda: gdpa(q, k, v, offsets, MAX_LEN, window=2, backend="triton"))
+    keys = [20] * len(LENGTHS)
+    assert counts == tuple(attention_flops(LENGTHS, keys, 2, 8, 8, False, 2, backward=b) for b in (False, True))
+    assert counts[0] > 0

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fxrec.ops import library
 from fxrec.ops._jagged import JaggedPlan
 from fxrec.ops._triton import block_size, load_rows
 
@@ -163,7 +164,64 @@ def _gdpa_bwd_dq(Q, K, V, DO, DQ, offsets, scale, window, H, D, DV, KEYS, stride
              mask=row_ok[:, None] & (offs_d < D)[None, :])
 
 
+@torch.library.register_kernel("fxrec_triton::gdpa_forward", ("cuda", "cpu"), lib=library.TRITON)
+def _forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    offsets: torch.Tensor,
+    activation: str,
+    scale: float,
+    window: int,
+    max_len: int,
+) -> torch.Tensor:
+    """The forward kernel (cpu: TRITON_INTERPRET=1 only): (rows, H, Dv)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    batch, keys, heads, dim = k.shape
+    out = torch.zeros(q.shape[0], heads, v.shape[3], dtype=q.dtype, device=q.device)
+    if q.shape[0] and batch:
+        _gdpa_fwd[(triton.cdiv(max(max_len, 1), BLOCK_M), batch * heads)](
+            q, k, v, out, offsets, scale, max(window, 0), heads, dim, v.shape[3], keys,
+            q.stride(0), k.stride(1), v.stride(1), out.stride(0),
+            ACT=_ACTIVATIONS[activation], HAS_WINDOW=window >= 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+            BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[3]))
+    return out
+
+
+@torch.library.register_kernel("fxrec_triton::gdpa_backward", ("cuda", "cpu"), lib=library.TRITON)
+def _backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    offsets: torch.Tensor,
+    activation: str,
+    scale: float,
+    window: int,
+    max_len: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward kernels: dq, dk, dv (scores recomputed)."""
+    grad_out = grad_out.contiguous()
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    batch, keys, heads, dim = k.shape
+    common = dict(ACT=_ACTIVATIONS[activation], HAS_WINDOW=window >= 0, BLOCK_M=BLOCK_M,
+                  BLOCK_N=BLOCK_N, BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[3]))
+    strides = (q.stride(0), k.stride(1), v.stride(1), grad_out.stride(0))
+    if batch:
+        _gdpa_bwd_dkdv[(triton.cdiv(keys, BLOCK_N), batch * heads)](
+            q, k, v, grad_out, dk, dv, offsets, scale, max(window, 0), heads, dim, v.shape[3], keys, *strides,
+            **common)
+    if q.shape[0] and batch:
+        _gdpa_bwd_dq[(triton.cdiv(max(max_len, 1), BLOCK_M), batch * heads)](
+            q, k, v, grad_out, dq, offsets, scale, max(window, 0), heads, dim, v.shape[3], keys, *strides,
+            **common)
+    return dq, dk, dv
+
+
 class _TritonGDPA(torch.autograd.Function):
+    """The kernels run as `torch.ops.fxrec_triton.*` (`fxrec.ops.library`), so FlopCounterMode and
+    torch.compile see them; window -1 means none."""
+
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
@@ -177,36 +235,16 @@ class _TritonGDPA(torch.autograd.Function):
         window: int | None,
     ) -> torch.Tensor:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        batch, keys, heads, dim = k.shape
-        out = torch.zeros(q.shape[0], heads, v.shape[3], dtype=q.dtype, device=q.device)
-        if q.shape[0] and batch:
-            _gdpa_fwd[(triton.cdiv(max(max_len, 1), BLOCK_M), batch * heads)](
-                q, k, v, out, offsets, scale, window or 0, heads, dim, v.shape[3], keys,
-                q.stride(0), k.stride(1), v.stride(1), out.stride(0),
-                ACT=_ACTIVATIONS[activation], HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[3]))
+        window = -1 if window is None else window
+        out = torch.ops.fxrec_triton.gdpa_forward(q, k, v, offsets, activation, scale, window, max_len)
         ctx.save_for_backward(q, k, v, offsets)
-        ctx.args = (max_len, activation, scale, window)
+        ctx.args = (activation, scale, window, max_len)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, k, v, offsets = ctx.saved_tensors
-        max_len, activation, scale, window = ctx.args
-        grad_out = grad_out.contiguous()
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        batch, keys, heads, dim = k.shape
-        common = dict(ACT=_ACTIVATIONS[activation], HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M,
-                      BLOCK_N=BLOCK_N, BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[3]))
-        strides = (q.stride(0), k.stride(1), v.stride(1), grad_out.stride(0))
-        if batch:
-            _gdpa_bwd_dkdv[(triton.cdiv(keys, BLOCK_N), batch * heads)](
-                q, k, v, grad_out, dk, dv, offsets, scale, window or 0, heads, dim, v.shape[3], keys, *strides,
-                **common)
-        if q.shape[0] and batch:
-            _gdpa_bwd_dq[(triton.cdiv(max(max_len, 1), BLOCK_M), batch * heads)](
-                q, k, v, grad_out, dq, offsets, scale, window or 0, heads, dim, v.shape[3], keys, *strides,
-                **common)
+        dq, dk, dv = torch.ops.fxrec_triton.gdpa_backward(grad_out, q, k, v, offsets, *ctx.args)
         return dq, dk, dv, None, None, None, None, None
 
 

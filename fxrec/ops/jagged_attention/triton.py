@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fxrec.ops import library
 from fxrec.ops._jagged import JaggedPlan
 from fxrec.ops._triton import block_size, load_rows
 
@@ -190,7 +191,75 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, q_offsets, k_offsets, scale, out_s
              mask=row_ok[:, None] & (offs_d < D)[None, :])
 
 
+@torch.library.register_kernel("fxrec_triton::jagged_attention_forward", ("cuda", "cpu"), lib=library.TRITON)
+def _forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_offsets: torch.Tensor,
+    k_offsets: torch.Tensor,
+    causal: bool,
+    window: int,
+    scale: float,
+    out_scale: float,
+    max_q_len: int,
+    max_k_len: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel (cpu: TRITON_INTERPRET=1 only): out (rows, H, Dv) and log-sum-exp (rows, H)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    rows, heads, dim = q.shape
+    batch = q_offsets.numel() - 1
+    out = torch.zeros(rows, heads, v.shape[2], dtype=q.dtype, device=q.device)
+    lse = torch.zeros(rows, heads, dtype=torch.float32, device=q.device)
+    if rows and batch:
+        grid = (triton.cdiv(max(max_q_len, 1), BLOCK_M), batch * heads)
+        _attn_fwd[grid](q, k, v, out, lse, q_offsets, k_offsets, scale, out_scale, max(window, 0), heads, dim,
+                        v.shape[2], q.stride(0), k.stride(0), v.stride(0), out.stride(0),
+                        CAUSAL=causal, HAS_WINDOW=window >= 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                        BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[2]))
+    return out, lse
+
+
+@torch.library.register_kernel("fxrec_triton::jagged_attention_backward", ("cuda", "cpu"), lib=library.TRITON)
+def _backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    q_offsets: torch.Tensor,
+    k_offsets: torch.Tensor,
+    causal: bool,
+    window: int,
+    scale: float,
+    out_scale: float,
+    max_q_len: int,
+    max_k_len: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward kernels: dq, dk, dv."""
+    grad_out = grad_out.contiguous()
+    # rowsum(dO * OUT) equals rowsum(P * dP) of the unscaled softmax (out_scale cancels)
+    delta = (grad_out.float() * out.float()).sum(-1).contiguous()
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    heads, dim, batch = q.shape[1], q.shape[2], q_offsets.numel() - 1
+    common = dict(CAUSAL=causal, HAS_WINDOW=window >= 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                  BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[2]))
+    strides = (q.stride(0), k.stride(0), v.stride(0), grad_out.stride(0))
+    if q.shape[0] and k.shape[0] and batch:
+        _attn_bwd_dkdv[(triton.cdiv(max(max_k_len, 1), BLOCK_N), batch * heads)](
+            q, k, v, grad_out, lse, delta, dk, dv, q_offsets, k_offsets, scale, out_scale, max(window, 0),
+            heads, dim, v.shape[2], *strides, **common)
+        _attn_bwd_dq[(triton.cdiv(max(max_q_len, 1), BLOCK_M), batch * heads)](
+            q, k, v, grad_out, lse, delta, dq, q_offsets, k_offsets, scale, out_scale, max(window, 0),
+            heads, dim, v.shape[2], *strides, **common)
+    return dq, dk, dv
+
+
 class _TritonJaggedAttention(torch.autograd.Function):
+    """The kernels run as `torch.ops.fxrec_triton.*` (`fxrec.ops.library`), so FlopCounterMode and
+    torch.compile see them; window -1 means none."""
+
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
@@ -207,39 +276,20 @@ class _TritonJaggedAttention(torch.autograd.Function):
         window: int | None,
     ) -> torch.Tensor:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        rows, heads, dim = q.shape
-        batch = q_offsets.numel() - 1
-        out = torch.zeros(rows, heads, v.shape[2], dtype=q.dtype, device=q.device)
-        lse = torch.zeros(rows, heads, dtype=torch.float32, device=q.device)
-        if rows and batch:
-            grid = (triton.cdiv(max(max_q_len, 1), BLOCK_M), batch * heads)
-            _attn_fwd[grid](q, k, v, out, lse, q_offsets, k_offsets, scale, out_scale, window or 0, heads, dim,
-                            v.shape[2], q.stride(0), k.stride(0), v.stride(0), out.stride(0),
-                            CAUSAL=causal, HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                            BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[2]))
+        window = -1 if window is None else window
+        out, lse = torch.ops.fxrec_triton.jagged_attention_forward(
+            q, k, v, q_offsets, k_offsets, causal, window, scale, out_scale, max_q_len, max_k_len
+        )
         ctx.save_for_backward(q, k, v, out, lse, q_offsets, k_offsets)
-        ctx.args = (max_q_len, max_k_len, causal, scale, out_scale, window)
+        ctx.args = (causal, window, scale, out_scale, max_q_len, max_k_len)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, k, v, out, lse, q_offsets, k_offsets = ctx.saved_tensors
-        max_q_len, max_k_len, causal, scale, out_scale, window = ctx.args
-        grad_out = grad_out.contiguous()
-        # rowsum(dO * OUT) equals rowsum(P * dP) of the unscaled softmax (out_scale cancels)
-        delta = (grad_out.float() * out.float()).sum(-1).contiguous()
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        heads, dim, batch = q.shape[1], q.shape[2], q_offsets.numel() - 1
-        common = dict(CAUSAL=causal, HAS_WINDOW=window is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                      BLOCK_D=block_size(dim), BLOCK_DV=block_size(v.shape[2]))
-        strides = (q.stride(0), k.stride(0), v.stride(0), grad_out.stride(0))
-        if q.shape[0] and k.shape[0] and batch:
-            _attn_bwd_dkdv[(triton.cdiv(max(max_k_len, 1), BLOCK_N), batch * heads)](
-                q, k, v, grad_out, lse, delta, dk, dv, q_offsets, k_offsets, scale, out_scale, window or 0,
-                heads, dim, v.shape[2], *strides, **common)
-            _attn_bwd_dq[(triton.cdiv(max(max_q_len, 1), BLOCK_M), batch * heads)](
-                q, k, v, grad_out, lse, delta, dq, q_offsets, k_offsets, scale, out_scale, window or 0,
-                heads, dim, v.shape[2], *strides, **common)
+        dq, dk, dv = torch.ops.fxrec_triton.jagged_attention_backward(
+            grad_out, q, k, v, out, lse, q_offsets, k_offsets, *ctx.args
+        )
         return dq, dk, dv, None, None, None, None, None, None, None, None
 
 

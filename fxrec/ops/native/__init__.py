@@ -2,7 +2,8 @@
 
 `load()` builds the C++ sources here once per version of them (the build is named by their content hash
 and cached by torch under ~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR; the first build takes
-~20 s) and registers the ops as `torch.ops.fxrec_native.*`.
+~20 s) and registers their CPU kernels for the ops `torch.ops.fxrec_native.*` (declared in
+`fxrec.ops.library`).
 It returns False, after one warning, when no compiler is available: callers then keep to the
 pure-PyTorch kernels. FXREC_NATIVE=0 turns the native kernels off.
 """
@@ -17,6 +18,8 @@ from functools import cache
 from pathlib import Path
 
 import torch
+
+from fxrec.ops import library
 
 log = logging.getLogger(__name__)
 
@@ -51,4 +54,7 @@ def load() -> bool:
     except Exception as error:  # no compiler, no ninja, a broken toolchain: fall back, loudly once
         log.warning("fxrec native kernels unavailable, using the PyTorch kernels instead: %s", error)
         return False
-    return hasattr(torch.ops.fxrec_native, "gdpa_forward")
+    return all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"{library.NATIVE.ns}::{op}", "CPU")
+        for op in ("jagged_attention_forward", "jagged_attention_backward", "gdpa_forward", "gdpa_backward")
+    )

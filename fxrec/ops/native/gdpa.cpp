@@ -203,13 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(fxrec_native, m) {
-  m.def("gdpa_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, float scale, int window) "
-        "-> Tensor");
-  m.def("gdpa_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor offsets, str activation, "
-        "float scale, int window) -> (Tensor, Tensor, Tensor)");
-}
-
+// implementations only: the schemas are declared in fxrec/ops/library.py, which exists before this builds
 TORCH_LIBRARY_IMPL(fxrec_native, CPU, m) {
   m.impl("gdpa_forward", &forward);
   m.impl("gdpa_backward", &backward);

@@ -170,13 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
 
 }  // namespace
 
-TORCH_LIBRARY(fxrec_native, m) {
-  m.def("jagged_attention_forward(Tensor q, Tensor k, Tensor v, Tensor q_offsets, Tensor k_offsets, "
-        "bool causal, int window, float scale) -> (Tensor, Tensor)");
-  m.def("jagged_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor q_offsets, Tensor k_offsets, bool causal, int window, float scale) -> (Tensor, Tensor, Tensor)");
-}
-
+// implementations only: the schemas are declared in fxrec/ops/library.py, which exists before this builds
 TORCH_LIBRARY_IMPL(fxrec_native, CPU, m) {
   m.impl("jagged_attention_forward", &forward);
   m.impl("jagged_attention_backward", &backward);
