@@ -81,7 +81,7 @@ def log_with_histories(
     sources = sorted({f.source for f in features if f.kind is FeatureKind.sequence and f.source})
     tracker = HistoryTracker(spec.history_length, sources, spec.history_label) if sources else None
     present = set(log.read_day(log.days[0]).column_names)
-    columns = [c for c in [*spec.columns(), spec.history_label, *delay_columns(spec)] if c in present]
+    columns = [c for c in dict.fromkeys([*spec.columns(), spec.history_label, *delay_columns(spec)]) if c in present]
     tables: list[pa.Table] = []
     parts: dict[str, list[Jagged]] = {}
     for _, table in log.iter_days(columns):
