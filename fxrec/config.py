@@ -67,6 +67,9 @@ class TrainConfig(BaseModel):
     shuffle_within_day: bool = True
     keep_snapshots: bool = True  # one model snapshot per trained day (FM versions for publishing)
     max_steps: int | None = None  # stop (resumably) after this many steps; for crash tests
+    # Oracle comparison only: train day t on conversions that happen after day t (a leak no real system
+    # has). Off, training sees labels as observed at the end of each day (fxrec.data.labels).
+    train_on_matured_labels: bool = False
 
     @model_validator(mode="after")
     def _embedding_weight_decay_needs_adam(self) -> TrainConfig:

@@ -7,6 +7,7 @@ with row 0 kept for a missing value, so unseen (cold-start) ids land in a shared
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from fxrec.data.history import HISTORY_TS
+from fxrec.data.labels import delay_column
 from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
 
 META_COLUMNS = ("event_id", "user_id", "item_id", "ts")
@@ -162,7 +164,16 @@ class EventFrame:
         # tensors in `extras`, jagged ones (e.g. LoopFM sequences) as (offsets (N+1,), values) pairs.
         self.extras: dict[str, torch.Tensor] = {}
         self.jagged_extras: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Matured labels (the final outcome, what evaluation scores against). Training reads them through
+        # fxrec.data.labels.observed_labels, which hides positives whose delay ends after its cutoff.
         self.labels = {t: torch.from_numpy(table.column(t).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)) for t in spec.tasks}
+        # {task: (N,) float64 seconds from ts until the label was known}, for tasks with a delay column.
+        # A missing delay (no conversion) reads as 0: it only ever masks positives.
+        self.label_delays = {
+            t: torch.from_numpy(table.column(delay_column(t)).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float64))
+            for t in spec.tasks
+            if delay_column(t) in table.column_names
+        }
         self.meta = {c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64)) for c in META_COLUMNS}
         surface_index = {s: i for i, s in enumerate(spec.surfaces)}
         surfaces = table.column("surface").to_pylist() if self.num_rows < 64 else None
@@ -172,6 +183,14 @@ class EventFrame:
             self.meta["surface"] = torch.from_numpy(lookup[codes.indices.to_numpy(zero_copy_only=False)])
         else:
             self.meta["surface"] = torch.tensor([surface_index[s] for s in surfaces], dtype=torch.int64)
+
+    def with_labels(self, labels: dict[str, torch.Tensor]) -> EventFrame:
+        """The same events with other labels ({task: (N,)}), e.g. as observed at a training cutoff."""
+        if labels.keys() != self.labels.keys() or any(v.shape != (self.num_rows,) for v in labels.values()):
+            raise ValueError(f"with_labels needs {{task: ({self.num_rows},)}} for tasks {list(self.labels)}")
+        frame = copy.copy(self)  # shares every tensor; only the labels dict is new
+        frame.labels = labels
+        return frame
 
     def batch(self, start: int, end: int) -> Batch:
         """Rows [start, end): slices, no copies of per-event columns."""

@@ -44,6 +44,8 @@ def validate_events(table: pa.Table, spec: DatasetSpec, source: str) -> pa.Table
     required = list(CORE_COLUMNS) + [t for t in spec.tasks if t != "click"]
     required += [f.name for f in spec.features if f.kind is not FeatureKind.sequence]
     required += spec.sequence_sources()
+    if spec.sequence_sources():
+        required.append(spec.history_label)  # histories are built from it
     for column in dict.fromkeys(required):
         if column not in table.column_names:
             raise EventLogError(

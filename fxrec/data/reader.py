@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from fxrec.data.batches import EventFrame
 from fxrec.data.eventlog import EventLog
 from fxrec.data.history import HistoryTracker, _gather_ranges
+from fxrec.data.labels import delay_columns
 from fxrec.data.schema import FeatureKind, FeatureSpec
 
 
@@ -61,8 +62,8 @@ def iter_frames(
 
 
 def _model_columns(spec, features: list[FeatureSpec]) -> list[str]:
-    """Only what this model reads: core columns, labels, its features and its histories' sources."""
-    columns = ["event_id", "ts", "user_id", "item_id", "surface", *spec.tasks, spec.history_label]
+    """Only what this model reads: core columns, labels (with their delays), its features and its histories' sources."""
+    columns = ["event_id", "ts", "user_id", "item_id", "surface", *spec.tasks, spec.history_label, *delay_columns(spec)]
     columns += [f.name for f in features if f.kind is not FeatureKind.sequence]
     columns += [f.source for f in features if f.kind is FeatureKind.sequence and f.source]
     return list(dict.fromkeys(columns))

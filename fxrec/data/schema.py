@@ -83,6 +83,11 @@ class DatasetSpec(BaseModel):
         for feature in self.features:
             if feature.table and feature.table not in names:
                 raise ValueError(f"feature {feature.name!r} shares table {feature.table!r}, which is not a feature")
+        if not is_label(self.history_label, self.tasks):
+            raise ValueError(
+                f"history_label {self.history_label!r} is not a label: expected 'click', 'conversion', a task "
+                f"({self.tasks}) or a 'label_*' column"
+            )
         return self
 
     def feature(self, name: str) -> FeatureSpec:
@@ -115,6 +120,13 @@ class DatasetSpec(BaseModel):
     @classmethod
     def load(cls, path: Path) -> DatasetSpec:
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+def is_label(column: str, tasks: list[str]) -> bool:
+    """Whether an event-log column is a label: click, conversion, a task, or any `label_*` column."""
+    if column.endswith("_delay_s"):
+        return False  # a label's delay, not a label
+    return column in ("click", "conversion") or column in tasks or column.startswith("label_")
 
 
 def expected_type(spec: DatasetSpec, column: str) -> pa.DataType | None:

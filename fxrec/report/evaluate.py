@@ -1,7 +1,9 @@
 """Metrics for every model of a run, computed from the progressive predictions on disk.
 
 Each VM is compared with the FM on exactly the VM's evaluation events (joined by event_id), which
-is the comparison the transfer ratio is defined on.
+is the comparison the transfer ratio is defined on. Labels are the matured ones the trainer wrote
+with its predictions (every conversion, however late it came): a model trained on labels as observed
+at its cutoff is judged by the final outcome, as an ads system judges it once conversions are in.
 """
 
 from __future__ import annotations

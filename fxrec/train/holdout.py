@@ -4,6 +4,10 @@ The progressive trainer (`trainer.py`) is fxrec's main loop; benchmarks against 
 the other protocol the CTR literature uses (BARS): a fixed chronological split, several epochs over
 the training rows, the epoch with the best validation AUC kept, and the test rows scored once.
 
+Labels too are as the system observes them: the train split's delayed labels (conversions) count only
+if they happened before training starts, at the end of the training period; valid and test are
+scored against matured labels.
+
 Histories stay leak-free: they are computed once over the whole log in time order, with the same
 `HistoryTracker` day walk as `fxrec.data.reader.iter_frames`, and only then are rows selected into
 the splits. Every event's history therefore holds the user's clicks strictly before it, from any
@@ -30,6 +34,7 @@ import torch
 from fxrec.data.batches import EventFrame
 from fxrec.data.eventlog import EventLog
 from fxrec.data.history import HistoryTracker, _gather_ranges
+from fxrec.data.labels import delay_columns, observed_frame
 from fxrec.data.schema import FeatureKind, FeatureSpec
 from fxrec.metrics import auc, log_loss, ne
 from fxrec.train.checkpoint import model_state
@@ -76,7 +81,7 @@ def log_with_histories(
     sources = sorted({f.source for f in features if f.kind is FeatureKind.sequence and f.source})
     tracker = HistoryTracker(spec.history_length, sources, spec.history_label) if sources else None
     present = set(log.read_day(log.days[0]).column_names)
-    columns = [c for c in spec.columns() if c in present]
+    columns = [c for c in dict.fromkeys([*spec.columns(), spec.history_label, *delay_columns(spec)]) if c in present]
     tables: list[pa.Table] = []
     parts: dict[str, list[Jagged]] = {}
     for _, table in log.iter_days(columns):
@@ -116,6 +121,9 @@ def split_by_mask(
     """Splits chosen by boolean row masks over the time-ordered log: `assign(table) -> {split: mask}`.
 
     Masks must not overlap; rows in no mask are dropped (after their clicks entered later histories).
+    The train split's labels are those observed when training starts, just after its last event
+    (`fxrec.data.labels`: a conversion after that is a negative); valid and test keep the matured
+    labels that evaluation scores against.
     """
     table, history = log_with_histories(log, features)
     masks = assign(table)
@@ -134,6 +142,7 @@ def split_by_mask(
             raise ValueError(f"the {name} split is empty")
         selected, selected_history = _select(table, history, rows)
         frames[name] = EventFrame(selected, log.spec, features, selected_history)
+    frames["train"] = observed_frame(frames["train"], int(frames["train"].meta["ts"].max()) + 1)
     return SplitFrames(**frames)
 
 
@@ -156,7 +165,7 @@ def split_by_event_id(
 
 
 def evaluate_frame(trainer: Trainer, frame: EventFrame, task: str = "click") -> dict[str, float]:
-    """AUC, log loss and NE of the trainer's model on every row of `frame`."""
+    """AUC, log loss and NE of the trainer's model on every row of `frame`, against its (matured) labels."""
     probs = trainer.predict(frame)[task]
     labels = frame.labels[task].numpy()
     return {

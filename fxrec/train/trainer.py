@@ -2,7 +2,9 @@
 
 For each day t in order: first predict day t with the model trained through day t-1 (those
 predictions are the evaluation: the model never saw these events), then train one pass over day t.
-The last day is only evaluated. Predictions go to `<model_dir>/predictions/day=<t>.parquet`;
+The last day is only evaluated. Training at the end of day t sees day t's labels as observed then
+(`fxrec.data.labels.observed_labels`: a conversion that happens after midnight is a negative);
+evaluation scores the matured labels. Predictions go to `<model_dir>/predictions/day=<t>.parquet`;
 metrics are computed from them afterwards, so any two models can be compared on the same events.
 
 Embeddings are updated by the fused row-wise AdaGrad inside TorchRec's fused embedding bags, or by
@@ -28,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fxrec.config import TrainConfig
 from fxrec.data.batches import Batch, EventFrame
 from fxrec.data.eventlog import EventLog
+from fxrec.data.labels import observed_frame, training_cutoff
 from fxrec.data.reader import iter_frames
 from fxrec.models.ranking import RankingModel
 from fxrec.train.checkpoint import load, model_state, save_atomic
@@ -226,12 +229,16 @@ class Trainer:
                 if index > 0 and not (predictions_dir / f"day={day}.parquet").exists():
                     self._write_predictions(frame, day, predictions_dir)
                 if day != log.days[-1]:
+                    # Day t is trained at its end: its labels as observed then (the predictions above
+                    # were scored on the matured ones).
+                    matured = self.config.train_on_matured_labels
+                    train_frame = frame if matured else observed_frame(frame, training_cutoff(day))
                     if self.step == 0 and skip == 0:
-                        base_rates = {t: float(frame.labels[t].mean()) for t in self.model.tasks}
+                        base_rates = {t: float(train_frame.labels[t].mean()) for t in self.model.tasks}
                         self.model.heads.init_bias(base_rates)
                         for channel in self.model.channels:
                             channel.init_bias(base_rates)
-                    for batches_done, batch in enumerate(self._batches(frame, index), start=1):
+                    for batches_done, batch in enumerate(self._batches(train_frame, index), start=1):
                         if batches_done <= skip:
                             continue
                         logits = self.train_step(batch)
@@ -282,6 +289,7 @@ class Trainer:
             "trained_through": pa.array([self.trained_through or ""] * frame.num_rows),
         }
         for task, probs in predictions.items():
+            # Matured labels: evaluation judges a prediction by the final outcome, however late it came.
             columns[f"label_{task}"] = frame.labels[task].numpy()
             columns[f"pred_{task}"] = probs.astype(np.float32)
         path = directory / f"day={day}.parquet"

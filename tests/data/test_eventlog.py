@@ -71,3 +71,13 @@ def test_parquet_row_order_within_day(tmp_path):
     (day,) = EventLog(tmp_path / "events").days
     ids = pq.read_table(tmp_path / "events" / f"day={day}" / "part-0.parquet").column("event_id").to_pylist()
     assert ids == [0, 1, 2, 3, 4]  # ties in ts broken by event_id
+
+
+def test_a_log_with_histories_needs_its_history_label_column(tmp_path):
+    spec = SPEC.model_copy(update={
+        "history_label": "label_purchase",
+        "features": [*SPEC.features, FeatureSpec(name="hist_item_id", kind="sequence", source="item_id", table="item_id")],
+    })
+    with pytest.raises(EventLogError, match="upload.csv: missing column 'label_purchase'"):
+        write_events(_table(), spec, tmp_path / "events", source="upload.csv")
+    write_events(_table(label_purchase=np.zeros(5, np.float32)), spec, tmp_path / "events")

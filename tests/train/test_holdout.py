@@ -135,3 +135,24 @@ def test_overlapping_masks_are_rejected(small_log):
 
     with pytest.raises(ValueError, match="overlap"):
         holdout.split_by_mask(small_log, small_log.spec.features, overlapping)
+
+
+def test_train_split_labels_are_as_observed_when_training_starts(split, small_log):
+    """Train conversions count only if they happened before the split's last event; valid and test
+    are scored on matured labels."""
+    frames, _, _ = split
+    table = small_log.read_all(["event_id", "ts", "conversion", "conversion_delay_s"])
+    by_id = {name: table.column(name).to_numpy(zero_copy_only=False) for name in ("event_id", "ts", "conversion")}
+    conversion_time = by_id["ts"] + table.column("conversion_delay_s").fill_null(np.inf).to_numpy().astype(np.float64)
+    position = {int(e): i for i, e in enumerate(by_id["event_id"])}
+    train_cutoff = int(frames.train.meta["ts"].max()) + 1
+    for name in ("train", "valid", "test"):
+        frame = getattr(frames, name)
+        rows = np.array([position[int(e)] for e in frame.meta["event_id"]])
+        matured = by_id["conversion"][rows]
+        got = frame.labels["conversion"].numpy()
+        if name == "train":
+            np.testing.assert_array_equal(got, matured * (conversion_time[rows] < train_cutoff))
+            assert got.sum() < matured.sum(), "no train conversion happens after the split: the test proves nothing"
+        else:
+            np.testing.assert_array_equal(got, matured)

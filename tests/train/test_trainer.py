@@ -181,3 +181,49 @@ def test_dense_lr_schedule_resumes_exactly(small_log, tmp_path):
     constant = _fit(small_log, tmp_path / "c", TrainConfig(batch_size=256))
     np.testing.assert_allclose(resumed["pred_click"].to_numpy(), uninterrupted["pred_click"].to_numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(uninterrupted["pred_click"].to_numpy(), constant["pred_click"].to_numpy(), atol=1e-4)
+
+
+def _record_training_labels(monkeypatch) -> list[dict[str, np.ndarray]]:
+    """Every train_step's batch: its event ids and the labels the loss will read."""
+    steps: list[dict[str, np.ndarray]] = []
+    train_step = Trainer.train_step
+
+    def spy(self, batch):
+        steps.append({"event_id": batch.meta["event_id"].numpy().copy(), **{t: v.numpy().copy() for t, v in batch.labels.items()}})
+        return train_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    return steps
+
+
+def _raw_labels(log) -> pl.DataFrame:
+    """Matured labels and when each conversion happened, straight from the log (UTC day ends: multiples of 86400 s)."""
+    raw = pl.from_arrow(log.read_all(["event_id", "ts", "click", "conversion", "conversion_delay_s"]))
+    return raw.with_columns(
+        conversion_time=pl.col("ts") + pl.col("conversion_delay_s").cast(pl.Float64),
+        day_end=(pl.col("ts") // 86_400 + 1) * 86_400,
+    )
+
+
+@pytest.mark.parametrize("matured", [False, True])
+def test_each_day_trains_only_on_conversions_that_happened_by_its_end(small_log, tmp_path, monkeypatch, matured):
+    """The loss of day t never reads a conversion that happens after midnight ending day t (unless the
+    oracle flag asks for matured labels); predictions are scored on matured labels either way."""
+    steps = _record_training_labels(monkeypatch)
+    config = TrainConfig(batch_size=512, train_on_matured_labels=matured)
+    light = FM.model_copy(update={"features": ["item_id", "advertiser_id", "hour", "bid"]})  # labels are what matters
+    predictions = _fit(small_log, tmp_path / "fm", config, light)
+    trained = pl.DataFrame({
+        "event_id": np.concatenate([s["event_id"] for s in steps]),
+        "trained_click": np.concatenate([s["click"] for s in steps]),
+        "trained_conversion": np.concatenate([s["conversion"] for s in steps]),
+    }).join(_raw_labels(small_log), on="event_id")
+    assert trained.height == small_log.num_rows() - small_log.read_day(small_log.days[-1]).num_rows
+    observed = (pl.col("conversion") > 0) & (pl.col("conversion_time") < pl.col("day_end"))
+    expected = trained.select(pl.when(observed).then(1.0).otherwise(0.0)).to_series().to_numpy()
+    assert (trained["conversion"].to_numpy() > expected).sum() > 0, "no conversion crosses a day end: the test proves nothing"
+    np.testing.assert_array_equal(trained["trained_conversion"].to_numpy(), trained["conversion"] if matured else expected)
+    np.testing.assert_array_equal(trained["trained_click"].to_numpy(), trained["click"].to_numpy())
+    scored = predictions.join(_raw_labels(small_log), on="event_id")
+    np.testing.assert_array_equal(scored["label_conversion"].to_numpy(), scored["conversion"].to_numpy())
+    assert scored["label_conversion"].sum() > 0

@@ -70,3 +70,49 @@ def test_publish_fails_clearly_without_snapshots(tmp_path, transfer_config):
     config = transfer_config.model_copy(deep=True)
     with pytest.raises(FileNotFoundError, match="snapshots"):
         publish(tmp_path, config, progress=False)
+
+
+@pytest.mark.slow
+def test_published_conversion_logits_come_from_snapshots_that_never_saw_a_later_conversion(
+    tmp_path, transfer_config, small_log, monkeypatch
+):
+    """Day t+1's published conversion logits come from the snapshot trained through day t, and every
+    conversion that snapshot's training read had happened before the end of day t."""
+    from fxrec.pipeline import train_model
+    from fxrec.train import trainer as trainer_module
+    from fxrec.transfer.publish import publish
+
+    raw = pl.from_arrow(small_log.read_all(["event_id", "ts", "conversion", "conversion_delay_s"]))
+    conversion_time = dict(zip(raw["event_id"].to_list(), (raw["ts"] + raw["conversion_delay_s"].cast(pl.Float64)).to_list(), strict=True))
+    trained: list[float] = []  # conversion time of every positive conversion label a training step read
+    seen_by_snapshot: dict[int, float] = {}  # version -> latest conversion its training read
+    train_step, save_atomic = trainer_module.Trainer.train_step, trainer_module.save_atomic
+
+    def spy_step(self, batch):
+        positive = batch.meta["event_id"][batch.labels["conversion"] > 0].tolist()
+        trained.extend(conversion_time[e] for e in positive)
+        return train_step(self, batch)
+
+    def spy_save(state, path):
+        if path.parent.name == "snapshots":
+            seen_by_snapshot[int(path.stem.removeprefix("day=").replace("-", ""))] = max(trained, default=-np.inf)
+        return save_atomic(state, path)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", spy_step)
+    monkeypatch.setattr(trainer_module, "save_atomic", spy_save)
+    light = transfer_config.fm.model_copy(update={"features": ["item_id", "advertiser_id", "hour", "bid"], "user_tower": None, "target_attention": None})
+    config = transfer_config.model_copy(update={"fm": light, "publish": transfer_config.publish.model_copy(update={"store": False, "autoencoder_epochs": 1})})
+    run = tmp_path / "run"
+    train_model(light, config, run, small_log, quiet=True)
+    frame = _published(publish(run, config, delay=0, progress=False).parent.parent, 0)
+
+    assert "logit_conversion" in frame.columns
+    versions = set(frame["fm_version"].to_list())
+    assert versions == {int(d.replace("-", "")) for d in small_log.days[:-1]}
+    for version in versions:
+        end_of_day = (dt.datetime.strptime(str(version), "%Y%m%d").replace(tzinfo=dt.UTC) + dt.timedelta(days=1)).timestamp()
+        assert seen_by_snapshot[version] < end_of_day, f"snapshot {version} learned a conversion from after its day"
+    assert np.all(frame["fm_version"].to_numpy() < _day_of(frame["ts"].to_numpy()))
+    last_day_start = dt.datetime.fromisoformat(small_log.days[-1]).replace(tzinfo=dt.UTC).timestamp()
+    matured = raw.filter((pl.col("conversion") > 0) & (pl.col("ts") < last_day_start)).height
+    assert 0 < len(trained) < matured, "no conversion of a trained day was held back: the test proves nothing"
