@@ -117,6 +117,19 @@ class DatasetSpec(BaseModel):
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
 
 
+def label_columns(spec: DatasetSpec, columns: list[str]) -> list[str]:
+    """The label columns among `columns`: click, conversion, the spec's tasks and any `label_*`."""
+    return [c for c in columns if c in ("click", "conversion") or c in spec.tasks or c.startswith("label_")]
+
+
+def binary_label(spec: DatasetSpec, column: str) -> bool:
+    """Whether a label column must hold 0/1: click, conversion and every task a model trains on.
+
+    Other `label_*` columns may be graded (MovieLens keeps its 1-5 rating as `label_rating`).
+    """
+    return column in ("click", "conversion") or column in spec.tasks
+
+
 def expected_type(spec: DatasetSpec, column: str) -> pa.DataType | None:
     """The Arrow type an event log must have for `column` (None if the spec does not constrain it)."""
     if column in CORE_COLUMNS:
