@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
-app = typer.Typer(help="fxrec: train one foundation model, make every expert model better with it.", no_args_is_help=True)
+from fxrec.errors import InputError
+
+
+class _Commands(TyperGroup):
+    """fxrec's commands: bad input (an InputError anywhere below a command) is exit code 2 and one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InputError as error:
+            _fail(error)
+
+
+app = typer.Typer(
+    cls=_Commands, help="fxrec: train one foundation model, make every expert model better with it.", no_args_is_help=True
+)
 data_app = typer.Typer(help="Create event logs: simulate an ads world or import a dataset.", no_args_is_help=True)
 import_app = typer.Typer(help="Import a dataset into an fxrec event log.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the foundation model or the expert models of a run.", no_args_is_help=True)
@@ -17,27 +36,25 @@ app.add_typer(train_app, name="train")
 experiment_app = typer.Typer(help="Experiments over a run: transfer channels x VMs x seeds.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 console = Console()
+errors = Console(stderr=True, soft_wrap=True, highlight=False)
 
 ConfigOption = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="run config (YAML)")
 RunOption = typer.Option(Path("runs/demo"), "--run", "-r", help="run directory")
 FreshOption = typer.Option(False, "--fresh", help="redo work that is already done")
 
 
-def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/] {error}")
+def _fail(error: Exception) -> NoReturn:
+    """Exit code 2 and the error on one line of stderr: the message is the whole report, no traceback."""
+    errors.print(f"[red]error:[/] {escape(' '.join(str(error).split()))}")
     raise typer.Exit(code=2)
 
 
-def _config(path: Path):
-    """Load a run config; a missing file or a bad key is a short, specific error, not a traceback."""
-    from pydantic import ValidationError
-
+def _config(path: Path, events: Path | None = None):
+    """A run config (InputError on a missing file, bad YAML or a bad key); `events` overrides its log."""
     from fxrec.config import load_config
 
-    try:
-        return load_config(path)
-    except (FileNotFoundError, ValidationError) as error:
-        _fail(ValueError(f"{path}: {error}"))
+    run_config = load_config(path)
+    return run_config if events is None else run_config.model_copy(update={"events": str(events)})
 
 
 @data_app.command("simulate")
@@ -48,7 +65,7 @@ def simulate(config: Path = ConfigOption, out: Path = typer.Option(Path("runs/de
 
     run_config = _config(config)
     if run_config.simulator is None:
-        _fail(ValueError(f"{config} has no simulator section"))
+        raise InputError(f"{config}: no `simulator:` section to simulate")
     simulate_to(run_config.simulator, out)
     log = EventLog(out)
     console.print(f"wrote {log.num_rows():,} events over {len(log.days)} days to {out}")
@@ -147,24 +164,17 @@ def _print_profile(log):
     return result
 
 
-def _load(config: Path, run: Path, events: Path | None):
-    from fxrec.pipeline import prepare_events
-
-    run_config = _config(config)
-    if events is not None:
-        run_config = run_config.model_copy(update={"events": str(events)})
-    return run_config, prepare_events(run_config, run)
-
-
 EventsOption = typer.Option(None, "--events", help="use this event log instead of the config's")
 
 
 @train_app.command("fm")
 def train_fm(config: Path = ConfigOption, run: Path = RunOption, events: Path | None = EventsOption, fresh: bool = FreshOption) -> None:
     """Train the foundation model progressively (resumes from its checkpoint)."""
-    from fxrec.pipeline import train_model
+    from fxrec.pipeline import check_model, planned_spec, prepare_events, train_model
 
-    run_config, log = _load(config, run, events)
+    run_config = _config(config, events)
+    check_model(run_config.fm, planned_spec(run_config, run), run)
+    log = prepare_events(run_config, run)
     train_model(run_config.fm, run_config, run, log, fresh=fresh)
 
 
@@ -177,13 +187,17 @@ def train_vm(
     fresh: bool = FreshOption,
 ) -> None:
     """Train the expert models progressively."""
-    from fxrec.pipeline import train_model
+    from fxrec.pipeline import check_model, planned_spec, prepare_events, train_model
 
-    run_config, log = _load(config, run, events)
-    vms = run_config.expand_vms(log.spec.surfaces)
+    run_config = _config(config, events)
+    spec = planned_spec(run_config, run)
+    vms = run_config.expand_vms(spec.surfaces)
     chosen = [v for v in vms if name is None or v.name == name]
     if not chosen:
-        _fail(ValueError(f"no VM named {name!r}; the config has {[v.name for v in vms]}"))
+        raise InputError(f"{config}: no VM named {name!r}; the config has {[v.name for v in vms]}")
+    for vm in chosen:
+        check_model(vm, spec, run)
+    log = prepare_events(run_config, run)
     for vm in chosen:
         train_model(vm, run_config, run, log, fresh=fresh)
 
@@ -191,10 +205,12 @@ def train_vm(
 @app.command("eval")
 def evaluate(config: Path = ConfigOption, run: Path = RunOption, events: Path | None = EventsOption) -> None:
     """NE, AUC, GAUC and calibration for every trained model; writes report.json and report.html."""
-    from fxrec.pipeline import evaluate_and_report
+    from fxrec.pipeline import entries, evaluate_and_report, planned_spec, prepare_events
 
-    run_config, log = _load(config, run, events)
-    evaluate_and_report(run_config, run, log)
+    run_config = _config(config, events)
+    if not entries(run_config, run, planned_spec(run_config, run).surfaces):
+        raise InputError(f"{run / 'models'}: no trained model of {config} to evaluate; train one first (`fxrec train fm`)")
+    evaluate_and_report(run_config, run, prepare_events(run_config, run))
 
 
 @app.command("publish")

@@ -2,13 +2,53 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fxrec.data.simulator import SimulatorConfig
+from fxrec.errors import InputError, describe_validation
+from fxrec.interactions.registry import INTERACTIONS
+from fxrec.models.heads import TaskHeads
+from fxrec.transfer.registry import CHANNELS
+from fxrec.transfer.sum import UserTower
+from fxrec.transfer.tae import TargetAttention
+
+
+def check_block(
+    block: dict[str, Any],
+    cls: type,
+    what: str,
+    filled: tuple[str, ...],
+    own: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+) -> None:
+    """A config block's keys are `cls`'s constructor arguments, less those the builder fills in
+    (`filled`), plus keys the builder reads itself (`own`); raise ValueError listing the accepted keys."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [*own, *(name for name in parameters if name not in ("self", *filled))]
+    for key in block:
+        if key not in accepted:
+            raise ValueError(f"unknown key {key!r} for {what}; accepted keys: {', '.join(accepted)}")
+    for key in required:
+        if key not in block:
+            raise ValueError(f"{what} needs the key {key!r}; accepted keys: {', '.join(accepted)}")
+
+
+def check_channels(channels: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+    """Each channel names a registered TransferChannel; a dict's other keys are its constructor's."""
+    for channel in channels:
+        name = channel if isinstance(channel, str) else channel.get("name")
+        if name not in CHANNELS:
+            raise ValueError(f"unknown transfer channel {name!r}; known: {', '.join(sorted(CHANNELS))}")
+        if isinstance(channel, dict):
+            check_block(channel, CHANNELS[name], f"channel {name!r}", filled=("dim", "tasks"), own=("name",))
+    return channels
 
 
 class ModelConfig(BaseModel):
@@ -34,6 +74,40 @@ class ModelConfig(BaseModel):
     channels: list[str | dict[str, Any]] = []
     fm: str = "fm"  # the FM whose published outputs the channels read (runs/<name>/publish/<fm>)
     fm_delay: int = Field(default=0, ge=0)  # read the FM published with this many extra days of staleness
+
+    @field_validator("interaction")
+    @classmethod
+    def _check_interaction(cls, interaction: dict[str, Any]) -> dict[str, Any]:
+        name = interaction.get("name")
+        if name not in INTERACTIONS:
+            raise ValueError(f"unknown interaction {name!r}; known: {', '.join(sorted(INTERACTIONS))}")
+        check_block(interaction, INTERACTIONS[name], f"interaction {name!r}", filled=("num_tokens", "dim"), own=("name",))
+        return interaction
+
+    @field_validator("heads")
+    @classmethod
+    def _check_heads(cls, heads: dict[str, Any]) -> dict[str, Any]:
+        check_block(heads, TaskHeads, "heads", filled=("in_features", "tasks"))
+        return heads
+
+    @field_validator("user_tower")
+    @classmethod
+    def _check_user_tower(cls, tower: dict[str, Any] | None) -> dict[str, Any] | None:
+        if tower is not None:
+            check_block(tower, UserTower, "user_tower", filled=("num_tokens", "token_dim", "num_dense"), own=("features",), required=("features",))
+        return tower
+
+    @field_validator("target_attention")
+    @classmethod
+    def _check_target_attention(cls, attention: dict[str, Any] | None) -> dict[str, Any] | None:
+        if attention is not None:
+            check_block(attention, TargetAttention, "target_attention", filled=("dim",), own=("query",))
+        return attention
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, channels: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        return check_channels(channels)
 
     def channel_specs(self) -> list[dict[str, Any]]:
         return [{"name": c} if isinstance(c, str) else dict(c) for c in self.channels]
@@ -105,6 +179,13 @@ class ExperimentConfig(BaseModel):
     # channel set. None: the later half of the evaluation days.
     test_days: int | None = Field(default=None, ge=1)
 
+    @field_validator("channel_sets")
+    @classmethod
+    def _check_channel_sets(cls, sets: dict[str, list[str | dict[str, Any]]]) -> dict[str, list[str | dict[str, Any]]]:
+        for channels in sets.values():
+            check_channels(channels)
+        return sets
+
 
 class RunConfig(BaseModel):
     """What `fxrec demo` runs: a log (simulated or imported), one FM and a list of VMs."""
@@ -131,7 +212,20 @@ class RunConfig(BaseModel):
 
 
 def load_config(path: Path | str) -> RunConfig:
+    """A run config from YAML; a missing file, bad YAML or a bad key is an InputError naming file and key."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    return RunConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    if not path.is_file():
+        raise InputError(f"{path}: config file does not exist" if not path.exists() else f"{path}: not a file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise InputError(f"{path}: not valid YAML{at} ({problem})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping of config keys (name, fm, vms, train, ...), got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw or {})
+    except ValidationError as error:
+        raise InputError(f"{path}: {describe_validation(error, RunConfig)}") from None

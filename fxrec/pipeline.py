@@ -21,8 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fxrec.config import ModelConfig, RunConfig
-from fxrec.data.eventlog import EventLog
-from fxrec.data.simulator import simulate_to
+from fxrec.data.eventlog import SPEC_FILE, EventLog
+from fxrec.data.schema import DatasetSpec
+from fxrec.data.simulator import dataset_spec, simulate_to
+from fxrec.errors import InputError
 from fxrec.models.ranking import MODEL_CARD, build_model, save_model_card
 from fxrec.report.evaluate import ModelEntry, evaluate_run
 from fxrec.report.render import write_report
@@ -30,7 +32,7 @@ from fxrec.train.trainer import Trainer
 from fxrec.transfer.experiment import print_experiment, run_transfer_experiment
 from fxrec.transfer.loopfm import LoopFMChannel
 from fxrec.transfer.publish import publish_dir
-from fxrec.transfer.published import PublishedFM
+from fxrec.transfer.published import PUBLISH_META, PublishedFM
 
 console = Console(width=160)
 
@@ -39,13 +41,44 @@ def events_path(config: RunConfig, run: Path) -> Path:
     return Path(config.events) if config.events else run / "events"
 
 
+def _simulates(config: RunConfig, run: Path, fresh: bool) -> bool:
+    return config.events is None and (fresh or not (events_path(config, run) / SPEC_FILE).exists())
+
+
+def planned_spec(config: RunConfig, run: Path, fresh: bool = False) -> DatasetSpec:
+    """The DatasetSpec of the run's log, found without writing anything: an existing log's (checked to
+    be one), or the spec the simulator will write. Raises InputError when there is neither."""
+    if not _simulates(config, run, fresh):
+        return EventLog(events_path(config, run)).spec
+    if config.simulator is None:
+        raise InputError("the config has neither `events:` (an existing log) nor `simulator:` settings")
+    return dataset_spec(config.simulator)
+
+
+def check_model(model_config: ModelConfig, spec: DatasetSpec, run: Path) -> None:
+    """What would stop `train_model` midway, as an InputError: surfaces, features or tasks the log lacks,
+    or transfer channels without a published FM. Reads only, so callers check before writing anything."""
+    name = model_config.name
+    known = {"surfaces": spec.surfaces, "features": [f.name for f in spec.features], "tasks": spec.tasks}
+    for key, values in known.items():
+        unknown = [v for v in getattr(model_config, key) or [] if v not in values]
+        if unknown:
+            raise InputError(f"model {name!r}: {key} {unknown} are not in dataset {spec.name!r}; known {key}: {values}")
+    published = publish_dir(run, model_config.fm, model_config.fm_delay)
+    if model_config.channels and not (published / PUBLISH_META).exists():
+        raise InputError(
+            f"model {name!r}: channels {[c['name'] for c in model_config.channel_specs()]} read the published FM "
+            f"{model_config.fm!r}, but {published} has no {PUBLISH_META}; run `fxrec publish --run {run}` first"
+        )
+
+
 def prepare_events(config: RunConfig, run: Path, fresh: bool = False) -> EventLog:
+    planned_spec(config, run, fresh)  # a bad `events:` log fails here, before the run directory is touched
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     path = events_path(config, run)
-    if config.events is None and (fresh or not (path / "spec.yaml").exists()):
-        if config.simulator is None:
-            raise ValueError("the config has neither `events:` (an existing log) nor `simulator:` settings")
+    if _simulates(config, run, fresh):
+        assert config.simulator is not None  # planned_spec checked
         console.print(f"simulating {config.simulator.days} days x {config.simulator.impressions_per_day:,} impressions -> {path}")
         simulate_to(config.simulator, path)
     return EventLog(path)
@@ -64,9 +97,7 @@ def train_model(
         if not quiet:
             console.print(f"{model_config.name}: already trained ({model_dir}); skipping")
         return model_dir
-    unknown = set(model_config.surfaces or []) - set(log.spec.surfaces)
-    if unknown:
-        raise ValueError(f"model {model_config.name!r} names surfaces {sorted(unknown)} not in the log's {log.spec.surfaces}")
+    check_model(model_config, log.spec, run)
     if model_config.role == "fm":
         for stale in (run / "publish").glob(f"{model_config.name}*"):
             shutil.rmtree(stale)  # outputs of an earlier FM: publish again from the new snapshots
@@ -102,8 +133,9 @@ def _same_config(model_dir: Path, model_config: ModelConfig) -> bool:
     return yaml.safe_load(card.read_text())["config"] == model_config.model_dump(mode="json")
 
 
-def entries(config: RunConfig, run: Path, log: EventLog) -> list[ModelEntry]:
-    models = [config.fm, *config.expand_vms(log.spec.surfaces)]
+def entries(config: RunConfig, run: Path, surfaces: list[str]) -> list[ModelEntry]:
+    """The config's models that have predictions to evaluate (`surfaces`: the log's, for `vm_per_surface`)."""
+    models = [config.fm, *config.expand_vms(surfaces)]
     return [
         ModelEntry(m.name, m.role, m.surfaces, list(m.channels), run / "models" / m.name / "predictions")
         for m in models
@@ -112,7 +144,7 @@ def entries(config: RunConfig, run: Path, log: EventLog) -> list[ModelEntry]:
 
 
 def evaluate_and_report(config: RunConfig, run: Path, log: EventLog, transfer: dict | None = None) -> dict:
-    content = evaluate_run(log, entries(config, run, log), config.train.report_days)
+    content = evaluate_run(log, entries(config, run, log.spec.surfaces), config.train.report_days)
     if transfer is not None:
         content["transfer"] = transfer
     json_path, html_path = write_report(content, run, title=config.name)
@@ -139,6 +171,10 @@ def print_summary(content: dict) -> None:
 
 
 def run_demo(config: RunConfig, run: Path, fresh: bool = False, serve: bool = True) -> dict:
+    spec = planned_spec(config, run, fresh)
+    check_model(config.fm, spec, run)
+    for vm in config.expand_vms(spec.surfaces):
+        check_model(vm, spec, run)
     log = prepare_events(config, run, fresh=fresh)
     train_model(config.fm, config, run, log, fresh=fresh)
     for vm in config.expand_vms(log.spec.surfaces):

@@ -15,26 +15,52 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
+from pydantic import ValidationError
 
-from fxrec.data.schema import CORE_COLUMNS, DatasetSpec, FeatureKind, expected_type
+from fxrec.data.schema import (
+    CORE_COLUMNS,
+    DatasetSpec,
+    FeatureKind,
+    binary_label,
+    expected_type,
+    label_columns,
+)
+from fxrec.errors import InputError, describe_validation
 
 SPEC_FILE = "spec.yaml"
 
 
-class EventLogError(ValueError):
+class EventLogError(InputError):
     """Bad input for an event log: says which source, which column and what was expected."""
 
 
 def day_of(ts_seconds: np.ndarray) -> np.ndarray:
     """UTC calendar day (as 'YYYY-MM-DD' strings) of unix timestamps."""
     return np.datetime_as_string(ts_seconds.astype("datetime64[s]"), unit="D")
+
+
+def check_labels(table: pa.Table, spec: DatasetSpec, where: Callable[[str], str]) -> None:
+    """Every label column is complete, and click, conversion and the tasks hold only 0/1.
+
+    A missing label is an error, never a silent 0: it would train the model on a negative nobody
+    observed. `where(column)` names the column in the message (file, source column).
+    """
+    for name in label_columns(spec, table.column_names):
+        column = table.column(name)
+        if column.null_count:
+            raise EventLogError(f"{where(name)} has {column.null_count} empty values; expected a label on every event")
+        if binary_label(spec, name):
+            outside = pc.and_(pc.not_equal(column, 0), pc.not_equal(column, 1))  # cheaper than is_in: ~3 ms / 1M rows
+            if pc.any(outside).as_py():
+                raise EventLogError(f"{where(name)} has value {column.filter(outside)[0].as_py()!r}; expected 0/1 labels")
 
 
 def validate_events(table: pa.Table, spec: DatasetSpec, source: str) -> pa.Table:
@@ -77,6 +103,7 @@ def validate_events(table: pa.Table, spec: DatasetSpec, source: str) -> pa.Table
     unknown = set(pc.unique(table.column("surface")).to_pylist()) - set(spec.surfaces)
     if unknown:
         raise EventLogError(f"{source}: column 'surface' has values {sorted(unknown)} not in the spec's surfaces {spec.surfaces}")
+    check_labels(table, spec, lambda column: f"{source}: column {column!r}")
     return table
 
 
@@ -124,7 +151,12 @@ class EventLog:
         spec_path = self.path / SPEC_FILE
         if not spec_path.exists():
             raise EventLogError(f"{self.path}: not an event log (no {SPEC_FILE}); create one with `fxrec data simulate` or `fxrec data import`")
-        self.spec = DatasetSpec.load(spec_path)
+        try:
+            self.spec = DatasetSpec.load(spec_path)
+        except ValidationError as error:
+            raise EventLogError(f"{spec_path}: not a dataset spec ({describe_validation(error, DatasetSpec)})") from None
+        except (OSError, yaml.YAMLError) as error:
+            raise EventLogError(f"{spec_path}: not a dataset spec ({' '.join(str(error).split())})") from None
         self.days: list[str] = sorted(p.name.removeprefix("day=") for p in self.path.glob("day=*") if p.is_dir())
         if not self.days:
             raise EventLogError(f"{self.path}: event log has no day=... partitions")
@@ -133,9 +165,11 @@ class EventLog:
         return sorted((self.path / f"day={day}").glob("*.parquet"))
 
     def read_day(self, day: str, columns: list[str] | None = None) -> pa.Table:
-        """One day's events in (ts, event_id) order."""
+        """One day's events in (ts, event_id) order; labels checked as when the log was written."""
         tables = [pq.read_table(f, columns=columns) for f in self.day_files(day)]
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        check_labels(table, self.spec, lambda column: f"{self.path / f'day={day}'}: column {column!r}")
+        return table
 
     def iter_days(self, columns: list[str] | None = None, days: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
         for day in days or self.days:

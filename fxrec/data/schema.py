@@ -129,6 +129,19 @@ def is_label(column: str, tasks: list[str]) -> bool:
     return column in ("click", "conversion") or column in tasks or column.startswith("label_")
 
 
+def label_columns(spec: DatasetSpec, columns: list[str]) -> list[str]:
+    """The label columns among `columns` (`is_label`)."""
+    return [c for c in columns if is_label(c, spec.tasks)]
+
+
+def binary_label(spec: DatasetSpec, column: str) -> bool:
+    """Whether a label column must hold 0/1: click, conversion and every task a model trains on.
+
+    Other `label_*` columns may be graded (MovieLens keeps its 1-5 rating as `label_rating`).
+    """
+    return column in ("click", "conversion") or column in spec.tasks
+
+
 def expected_type(spec: DatasetSpec, column: str) -> pa.DataType | None:
     """The Arrow type an event log must have for `column` (None if the spec does not constrain it)."""
     if column in CORE_COLUMNS:

@@ -46,11 +46,17 @@ def test_written_log_is_partitioned_by_day_and_time_ordered(tmp_path):
         (_table(event_id=np.array([1, 1, 2, 3, 4])), "column 'event_id' has duplicate values"),
         (_table(surface=["feed", "feed", "tv", "feed", "feed"]), "not in the spec's surfaces"),
         (_table().slice(0, 0), "no rows"),
+        (_table(click=np.array([1, 0, 2, 1, 0], dtype=np.float32)), "column 'click' has value 2.0; expected 0/1 labels"),
+        (_table(conversion=pa.array([1, None, 0, 0, 0], pa.float32())), "column 'conversion' has 1 empty values"),
+        (_table(label_like=np.ones(5)), None),  # a column that is not a label is not checked as one
     ],
 )
 def test_bad_input_names_source_and_column_and_writes_nothing(tmp_path, table, message):
     out = tmp_path / "events"
     write_events(_table(), SPEC, out)
+    if message is None:
+        write_events(table, SPEC, tmp_path / "other")
+        return
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(EventLogError, match=message) as error:
         write_events(table, SPEC, out, source="upload.csv")
@@ -58,6 +64,34 @@ def test_bad_input_names_source_and_column_and_writes_nothing(tmp_path, table, m
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert before == after
     assert [p.name for p in tmp_path.iterdir()] == ["events"]  # no temp folders left behind
+
+
+def test_graded_label_columns_may_hold_any_value_but_no_gaps(tmp_path):
+    """`label_*` columns that are not tasks (MovieLens's 1-5 `label_rating`) are graded; tasks are 0/1."""
+    write_events(_table(label_rating=np.array([1, 5, 3, 4, 2], dtype=np.float32)), SPEC, tmp_path / "a")
+    with pytest.raises(EventLogError, match="column 'label_rating' has 1 empty values"):
+        write_events(_table(label_rating=pa.array([1, None, 3, 4, 2], pa.float32())), SPEC, tmp_path / "b")
+    graded_task = SPEC.model_copy(update={"tasks": ["click", "label_rating"]})
+    with pytest.raises(EventLogError, match="column 'label_rating' has value 5.0; expected 0/1"):
+        write_events(_table(label_rating=np.array([1, 5, 0, 0, 1], dtype=np.float32)), graded_task, tmp_path / "c")
+
+
+def test_reading_a_label_gap_is_an_error_not_a_negative(tmp_path):
+    """A log changed after it was written (a missing click) fails on read, naming the day, never reads as 0."""
+    log = EventLog(write_events(_table(), SPEC, tmp_path / "events"))
+    day = log.days[0]
+    table = log.read_day(day)
+    pq.write_table(table.set_column(table.schema.get_field_index("click"), "click", pa.array([None] * table.num_rows, pa.float32())), log.day_files(day)[0])
+    with pytest.raises(EventLogError, match=rf"day={day}: column 'click' has {table.num_rows} empty values"):
+        log.read_day(day)
+    assert log.read_day(log.days[1]).num_rows > 0  # the untouched days still read
+
+
+def test_a_spec_that_is_not_one_names_the_file(tmp_path):
+    out = write_events(_table(), SPEC, tmp_path / "events")
+    (out / "spec.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(EventLogError, match=r"spec\.yaml: not a dataset spec"):
+        EventLog(out)
 
 
 def test_not_an_event_log(tmp_path):

@@ -49,8 +49,8 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from fxrec.data.eventlog import EventLogError, write_events
-from fxrec.data.schema import CORE_COLUMNS, DatasetSpec, expected_type
+from fxrec.data.eventlog import EventLogError, check_labels, write_events
+from fxrec.data.schema import CORE_COLUMNS, DatasetSpec, expected_type, label_columns
 from fxrec.data.sources.ids import stable_hash
 from fxrec.data.sources.negatives import NegativeSampling, add_negatives
 
@@ -152,10 +152,14 @@ def _first_bad(original: pl.Series, converted: pl.Series) -> object:
 def _timestamps(series: pl.Series, spec: TableImportSpec, where: str) -> pl.Series:
     if series.dtype == pl.String:
         fmt = spec.options.timestamp_format
-        parsed = series.str.to_datetime(fmt, strict=False, time_unit="us")
+        expected = f"format {fmt!r}" if fmt else "ISO 8601 datetimes (or set timestamp_format)"
+        try:
+            parsed = series.str.to_datetime(fmt, strict=False, time_unit="us")
+        except pl.exceptions.ComputeError:  # no format to infer from the first values
+            bad = series.drop_nulls().head(1).to_list()
+            raise EventLogError(f"{where} has a timestamp {bad[0] if bad else None!r} that does not parse; expected {expected}") from None
         bad = _first_bad(series, parsed)
         if bad is not None or parsed.null_count() == len(parsed):
-            expected = f"format {fmt!r}" if fmt else "ISO 8601 datetimes (or set timestamp_format)"
             raise EventLogError(f"{where} has a timestamp {bad!r} that does not parse; expected {expected}")
         if parsed.dtype.time_zone is not None:  # type: ignore[union-attr]
             parsed = parsed.dt.convert_time_zone("UTC")
@@ -286,6 +290,8 @@ def _check_values(path: Path, spec: TableImportSpec, columns: dict[str, pl.Serie
     if len(outside):
         where = _where(path, spec.source_of("click"), "click")
         raise EventLogError(f"{where} has value {outside[0]!r}; expected 0/1 labels (or set click_threshold)")
+    labels = pa.table({c: columns[c].to_arrow() for c in label_columns(spec.dataset, list(columns))})
+    check_labels(labels, spec.dataset, lambda column: _where(path, spec.source_of(column), column))
     unknown = sorted(set(columns["surface"].unique().to_list()) - set(spec.dataset.surfaces))
     if unknown:
         where = _where(path, spec.source_of("surface"), "surface")
