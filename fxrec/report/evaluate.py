@@ -1,7 +1,8 @@
 """Metrics for every model of a run, computed from the progressive predictions on disk.
 
 Each VM is compared with the FM on exactly the VM's evaluation events (joined by event_id), which
-is the comparison the transfer ratio is defined on. Labels are the matured ones the trainer wrote
+is the comparison the transfer ratio is defined on. Every task of the log is scored for every model
+(`tasks`); NE over time follows `fxrec.report.periods`. Labels are the matured ones the trainer wrote
 with its predictions (every conversion, however late it came): a model trained on labels as observed
 at its cutoff is judged by the final outcome, as an ads system judges it once conversions are in.
 """
@@ -16,6 +17,7 @@ import polars as pl
 
 from fxrec.data.eventlog import EventLog
 from fxrec.metrics import evaluate, relative_ne_change
+from fxrec.report.periods import excluded_reason, ne_over_time
 
 
 @dataclass
@@ -39,36 +41,43 @@ def _metrics(frame: pl.DataFrame, task: str) -> dict[str, float]:
     return evaluate(frame[f"label_{task}"].to_numpy(), frame[f"pred_{task}"].to_numpy(), frame["user_id"].to_numpy())
 
 
+def task_metrics(frame: pl.DataFrame, task: str) -> dict:
+    """One model's metrics on one task over all its evaluation events, plus `positives` and
+    `excluded` ("constant label" when the task has no positive or no negative there: NE, AUC, GAUC and
+    calibration are then NaN instead of a division by a zero entropy)."""
+    labels = frame[f"label_{task}"].to_numpy()
+    metrics = {**_metrics(frame, task), "positives": float(labels.sum()), "excluded": excluded_reason(labels, min_events=1)}
+    if metrics["excluded"] is not None:
+        metrics.update(ne=float("nan"), auc=float("nan"), gauc=float("nan"), calibration=float("nan"))
+    return metrics
+
+
 def report_days(frame: pl.DataFrame, last: int | None) -> list[str]:
     days = sorted(frame["day"].unique().to_list())
     return days[-last:] if last else days
 
 
 def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None) -> dict:
-    """The report's content: per-model metrics, VM-vs-FM comparisons, NE per day, oracle."""
+    """The report's content: per-model metrics on every task, VM-vs-FM comparisons (first task), NE
+    over time (first task, see `fxrec.report.periods`), oracle."""
     spec = log.spec
     tasks = spec.tasks
     predictions = {e.name: load_predictions(e) for e in entries}
     fm = next((e for e in entries if e.role == "fm"), None)
     days = report_days(predictions[fm.name] if fm else next(iter(predictions.values())), last_days)
     oracle = _oracle(log, days)
-    models, comparisons, daily = [], [], {}
+    models, comparisons, frames = [], [], {}
     for entry in entries:
-        frame = predictions[entry.name].filter(pl.col("day").is_in(days))
+        frame = frames[entry.name] = predictions[entry.name].filter(pl.col("day").is_in(days))
         row = {
             "name": entry.name,
             "role": entry.role,
             "surface": ",".join(entry.surfaces) if entry.surfaces else "all",
             "channels": entry.channels,
         }
-        primary = _metrics(frame, tasks[0])
-        row.update({k: primary[k] for k in ("ne", "auc", "gauc", "calibration", "log_loss", "n_eval")})
-        row["tasks"] = {t: _metrics(frame, t) for t in tasks if frame[f"label_{t}"].sum() > 0}
+        row["tasks"] = {t: task_metrics(frame, t) for t in tasks}
+        row.update({k: row["tasks"][tasks[0]][k] for k in ("ne", "auc", "gauc", "calibration", "log_loss", "n_eval")})
         models.append(row)
-        daily[entry.name] = [
-            {"day": day, **{k: v for k, v in _metrics(group, tasks[0]).items() if k in ("ne", "auc", "n_eval")}}
-            for (day,), group in sorted(frame.group_by("day"), key=lambda item: item[0][0])
-        ]
         if fm is not None and entry.role == "vm":
             same = predictions[fm.name].join(frame.select("event_id"), on="event_id", how="inner")
             if same.height != frame.height:
@@ -94,7 +103,7 @@ def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None
         "eval_days": days,
         "models": models,
         "comparisons": comparisons,
-        "daily": daily,
+        "ne_over_time": ne_over_time(frames, tasks[0]),
     }
     if oracle is not None:
         result["oracle"] = {k: v for k, v in _metrics(oracle, "click").items() if k != "gauc"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import math
@@ -12,32 +13,54 @@ import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def _png(figure) -> str:
+def _png(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def ne_per_day_plot(daily: dict[str, list[dict]]) -> str:
-    figure, axis = plt.subplots(figsize=(8, 4))
-    for name, rows in daily.items():
-        axis.plot([r["day"][5:] for r in rows], [r["ne"] for r in rows], marker="o", label=name, linewidth=2 if name == "fm" else 1)
-    axis.set_xlabel("evaluation day (trained on all earlier days)")
-    axis.set_ylabel("NE (lower is better)")
-    axis.set_title("Progressive evaluation: NE per day")
+def ne_over_time_figure(over_time: dict) -> Figure | None:
+    """NE per period of every model (`fxrec.report.periods`), on a date axis readable at any length.
+    Excluded periods are NaN, a gap in the line; None when no model has a period to draw."""
+    drawn = {name: rows for name, rows in over_time["periods"].items() if any(r["excluded"] is None for r in rows)}
+    if not drawn:
+        return None
+    figure, axis = plt.subplots(figsize=(9, 4))
+    dates = set()
+    for name, rows in drawn.items():
+        starts = [dt.date.fromisoformat(r["start"]) for r in rows]
+        values = [r["ne"] if r["excluded"] is None else math.nan for r in rows]
+        axis.plot(starts, values, marker="o", markersize=3, label=name, linewidth=2 if name == "fm" else 1)
+        dates.update(starts)
+    # A handful of date ticks whatever the span: 3 days or 800 read the same. Periods are whole
+    # days, so a tick never falls inside one (hourly ticks only every 24 hours, at midnight).
+    locator = mdates.AutoDateLocator(minticks=min(3, len(dates)), maxticks=10)
+    locator.intervald[mdates.HOURLY] = [24]
+    if len(dates) == 1:  # one point: a day either side, not the locator's default span of years
+        (only,) = dates
+        axis.set_xlim(only - dt.timedelta(days=1), only + dt.timedelta(days=1))
+    axis.xaxis.set_major_locator(locator)
+    axis.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axis.tick_params(axis="x", labelrotation=30)
+    period = over_time["period"]
+    axis.set_xlabel(f"evaluation {period}{' (from its Monday)' if period == 'week' else ''}; trained on all earlier days")
+    axis.set_ylabel(f"NE on {over_time['task']} (lower is better)")
+    axis.set_title(f"Progressive evaluation: NE per {period}")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.autofmt_xdate()
-    return _png(figure)
+    return figure
 
 
 def fm_vs_vm_plot(comparisons: list[dict]) -> str:
+    comparisons = [c for c in comparisons if c["vm_ne"] is not None and c["fm_ne"] is not None]  # NE undefined: a constant label
     figure, axis = plt.subplots(figsize=(6, 3.5))
     names = [c["vm"] for c in comparisons]
     x = range(len(names))
@@ -102,19 +125,37 @@ def _clean(value):
     return value
 
 
+def _facts(content: dict) -> dict:
+    """What the template's sentences may name, read off the content, so no sentence names a row,
+    channel set or column the report does not have."""
+    transfer = content.get("transfer") or {}
+    rows = transfer.get("rows", [])
+    over_time = content["ne_over_time"]
+    return {
+        "sum_sets": list(dict.fromkeys(r["channel_set"] for r in rows if "sum" in r.get("channels", []))),
+        "has_kd_test": any(r.get("p_vs_kd") is not None for r in rows),
+        "has_intervals": any(r.get("transfer_ratio_low") is not None for r in rows),
+        "excluded_periods": sum(r["excluded"] is not None for series in over_time["periods"].values() for r in series),
+        "excluded_reasons": sorted({r["excluded"] for series in over_time["periods"].values() for r in series if r["excluded"]}),
+    }
+
+
 def write_report(content: dict, run_dir: Path, title: str) -> tuple[Path, Path]:
     content = _clean(content)
     json_path = run_dir / "report.json"
     json_path.write_text(json.dumps(content, indent=2))
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
-    plots = {"ne_per_day": ne_per_day_plot(content["daily"])}
+    plots = {}
+    over_time = ne_over_time_figure(content["ne_over_time"])
+    if over_time is not None:
+        plots["ne_over_time"] = _png(over_time)
     if content["comparisons"]:
         plots["fm_vs_vm"] = fm_vs_vm_plot(content["comparisons"])
     if content.get("transfer"):
         ratio_plot = transfer_ratio_plot(content["transfer"]["rows"])
         if ratio_plot is not None:
             plots["transfer_ratio"] = ratio_plot
-    html = environment.get_template("report.html.j2").render(title=title, report=content, plots=plots)
+    html = environment.get_template("report.html.j2").render(title=title, report=content, plots=plots, facts=_facts(content))
     html_path = run_dir / "report.html"
     html_path.write_text(html)
     return json_path, html_path

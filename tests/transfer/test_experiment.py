@@ -73,6 +73,18 @@ def _synthetic_run(tmp_path, tiny_fm_config, tiny_vm_args, quality: dict) -> tup
     return config, run
 
 
+def _report_content(run, result: dict) -> dict:
+    """What `evaluate_run` gives the report, with no model table, the FM's NE over time and `result`."""
+    from fxrec.report.evaluate import ModelEntry, load_predictions
+    from fxrec.report.periods import ne_over_time
+
+    fm = load_predictions(ModelEntry("fm", "fm", None, [], run / "models" / "fm" / "predictions"))
+    return {
+        "dataset": "synthetic", "tasks": ["click"], "eval_days": DAYS, "models": [], "comparisons": [],
+        "ne_over_time": ne_over_time({"fm": fm}, "click"), "transfer": result,
+    }
+
+
 def _ne_on(run, name: str, days: list[str]) -> float:
     """NE of one model's predictions on the given days, computed here from the files."""
     frame = pl.concat([pl.read_parquet(run / "models" / name / "predictions" / f"day={d}.parquet") for d in days])
@@ -132,10 +144,7 @@ def test_ratio_is_undefined_when_the_fm_is_no_better_on_test_days(tmp_path, tiny
         assert row["transfer_ratio"] is None and row["transfer_ratio_low"] is None
         assert row["transfer_ratio_reason"] == FM_NOT_BETTER
     assert result["best"]["vm"]["transfer_ratio_reason"] == FM_NOT_BETTER
-    content = {
-        "dataset": "synthetic", "eval_days": DAYS, "models": [], "comparisons": [],
-        "daily": {"fm": [{"day": d, "ne": 0.9} for d in DAYS]}, "transfer": result,
-    }
+    content = _report_content(run, result)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no empty axes, no "no artists" legend warning
         assert transfer_ratio_plot(result["rows"]) is None
@@ -152,10 +161,7 @@ def test_report_names_validation_and_test_days_and_marks_the_chosen_set(tmp_path
 
     config, run = _synthetic_run(tmp_path, tiny_fm_config, tiny_vm_args, QUALITY)
     result = evaluate_experiment(config, run, SPEC)
-    content = {
-        "dataset": "synthetic", "eval_days": DAYS, "models": [], "comparisons": [],
-        "daily": {"fm": [{"day": d, "ne": 0.9} for d in DAYS]}, "transfer": result,
-    }
+    content = _report_content(run, result)
     json_path, html_path = write_report(content, tmp_path, title="synthetic")
     saved = json.loads(json_path.read_text())["transfer"]
     assert (saved["validation_days"], saved["test_days"]) == (VALIDATION, TEST)
