@@ -144,6 +144,12 @@ class TrainConfig(BaseModel):
     # Oracle comparison only: train day t on conversions that happen after day t (a leak no real system
     # has). Off, training sees labels as observed at the end of each day (fxrec.data.labels).
     train_on_matured_labels: bool = False
+    # The heads' output bias starts at the label rate of the data trained on so far, shrunk toward 0.5
+    # by `bias_prior_events` pseudo-events (2: Laplace's rule), reset before each day until
+    # `bias_warmup_events` have been trained on: a tiny first day (one non-click, three clicks) cannot
+    # start every model at p ~ 0 or ~ 1 (Trainer.start_at_base_rates).
+    bias_prior_events: float = Field(default=2.0, ge=0.0)
+    bias_warmup_events: int = Field(default=1000, ge=0)
 
     @model_validator(mode="after")
     def _embedding_weight_decay_needs_adam(self) -> TrainConfig:

@@ -38,7 +38,7 @@ from fxrec.data.labels import delay_columns, observed_frame
 from fxrec.data.schema import FeatureKind, FeatureSpec
 from fxrec.metrics import auc, log_loss, ne
 from fxrec.train.checkpoint import model_state
-from fxrec.train.trainer import Trainer
+from fxrec.train.trainer import LabelTally, Trainer
 
 SPLITS = ("train", "valid", "test")
 Jagged = tuple[np.ndarray, np.ndarray]  # (offsets (N+1,), values)
@@ -198,6 +198,8 @@ def fit_holdout(
     size = trainer.config.batch_size
     rows = frames.train.num_rows if max_train_rows is None else min(max_train_rows, frames.train.num_rows)
     result = HoldoutResult(best_epoch=-1)
+    if trainer.step == 0:
+        trainer.start_at_base_rates(LabelTally(trainer.model.tasks).add(frames.train), "the training split")
     best_auc, best_state, stale = -np.inf, None, 0
     for epoch in range(max_epochs):
         generator = torch.Generator().manual_seed(trainer.config.seed * 1_000_003 + epoch)

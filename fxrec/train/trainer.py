@@ -64,6 +64,20 @@ class RunningNE:
         return (self.loss_sum / self.count) / -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
 
+class LabelTally:
+    """Events and positives per task over the frames added so far."""
+
+    def __init__(self, tasks: list[str]):
+        self.events = 0
+        self.positives = dict.fromkeys(tasks, 0.0)
+
+    def add(self, frame: EventFrame) -> LabelTally:
+        self.events += frame.num_rows
+        for task in self.positives:
+            self.positives[task] += float(frame.labels[task].sum())
+        return self
+
+
 class Trainer:
     """Trains one RankingModel progressively over an event log and writes its predictions."""
 
@@ -212,13 +226,20 @@ class Trainer:
             disable=not self.progress,
         ) as bar:
             task = bar.add_task(self.model_dir.name, total=len(log.days), rate="-", ne="-")
+            seen = LabelTally(self.model.tasks)  # labels trained on so far (for the starting bias)
             for index, (day, frame) in enumerate(iter_frames(log, features, surfaces=surfaces)):
+                # Day t is trained at its end: its labels as observed then (predictions are scored on
+                # the matured ones).
+                matured = self.config.train_on_matured_labels
+                train_frame = frame if matured else observed_frame(frame, training_cutoff(day))
                 if resume is not None and day < resume[0]:
+                    seen.add(train_frame)
                     bar.advance(task)
                     continue
                 skip = 0
                 if resume is not None and day == resume[0]:
                     if resume[2]:
+                        seen.add(train_frame)
                         resume = None
                         bar.advance(task)
                         continue
@@ -229,15 +250,13 @@ class Trainer:
                 if index > 0 and not (predictions_dir / f"day={day}.parquet").exists():
                     self._write_predictions(frame, day, predictions_dir)
                 if day != log.days[-1]:
-                    # Day t is trained at its end: its labels as observed then (the predictions above
-                    # were scored on the matured ones).
-                    matured = self.config.train_on_matured_labels
-                    train_frame = frame if matured else observed_frame(frame, training_cutoff(day))
-                    if self.step == 0 and skip == 0:
-                        base_rates = {t: float(train_frame.labels[t].mean()) for t in self.model.tasks}
-                        self.model.heads.init_bias(base_rates)
-                        for channel in self.model.channels:
-                            channel.init_bias(base_rates)
+                    if skip == 0 and seen.events < self.config.bias_warmup_events:
+                        seen.add(train_frame)
+                        note = self.start_at_base_rates(seen, f"the {seen.events:,} events through day {day}")
+                        if self.progress:
+                            bar.console.print(note)
+                    else:
+                        seen.add(train_frame)
                     for batches_done, batch in enumerate(self._batches(train_frame, index), start=1):
                         if batches_done <= skip:
                             continue
@@ -261,6 +280,23 @@ class Trainer:
                 bar.advance(task)
         save_atomic(model_state(self.model), self.model_dir / "model.pt")
         return predictions_dir
+
+    def start_at_base_rates(self, seen: LabelTally, source: str) -> str:
+        """Set every head's output bias (and the channels' own heads) to the label rate of the data
+        trained on so far, with Laplace's rule of succession: (positives + 1) / (events + 2) for
+        `bias_prior_events` = 2 (in general, shrunk toward 0.5 by that many pseudo-events). Rare labels
+        (0.4% clicks) otherwise need thousands of steps just to leave p = 0.5. The progressive loop
+        calls this before each day until `bias_warmup_events` have been trained on, so a tiny first day
+        (one non-click, three clicks) sets a mild start that the next days replace, and the rate only
+        ever comes from days already trained (never a later day's labels). Returns what was chosen."""
+        k = self.config.bias_prior_events
+        rates = {t: (seen.positives[t] + k / 2) / (seen.events + k) if seen.events + k > 0 else 0.5 for t in self.model.tasks}
+        self.model.heads.init_bias(rates)
+        for channel in self.model.channels:
+            channel.init_bias(rates)
+        raw = {t: seen.positives[t] / seen.events if seen.events else float("nan") for t in self.model.tasks}
+        chosen = ", ".join(f"{t} {raw[t]:.4f} -> {rates[t]:.4f}" for t in self.model.tasks)
+        return f"{self.model_dir.name}: output bias from the label rate of {source} (prior {k:g} events): {chosen}"
 
     def _batches(self, frame: EventFrame, day_index: int):
         """A day's training batches; shuffled within the day (seeded per day, so resume is exact).
