@@ -81,6 +81,7 @@ class KunlunSequenceTower(nn.Module):
         comp_skip: bool,
         rotary: str,
         input_norm: bool,
+        pooling_residual: bool,
     ):
         super().__init__()
         self.is_global = [not comp_skip or i % 2 == 0 for i in range(num_layers)]
@@ -88,7 +89,7 @@ class KunlunSequenceTower(nn.Module):
 
         def pool() -> nn.Module:
             return build_pooling(
-                pooling, width, num_sequence_tokens, num_heads, seed_multiplier, pooling_rank
+                pooling, width, num_sequence_tokens, num_heads, seed_multiplier, pooling_rank, pooling_residual
             )
 
         def project(a: int, b: int) -> nn.Module:
@@ -150,6 +151,8 @@ class Kunlun(Interaction):
     `rotary`: "time" (ROTE, angle from log(1 + age); falls back to positions when ages are missing),
     "position" (RoPE) or "none". `window=None` means full attention in the local layers.
     `gdpa_scale=None` scales GDPA by 1 / sequence.max_len.
+    `pooling_residual`: HSP's form, Z = seeds + MHA(Norm(seeds), S, S) (True) or the paper's
+    Z = MHA(Norm(seeds), S, S) (False); see `HierarchicalSeedPooling`.
     `interaction_tokens`: what the global interaction crosses, "summary" ([X_sum ‖ H]) or "all"
     ([X ‖ X_sum ‖ H]; see the module docstring).
     `event_type_feature`: the sequence feature whose value is each history entry's event type (type =
@@ -175,6 +178,7 @@ class Kunlun(Interaction):
         pooling: str = "hsp",
         seed_multiplier: int = 4,
         pooling_rank: int = 2,
+        pooling_residual: bool = True,
         ffn_hidden: int = 64,
         gdpa_activation: str = "silu",
         gdpa_scale: float | None = None,
@@ -227,6 +231,7 @@ class Kunlun(Interaction):
                 comp_skip,
                 rotary,
                 input_norm,
+                pooling_residual,
             )
             for width in widths
         )

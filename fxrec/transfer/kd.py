@@ -1,8 +1,11 @@
 """KD: one head trained on true labels plus the FM's soft labels -- the baseline every paper compares to.
 
-    L = BCE(y_vm, y) + weight * BCE(y_vm, sigmoid(y_fm))
+    L = BCE(y_vm, y) + weight * T^2 * BCE(y_vm / T, sigmoid(y_fm / T))
 
 The FM's bias reaches the serving head directly here; ExFM's auxiliary head exists to avoid that.
+With temperature T the soft term's gradient in y_vm is T * (sigmoid(y_vm / T) - sigmoid(y_fm / T)),
+which tends to (y_vm - y_fm) / 4 as T grows: the T^2 factor (Hinton et al., 2015) keeps the soft
+term's pull the same size whatever T, so changing T does not silently reweight it against the labels.
 """
 
 from __future__ import annotations
@@ -30,4 +33,4 @@ class KnowledgeDistillation(TransferChannel):
             fm_logits, found = fm_targets(batch, task)
             target = torch.sigmoid(fm_logits / self.temperature)
             total = total + soft_bce(output.logits[task] / self.temperature, target, found)
-        return self.weight * total
+        return self.weight * self.temperature**2 * total

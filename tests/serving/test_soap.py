@@ -102,19 +102,30 @@ def test_a_slow_fm_never_slows_the_request_path(served_run, small_log, catalog, 
     )
     assert service.refresher is not None
     original = service.refresher.run
+    refreshed: list[int] = []
 
     def slow(jobs):
         time.sleep(1.0)
-        original(jobs)
+        counts = original(jobs)
+        refreshed.extend(j.user_id for j in jobs)
+        return counts
 
     service.refresher.run = slow  # type: ignore[method-assign]
     events = last_day_events(small_log).head(10).rows(named=True)
+    first_user = np.array([events[0]["user_id"]])
+    published_ts = service.user_store.read(first_user)[0].ts[0]  # -1 if never published
+    done = service.metrics.refresh_events.labels(event="done")
+    failed = service.metrics.refresh_events.labels(event="failed")
     with TestClient(create_app(service)) as client:
         client.post("/v1/score", json=request_for(catalog, events[0]))  # warm-up
         started = time.perf_counter()
         for event in events:
             assert client.post("/v1/score", json=request_for(catalog, event)).status_code == 200
         elapsed = time.perf_counter() - started
+        # The slow FM did run behind those requests: a 1s refresh that never ran would prove nothing.
+        assert wait_until(lambda: done._value.get() >= 1, 30)
+        assert events[0]["user_id"] in refreshed and failed._value.get() == 0
+        assert service.user_store.read(first_user)[0].ts[0] > max(published_ts, service.catalog.last_ts)
     assert elapsed < 1.0, f"10 requests took {elapsed:.2f}s while each refresh takes 1s"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -34,6 +36,48 @@ def test_a_vm_trains_with_each_channel(published_run, transfer_config, small_log
 
     model, config, _ = load_model(model_dir)
     assert [c.name for c in model.channels] == [c if isinstance(c, str) else c["name"] for c in CHANNEL_SETS[name]]
+    _assert_joins_find_the_published_outputs(model, published_run, small_log)
+
+
+def _assert_joins_find_the_published_outputs(model, published_run, small_log) -> None:
+    """Walk the VM's frames as the trainer does and attach every channel: the FM published every event
+    of days 1..3, so per-event joins must find (nearly) all of them with the published values, and the
+    as-of joins (user embedding, LoopFM history) must find a good share. A join that silently finds
+    nothing would still train a VM (on zeros and "missing" tokens)."""
+    from fxrec.data.reader import iter_frames
+    from fxrec.transfer.publish import publish_dir
+    from fxrec.transfer.published import PublishedFM
+
+    directory = publish_dir(published_run, "fm", 0)
+    published = pl.concat([pl.read_parquet(p) for p in sorted(directory.glob("day=*.parquet"))])
+    order = np.argsort(published["event_id"].to_numpy())
+    published_ids = published["event_id"].to_numpy()[order]
+    reader = PublishedFM(directory)
+    found: dict[str, list[np.ndarray]] = {}
+    features = [small_log.spec.feature(n) for n in model.features]
+    for day, frame in iter_frames(small_log, features, surfaces=["feed"]):
+        for channel in model.channels:
+            channel.attach(frame, reader)
+        if day == small_log.days[0]:
+            continue  # no FM snapshot before the first day: nothing published
+        rows = order[np.searchsorted(published_ids, frame.meta["event_id"].numpy())]
+        for key in ("fm_found", "tae_found", "sum_user_found"):
+            if key in frame.extras:
+                found.setdefault(key, []).append(frame.extras[key].numpy())
+        if "fm_found" in frame.extras:
+            expected = published["logit_click"].to_numpy()[rows]
+            np.testing.assert_array_equal(frame.extras["fm_logit_click"].numpy(), expected)
+        if "tae_found" in frame.extras:
+            expected = np.stack(published["tae"].to_numpy()[rows])
+            np.testing.assert_array_equal(frame.extras["tae"].numpy(), expected)
+        if "loopfm" in frame.jagged_extras:
+            offsets = frame.jagged_extras["loopfm"][0].numpy()
+            found.setdefault("loopfm", []).append((np.diff(offsets) > 0).astype(np.float32))
+    assert found, "no channel joined anything"
+    bounds = {"fm_found": 0.99, "tae_found": 0.99, "sum_user_found": 0.8, "loopfm": 0.8}  # as-of: ~0.9 here
+    for key, flags in found.items():
+        fraction = float(np.concatenate(flags).mean())
+        assert fraction > bounds[key], f"{key}: joined {fraction:.2f} of the published days' events"
 
 
 def test_gradient_scaling_is_identity_forward_and_beta_backward():
@@ -44,14 +88,41 @@ def test_gradient_scaling_is_identity_forward_and_beta_backward():
     assert torch.allclose(x.grad, torch.full_like(x, 5.0))
 
 
-def test_exfm_label_scaling_clips_at_one(published_run):
+def _bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row BCE with soft targets, written out: -(t log p + (1 - t) log(1 - p))."""
+    p = torch.sigmoid(logits)
+    return -(targets * torch.log(p) + (1 - targets) * torch.log(1 - p))
+
+
+def test_exfm_loss_distils_the_scaled_clipped_fm_probability():
+    """ExFM's auxiliary loss: w * mean over found rows of BCE(y_aux, min(alpha * sigmoid(y_fm), 1)),
+    with the trunk gradient multiplied by beta and the loss value unchanged by it."""
     from fxrec.transfer.exfm import ExFM
 
-    channel = ExFM(8, ["click"], alpha=4.0)
-    channel.build(16)
-    probabilities = torch.tensor([0.1, 0.3, 0.9])
-    target = (channel.alpha * probabilities).clamp(max=1.0)
-    assert torch.allclose(target, torch.tensor([0.4, 1.0, 1.0]))
+    torch.manual_seed(0)
+    fm_logits = torch.tensor([-3.0, -1.2, 0.5, 2.0, -2.2, 0.0])  # alpha * p: 0.19, 0.93, 2.5, 3.5, 0.39, 2.0
+    found = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    batch = SimpleNamespace(extras={"fm_logit_click": fm_logits, "fm_found": found})
+    top = torch.randn(6, 16)
+    grads, losses = [], []
+    for beta in (1.0, 3.0):
+        torch.manual_seed(1)  # the same auxiliary head both times
+        channel = ExFM(8, ["click"], weight=2.5, beta=beta, alpha=4.0)
+        channel.build(16)
+        trunk = top.clone().requires_grad_(True)
+        loss = channel.loss(SimpleNamespace(representations={"top": trunk}), batch)
+        loss.backward()
+        grads.append(trunk.grad)
+        losses.append(loss)
+        with torch.no_grad():
+            aux = channel.aux_head(top)["click"]
+        target = torch.minimum(4.0 * torch.sigmoid(fm_logits), torch.ones(6))
+        assert target[2:4].eq(1.0).all() and target[0] < 1  # the clip is reached on some rows, not all
+        expected = 2.5 * (_bce(aux, target) * found).sum() / found.sum()
+        torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses[1], losses[0])
+    torch.testing.assert_close(grads[1], 3.0 * grads[0])
+    assert grads[0].abs().sum() > 0 and grads[0][4].abs().sum() == 0  # the row without FM output adds nothing
 
 
 def test_student_adapter_learns_a_stale_fms_shift():
