@@ -31,8 +31,9 @@ same rows are touched): dense Adam's cost grows with the tables, the sparse upda
 
 Rounds: every system trains one epoch per round, in an order that rotates per round, so the same
 machine load falls on everyone; the ratios fxrec / each other system are taken per round and
-reported as median, min and max over rounds. torch threads: 2 for all; DataLoader workers: 0.
-fp32 everywhere.
+reported as median, min and max over rounds (round 1 holds every system's first epoch, with its
+one-off costs: page faults on fresh tables and optimizer state). torch threads: 2 for all;
+DataLoader workers: 0. fp32 everywhere.
 """
 
 from __future__ import annotations
