@@ -66,11 +66,22 @@ class PlainDCN(nn.Module):
             x = x0 * up(down(x)) + x
         return self.tower(x).squeeze(-1)
 
-    def optimizers(self, lr: float, fused: bool = False) -> list[torch.optim.Optimizer]:
-        """Adam on everything; SparseAdam for the tables when they produce sparse gradients."""
+    def optimizers(
+        self, lr: float, fused: bool = False, table_lr: float | None = None
+    ) -> list[torch.optim.Optimizer]:
+        """Dense tables: Adam(lr) on everything (`fused`: one kernel for the whole update).
+
+        Sparse tables (`sparse_gradients=True`, sparse COO gradients): AdaGrad(`table_lr`, eps 1e-8) on
+        the rows a batch touched -- torch's element-wise AdaGrad, the closest built-in to FBGEMM's
+        row-wise one (same rows, same step form w -= lr * g / (sqrt(G) + eps), but one accumulator
+        per value instead of one per row) -- and Adam(lr, fused) on the dense part.
+        """
+        if not self.embeddings[0].sparse:
+            return [torch.optim.Adam(self.parameters(), lr=lr, fused=fused)]
         table_params = list(self.embeddings.parameters())
         table_ids = {id(p) for p in table_params}
         dense_params = [p for p in self.parameters() if id(p) not in table_ids]
-        if self.embeddings[0].sparse:
-            return [torch.optim.Adam(dense_params, lr=lr), torch.optim.SparseAdam(table_params, lr=lr)]
-        return [torch.optim.Adam(self.parameters(), lr=lr, fused=fused)]
+        return [
+            torch.optim.Adam(dense_params, lr=lr, fused=fused),
+            torch.optim.Adagrad(table_params, lr=table_lr if table_lr is not None else lr, eps=1e-8),
+        ]

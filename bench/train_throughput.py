@@ -1,8 +1,9 @@
-"""Training throughput of the same DCNv2 in fxrec, DeepCTR-Torch, FuxiCTR and plain PyTorch, side by side.
+"""Training throughput of the same DCNv2 in fxrec, DeepCTR-Torch, FuxiCTR and plain PyTorch, on the same work.
 
-Data: the simulator's log (all surfaces); every day but the last is trained on, the last day is held
-out for logloss / AUC (so nobody benchmarks a broken model). Features: the VM-visible ones (9 sparse
-single-id features + 2 dense), hashed into the same table rows for every framework, embedding dim 16.
+Data: the simulator's log in the demo's world (configs/demo.yaml's simulator; fewer days), all
+surfaces; every day but the last is trained on, the last day is held out for logloss / AUC (so nobody
+benchmarks a broken model). Features: the VM-visible ones (9 sparse single-id features + 2 dense),
+hashed into the same table rows for every framework, embedding dim 16.
 
 Model: DCNv2 with 2 cross layers; fxrec and the plain reference use the low-rank cross (rank 32),
 a bottom MLP [64] -> one token for the dense features, and an MLP tower [128, 64] -> 1 on the cross
@@ -13,12 +14,26 @@ shuffles within the day and calls Trainer.train_step; DeepCTR runs model.fit(epo
 dict; FuxiCTR runs BaseModel.train_epoch on its NpzDataLoader; plain PyTorch slices in-memory tensors.
 The peers' one-off preprocessing (Parquet -> numpy / npz) is NOT timed, fxrec's Parquet reading is.
 
-Optimizers: fxrec uses row-wise AdaGrad fused into TorchRec's TBE for the tables + Adam for the dense
-part (fused Adam); the peers and the plain reference use Adam on everything (their default), and the
-plain reference is also run with fused Adam, so the bound it sets is the faster of the two.
-torch threads: 2 for all; DataLoader workers: 0 (the same two cores for everyone). Epochs are
-interleaved round-robin so every framework sees the same machine load. fp32 everywhere except the
-separate `fxrec bf16` row (autocast bf16 around the step, AMX matmuls).
+The optimizer is part of the work, so systems are only compared within a group that runs the same
+update rule (UPDATE_RULES below and in the JSON):
+
+- `dense_adam`: every system -- fxrec (TrainConfig embedding_optimizer: adam, unfused TorchRec
+  tables), DeepCTR-Torch, FuxiCTR, plain PyTorch (foreach and fused Adam) -- runs Adam (lr 1e-3) on
+  every parameter from dense gradients: every row of every table moves on every step.
+- `sparse_rowwise`: only the rows a batch touched move. fxrec: row-wise AdaGrad fused into FBGEMM's
+  TBE backward (its default); plain PyTorch: nn.Embedding(sparse=True) with torch.optim.Adagrad on
+  the sparse gradients (element-wise AdaGrad, the closest built-in: same rows and step form, one
+  accumulator per value instead of one per row). Both: fused Adam (lr 1e-3) on the dense part.
+
+Each group runs at the demo's table sizes (`demo`: item_id 2048 rows, advertiser_id 301, the rest
+4..25) and with the id tables (item_id, advertiser_id) at 10^6 rows (`1e6`; the same ids, so the
+same rows are touched): dense Adam's cost grows with the tables, the sparse update's does not.
+
+Rounds: every system trains one epoch per round, in an order that rotates per round, so the same
+machine load falls on everyone; the ratios fxrec / each other system are taken per round and
+reported as median, min and max over rounds (round 1 holds every system's first epoch, with its
+one-off costs: page faults on fresh tables and optimizer state). torch threads: 2 for all;
+DataLoader workers: 0. fp32 everywhere.
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ import _common
 import numpy as np
 import pyarrow as pa
 import torch
+import yaml
 from _plain_dcn import PlainDCN
 
 from fxrec.config import TrainConfig
@@ -52,19 +68,45 @@ from fxrec.train.trainer import Trainer
 
 NAME = "train_throughput"
 DIM, CROSS_LAYERS, LOW_RANK, DENSE_LAYERS, HIDDEN, LR = 16, 2, 32, [64], [128, 64], 1e-3
+ADAGRAD_LR = TrainConfig().embedding_lr  # fxrec's default row-wise AdaGrad rate, for both sparse systems
 THREADS = 2
+TABLES = {"demo": None, "1e6": 10**6}  # rows of the id tables (None: the demo world's own sizes)
+GROUPS = ("dense_adam", "sparse_rowwise")
 
 PEERS = {
     "deepctr DCN(matrix)": "DeepCTR-Torch DCN, cross_parameterization='matrix' (full-rank DCNv2 cross, W: n*d x n*d), "
     "parallel structure: cross || DNN(128, 64) on the raw embeddings + dense values, concat -> linear, "
-    "plus DeepCTR's linear (wide) logit; l2 regs 0; Adam(lr 1e-3) on all params; dense features enter "
-    "as raw values (no bottom MLP)",
+    "plus DeepCTR's linear (wide) logit; l2 regs 0; dense features enter as raw values (no bottom MLP)",
     "deepctr DCNMix(1 expert)": "DeepCTR-Torch DCNMix, num_experts=1, low_rank=32 (low-rank cross with tanh and an r x r "
     "matrix in the low-rank space, plus a 1-way gate), otherwise as DCN(matrix)",
     "fuxictr CrossNetV2": "FuxiCTR 2.3.10's wheel has no DCNv2 model file; built from its own layers on its BaseModel: "
     "FeatureEmbedding (numeric features -> Linear(1, 16) tokens) -> CrossNetV2 (full-rank, 2 layers) -> "
-    "MLP_Block(128, 64) -> 1, stacked; Adam(lr 1e-3), BaseModel.train_step (grad-norm clip 10)",
+    "MLP_Block(128, 64) -> 1, stacked; BaseModel.train_step (grad-norm clip 10)",
     "fuxictr CrossNetMix(1 expert)": "as fuxictr CrossNetV2 but CrossNetMix(low_rank=32, num_experts=1)",
+}
+
+_ADAM = f"Adam(lr {LR:g}, betas (0.9, 0.999), eps 1e-8, no weight decay)"
+_ADAGRAD = f"AdaGrad(lr {ADAGRAD_LR:g}, eps 1e-8, accumulators start at 0)"
+UPDATE_RULES = {
+    "dense_adam": {
+        "rule": f"{_ADAM} on every parameter, tables included, from dense gradients: every row of every table "
+        "moves on every step, touched by the batch or not",
+        "fxrec": "TrainConfig(embedding_optimizer='adam', embedding_lr=1e-3): unfused TorchRec EmbeddingBagCollection "
+        "(dense table gradients) + torch.optim.Adam (foreach) on the tables; torch.optim.Adam(fused=True) on the "
+        "dense part",
+        "plain pytorch": "nn.Embedding (dense gradients); torch.optim.Adam (foreach) on every parameter",
+        "plain pytorch (fused Adam)": "nn.Embedding (dense gradients); torch.optim.Adam(fused=True) on every parameter",
+        "deepctr": "model.compile('adam'): torch.optim.Adam(lr 1e-3) on every parameter; nn.Embedding(sparse=False)",
+        "fuxictr": "compile('Adam', lr=1e-3): torch.optim.Adam on every parameter; grad-norm clip 10 first",
+    },
+    "sparse_rowwise": {
+        "rule": f"tables: {_ADAGRAD} on the rows the batch touched only; dense part: {_ADAM}, fused",
+        "fxrec": "FusedEmbeddingBagCollection: FBGEMM TBE row-wise AdaGrad applied inside backward, one accumulator "
+        "per row (the mean over the row's 16 values of the squared gradient); fxrec's default",
+        "plain pytorch (sparse Adagrad)": "nn.Embedding(sparse=True): sparse COO gradients; torch.optim.Adagrad on "
+        "the tables (element-wise: one accumulator per value, so the same rows move with a per-value step "
+        "size; the closest built-in to row-wise AdaGrad); torch.optim.Adam(fused=True) on the dense part",
+    },
 }
 
 
@@ -107,27 +149,25 @@ class Runner(Protocol):
 # -- fxrec ------------------------------------------------------------------------------------
 class FxrecRunner:
     def __init__(self, log: EventLog, train_days: list[str], eval_day: str, batch_size: int, workdir: Path,
-                 autocast_bf16: bool = False):
-        self.name = "fxrec bf16" if autocast_bf16 else "fxrec"
+                 group: str):
+        self.name = "fxrec"
         self.log, self.train_days, self.eval_day = log, train_days, eval_day
         self.features = _features(log)
+        adam = group == "dense_adam"
         torch.manual_seed(0)
         model = RankingModel(
             log.spec, self.features, tasks=["click"], embedding_dim=DIM, dense_layers=DENSE_LAYERS,
             interaction={"name": "dcnv2", "num_layers": CROSS_LAYERS, "low_rank": LOW_RANK},
             heads={"kind": "shared_bottom", "hidden": HIDDEN},
+            embedding_lr=ADAGRAD_LR, fused_embeddings=not adam,
         )
-        config = TrainConfig(batch_size=batch_size, dense_lr=LR, threads=THREADS)
-        self.trainer = Trainer(model, config, workdir / self.name.replace(" ", "_"), progress=False)
+        config = TrainConfig(batch_size=batch_size, dense_lr=LR, threads=THREADS,
+                             embedding_optimizer="adam" if adam else "rowwise_adagrad",
+                             embedding_lr=LR if adam else ADAGRAD_LR)
+        self.trainer = Trainer(model, config, workdir / f"fxrec_{group}", progress=False)
         self.batch_size = batch_size
-        self.autocast = autocast_bf16
         self.generator = torch.Generator().manual_seed(0)
         self.load_seconds: list[float] = []  # per epoch: Parquet -> EventFrame time inside the timed epoch
-
-    def _context(self) -> contextlib.AbstractContextManager:
-        if self.autocast:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def epoch(self) -> int:
         examples, loading = 0, 0.0
@@ -141,8 +181,7 @@ class FxrecRunner:
             order = torch.randperm(frame.num_rows, generator=self.generator)
             for start in range(0, frame.num_rows, self.batch_size):
                 batch = frame.take(order[start : start + self.batch_size])
-                with self._context():
-                    self.trainer.train_step(batch)
+                self.trainer.train_step(batch)
                 examples += batch.size
         self.load_seconds.append(loading)
         return examples
@@ -156,15 +195,17 @@ class FxrecRunner:
 class PlainRunner:
     def __init__(self, train: dict[str, np.ndarray], held_out: dict[str, np.ndarray], features: list[FeatureSpec],
                  batch_size: int, sparse_gradients: bool, fused_adam: bool = False):
-        self.name = "plain pytorch (sparse grads)" if sparse_gradients else "plain pytorch"
-        self.name += " (fused Adam)" if fused_adam else ""
+        if sparse_gradients:
+            self.name = "plain pytorch (sparse Adagrad)"
+        else:
+            self.name = "plain pytorch (fused Adam)" if fused_adam else "plain pytorch"
         sparse, dense = _sparse(features), _dense(features)
         self.rows, self.dense, self.labels = self._tensors(train, sparse, dense)
         self.eval_rows, self.eval_dense, _ = self._tensors(held_out, sparse, dense)
         torch.manual_seed(0)
         self.model = PlainDCN([f.cardinality or 2 for f in sparse], len(dense), DIM, DENSE_LAYERS, CROSS_LAYERS,
                               LOW_RANK, HIDDEN, sparse_gradients=sparse_gradients)
-        self.optimizers = self.model.optimizers(LR, fused=fused_adam)
+        self.optimizers = self.model.optimizers(LR, fused=fused_adam, table_lr=ADAGRAD_LR)
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(0)
 
@@ -296,27 +337,39 @@ class FuxiCTRRunner:
 
 
 # -- the run ----------------------------------------------------------------------------------
-def _simulate(quick: bool, workdir: Path) -> EventLog:
-    if quick:
-        config = SimulatorConfig(days=2, impressions_per_day=12_000)
-    else:
-        config = SimulatorConfig(days=4, impressions_per_day=72_000)
-    return EventLog(simulate_to(config, workdir / "events", progress=False))
+def _simulate(quick: bool, workdir: Path) -> Path:
+    """The demo's world (its users, ads, advertisers: the demo's table sizes) over fewer days."""
+    days, per_day = (2, 12_000) if quick else (4, 72_000)
+    demo = yaml.safe_load((_common.ROOT / "configs" / "demo.yaml").read_text())["simulator"]
+    config = SimulatorConfig.model_validate({**demo, "days": days, "impressions_per_day": per_day})
+    return simulate_to(config, workdir / "events", progress=False)
 
 
-def _runners(log: EventLog, batch_size: int, workdir: Path, quick: bool) -> list[Callable[[], Runner]]:
+def _log(path: Path, id_rows: int | None) -> EventLog:
+    """The log, read with its id tables (the `*_id` features) at `id_rows` rows; None: as simulated.
+    The ids are the same, so the rows a batch touches are the same; only the tables grow."""
+    log = EventLog(path)
+    if id_rows is not None:
+        features = [f.model_copy(update={"cardinality": max(id_rows, f.cardinality or 2)})
+                    if f.kind is FeatureKind.sparse and f.name.endswith("_id") else f for f in log.spec.features]
+        log.spec = log.spec.model_copy(update={"features": features})
+    return log
+
+
+def _runners(log: EventLog, group: str, batch_size: int, workdir: Path) -> list[Callable[[], Runner]]:
     train_days, eval_day = log.days[:-1], log.days[-1]
     features = _features(log)
-    columns = [f.name for f in features] + ["click"]
-    train = _arrays(log.read_all(columns).filter(_day_mask(log, train_days)), features)
-    held_out = _arrays(log.read_day(eval_day, columns), features)
-    fuxi_dir = workdir / f"fuxictr_{batch_size}"
+    train, held_out = _train_held_out(log, features)
+    if group == "sparse_rowwise":
+        return [
+            lambda: FxrecRunner(log, train_days, eval_day, batch_size, workdir, group),
+            lambda: PlainRunner(train, held_out, features, batch_size, sparse_gradients=True, fused_adam=True),
+        ]
+    fuxi_dir = workdir / "fuxictr"
     fuxi_dir.mkdir(exist_ok=True)
     makers: list[Callable[[], Runner]] = [
-        lambda: FxrecRunner(log, train_days, eval_day, batch_size, workdir),
-        lambda: FxrecRunner(log, train_days, eval_day, batch_size, workdir, autocast_bf16=True),
+        lambda: FxrecRunner(log, train_days, eval_day, batch_size, workdir, group),
         lambda: PlainRunner(train, held_out, features, batch_size, sparse_gradients=False),
-        lambda: PlainRunner(train, held_out, features, batch_size, sparse_gradients=True),
         lambda: PlainRunner(train, held_out, features, batch_size, sparse_gradients=False, fused_adam=True),
     ]
     makers += [lambda v=v: DeepCTRRunner(train, held_out, features, batch_size, v) for v in PEERS if "deepctr" in v]
@@ -325,78 +378,102 @@ def _runners(log: EventLog, batch_size: int, workdir: Path, quick: bool) -> list
     return makers
 
 
+def _train_held_out(log: EventLog, features: list[FeatureSpec]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The peers' and the plain reference's in-memory input: training days and the held-out day."""
+    train_days, eval_day = log.days[:-1], log.days[-1]
+    columns = [f.name for f in features] + ["click"]
+    train = _arrays(log.read_all(columns).filter(_day_mask(log, train_days)), features)
+    return train, _arrays(log.read_day(eval_day, columns), features)
+
+
 def _day_mask(log: EventLog, days: list[str]) -> np.ndarray:
     counts = [log.read_day(d, ["event_id"]).num_rows for d in log.days]
     return np.concatenate([np.full(n, d in days) for d, n in zip(log.days, counts, strict=True)])
 
 
-def measure(log: EventLog, batch_size: int, epochs: int, workdir: Path, quick: bool) -> list[dict[str, Any]]:
-    """Round-robin epochs over every framework; then held-out logloss / AUC per framework."""
-    runners = [make() for make in _runners(log, batch_size, workdir, quick)]
+def measure(log: EventLog, group: str, tables: str, batch_size: int, rounds: int, workdir: Path
+            ) -> list[dict[str, Any]]:
+    """`rounds` rounds of one epoch per system of `group`, the order rotating per round; then held-out
+    logloss / AUC per system. One row per system with its examples/s per round."""
+    workdir = workdir / f"{group}_{tables}_b{batch_size}"
+    workdir.mkdir()
+    runners = [make() for make in _runners(log, group, batch_size, workdir)]
     rates: dict[str, list[float]] = {r.name: [] for r in runners}
-    for epoch in range(epochs):
-        for runner in runners:
+    for r in range(rounds):
+        for runner in runners[r % len(runners):] + runners[: r % len(runners)]:
             started = time.perf_counter()
             examples = runner.epoch()
             rates[runner.name].append(examples / (time.perf_counter() - started))
-            print(f"  b{batch_size} epoch {epoch + 1}/{epochs} {runner.name}: {rates[runner.name][-1]:,.0f} ex/s",
-                  file=sys.stderr, flush=True)
+            print(f"  {group} {tables} b{batch_size} round {r + 1}/{rounds} {runner.name}: "
+                  f"{rates[runner.name][-1]:,.0f} ex/s", file=sys.stderr, flush=True)
     labels = _arrays(log.read_day(log.days[-1], ["click"]), [])["click"]
     rows = []
     for runner in runners:
         probs = np.clip(runner.predict().astype(np.float64), 1e-7, 1 - 1e-7)
+        load = getattr(runner, "load_seconds", None)
         rows.append({
-            "batch_size": batch_size, "framework": runner.name,
-            "ex_per_s_mean": float(np.mean(rates[runner.name])), "ex_per_s_best": float(np.max(rates[runner.name])),
-            "epochs": rates[runner.name], "held_out_logloss": log_loss(labels, probs), "held_out_auc": auc(labels, probs),
-            "data_load_s_per_epoch": float(np.mean(runner.load_seconds)) if hasattr(runner, "load_seconds") else None,
+            "group": group, "tables": tables, "batch_size": batch_size, "system": runner.name,
+            "ex_per_s_median": float(np.median(rates[runner.name])), "ex_per_s_min": float(np.min(rates[runner.name])),
+            "ex_per_s_max": float(np.max(rates[runner.name])), "ex_per_s_per_round": rates[runner.name],
+            "held_out_logloss": log_loss(labels, probs), "held_out_auc": auc(labels, probs),
+            "data_load_s_per_epoch": float(np.mean(load)) if load else None,
         })
     return rows
 
 
-def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per batch size: fxrec / fastest peer library and fxrec / plain PyTorch (mean and best rates)."""
-    out: dict[str, Any] = {}
-    for batch_size in sorted({r["batch_size"] for r in rows}):
-        group = {r["framework"]: r for r in rows if r["batch_size"] == batch_size}
-        peers = [r for n, r in group.items() if n in PEERS]
-        plain = [r for n, r in group.items() if n.startswith("plain")]
-        for stat in ("mean", "best"):
-            key = f"ex_per_s_{stat}"
-            fastest_peer = max(peers, key=lambda r: r[key])
-            fastest_plain = max(plain, key=lambda r: r[key])
-            for name in ("fxrec", "fxrec bf16"):
-                tag = name.replace(" ", "_")
-                out[f"b{batch_size}_{tag}_over_fastest_peer_{stat}"] = group[name][key] / fastest_peer[key]
-                out[f"b{batch_size}_{tag}_over_plain_{stat}"] = group[name][key] / fastest_plain[key]
-            out[f"b{batch_size}_fastest_peer_{stat}"] = fastest_peer["framework"]
-            out[f"b{batch_size}_fastest_plain_{stat}"] = fastest_plain["framework"]
+def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per group, table size and batch size: fxrec / each other system, taken round by round (both ran in
+    the same round), as median, min and max over rounds, with the per-round values."""
+    out: dict[str, dict[str, Any]] = {}
+    keys = dict.fromkeys((r["group"], r["tables"], r["batch_size"]) for r in rows)
+    for group, tables, batch_size in keys:
+        systems = {r["system"]: r for r in rows if (r["group"], r["tables"], r["batch_size"]) == (group, tables, batch_size)}
+        ours = np.array(systems["fxrec"]["ex_per_s_per_round"])
+        for name, row in systems.items():
+            if name == "fxrec":
+                continue
+            per_round = ours / np.array(row["ex_per_s_per_round"])
+            out[f"{group} {tables} b{batch_size}: fxrec / {name}"] = {
+                "median": float(np.median(per_round)), "min": float(per_round.min()), "max": float(per_round.max()),
+                "per_round": per_round.tolist(),
+            }
     return out
 
 
 def main() -> None:
     args = _common.parse_args(NAME, __doc__.splitlines()[0], extra=[
         (("--batch-sizes",), {"type": int, "nargs": "+", "default": None, "help": "default: 1024 256 (quick: 1024)"}),
-        (("--epochs",), {"type": int, "default": None, "help": "epochs per framework (default 3, quick 2)"}),
+        (("--rounds",), {"type": int, "default": None, "help": "epochs per system, interleaved (default 5, quick 3)"}),
+        (("--groups",), {"nargs": "+", "choices": GROUPS, "default": list(GROUPS)}),
+        (("--tables",), {"nargs": "+", "choices": list(TABLES), "default": list(TABLES)}),
     ])
     torch.set_num_threads(THREADS)
     load_before = list(os.getloadavg())  # a shared machine: record how busy it was
     batch_sizes = args.batch_sizes or ([1024] if args.quick else [1024, 256])
-    epochs = args.epochs or (2 if args.quick else 3)
+    rounds = args.rounds or (3 if args.quick else 5)
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fxrec-bench-") as tmp:
         workdir = Path(tmp)
-        log = _simulate(args.quick, workdir)
-        rows = [row for b in batch_sizes for row in measure(log, b, epochs, workdir, args.quick)]
+        path = _simulate(args.quick, workdir)
+        for tables in args.tables:
+            log = _log(path, TABLES[tables])
+            for batch_size in batch_sizes:
+                for group in args.groups:
+                    rows += measure(log, group, tables, batch_size, rounds, workdir)
         examples = sum(log.read_day(d, ["event_id"]).num_rows for d in log.days[:-1])
-    table = [{k: v for k, v in r.items() if k != "epochs"} for r in rows]
+        table_rows = {name: {f.name: f.cardinality for f in _sparse(_features(_log(path, rows_)))}
+                      for name, rows_ in TABLES.items()}
+    columns = ["group", "tables", "batch_size", "system", "ex_per_s_median", "ex_per_s_min", "ex_per_s_max",
+               "held_out_logloss", "held_out_auc", "data_load_s_per_epoch"]
     _common.print_table(f"DCNv2 training, examples/s per epoch incl. data loading ({examples:,} examples/epoch, "
-                        f"{THREADS} threads)", table)
+                        f"{THREADS} threads, {rounds} interleaved rounds)", rows, columns)
     result_ratios = ratios(rows)
     for key, value in result_ratios.items():
-        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+        print(f"{key}: median {value['median']:.3f} (min {value['min']:.3f}, max {value['max']:.3f})")
     conditions = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "default"),
                   "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": list(os.getloadavg())}
-    _common.write_result(args, NAME, rows, result_ratios, models=PEERS, examples_per_epoch=examples, conditions=conditions,
+    _common.write_result(args, NAME, rows, result_ratios, update_rules=UPDATE_RULES, models=PEERS,
+                         table_rows=table_rows, examples_per_epoch=examples, rounds=rounds, conditions=conditions,
                          days=f"all surfaces, train {len(log.days) - 1} day(s), hold out the last",
                          features=[f.name for f in _features(log)])
 

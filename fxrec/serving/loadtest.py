@@ -248,7 +248,9 @@ def compare_modes(
     of the published stores), then `rounds` rounds give each configuration its share of the requests
     in turn, the order rotating per round. Interleaving spreads any drift of this shared machine's load
     evenly over the configurations; only one server is under load at a time, and a short pause after
-    each turn lets the async configuration drain its queue before another is measured."""
+    each turn lets the async configuration drain its queue before another is measured. Each row holds
+    its quantiles over all its requests and per round (`rounds`); the ratios are per round
+    (`round_ratios`)."""
     run = Path(run)
     total = settings.warmup + settings.requests
     payloads = sample_payloads(run, vm, total, settings.candidates, settings.users, settings.seed)
@@ -281,18 +283,19 @@ def compare_modes(
                 for k in range(len(modes)):
                     mode = modes[(r + k) % len(modes)]
                     time.sleep(settings.pause)
-                    parts[mode].append(
-                        asyncio.run(
-                            drive(
-                                servers[mode].url,
-                                chunk,
-                                settings.rate,
-                                settings.concurrency,
-                                per_turn_seconds,
-                                raw=True,
-                            )
+                    before = latency_histogram(servers[mode].url)
+                    part = asyncio.run(
+                        drive(
+                            servers[mode].url,
+                            chunk,
+                            settings.rate,
+                            settings.concurrency,
+                            per_turn_seconds,
+                            raw=True,
                         )
                     )
+                    part["inside"] = histogram_quantiles(before, latency_histogram(servers[mode].url))
+                    parts[mode].append(part)
             for mode, server in servers.items():
                 background[mode] = scrape(server.url)
                 inside[mode] = histogram_quantiles(histograms[mode], latency_histogram(server.url))
@@ -313,24 +316,56 @@ def compare_modes(
                     sources[feature][source] += n
         elapsed = sum(part["elapsed"] for part in parts[mode])
         summary = summarize(latencies, statuses, elapsed, sources)
+        per_round = [
+            {
+                k: v
+                for k, v in summarize(part["latencies"], part["statuses"], part["elapsed"]).items()
+                if k not in ("statuses", "sources")
+            }
+            | part["inside"]
+            for part in parts[mode]
+        ]
         rows.append(
             {
                 "mode": mode,
                 "configuration": MODE_LABELS.get(mode, mode),
                 **summary,
                 **inside.get(mode, {}),
+                "rounds": per_round,
                 "background": background.get(mode, {}),
             }
         )
-    base = next((r for r in rows if r["mode"] == "vm"), None)
-    ratios = {}
-    if base is not None:
-        for row in rows:
-            if row is not base:
-                for q in ("p50", "p99", "server_p50", "server_p99"):
-                    if base.get(f"{q}_ms"):
-                        ratios[f"{q} {row['mode']}/vm"] = row[f"{q}_ms"] / base[f"{q}_ms"]
-    return {"settings": asdict(settings), "rows": rows, "ratios": ratios}
+    return {"settings": asdict(settings), "rows": rows, "ratios": round_ratios(rows)}
+
+
+def round_ratios(rows: list[dict], base_mode: str = "vm") -> dict[str, dict]:
+    """Each configuration's latency quantiles over the base configuration's, round by round (the two
+    ran in the same round, on the same requests): the median over rounds with its min, max and the
+    per-round values, so a tail set by a machine stall in one turn shows as spread, not as a shift.
+    `all_requests` is the ratio of the quantiles pooled over every round, for reference."""
+    base = next((r for r in rows if r["mode"] == base_mode), None)
+    ratios: dict[str, dict] = {}
+    if base is None:
+        return ratios
+    for row in rows:
+        if row is base:
+            continue
+        for q in ("p50", "p99", "server_p50", "server_p99"):
+            key = f"{q}_ms"
+            pairs = [
+                (mine[key], theirs[key]) for mine, theirs in zip(row["rounds"], base["rounds"], strict=True)
+            ]
+            per_round = [a / b for a, b in pairs if b and np.isfinite(a) and np.isfinite(b)]
+            if not per_round:
+                continue
+            ratios[f"{q} {row['mode']}/{base_mode}"] = {
+                "median": float(np.median(per_round)),
+                "min": float(np.min(per_round)),
+                "max": float(np.max(per_round)),
+                "per_round": per_round,
+                "all_requests": row[key] / base[key] if base.get(key) else None,
+            }
+    return ratios
 
 
 def print_results(results: dict) -> None:
@@ -356,4 +391,7 @@ def print_results(results: dict) -> None:
     console = Console(width=160)
     console.print(table)
     for name, value in results["ratios"].items():
-        console.print(f"{name}: {value:.2f}x" if value is not None else f"{name}: -")
+        console.print(
+            f"{name}: median {value['median']:.2f}x over {len(value['per_round'])} rounds "
+            f"(min {value['min']:.2f}x, max {value['max']:.2f}x)"
+        )

@@ -73,6 +73,40 @@ def test_compare_modes_side_by_side(served_run):
     assert rows["async"]["background"]['fxrec_refresh_total{event="done"}'] > 0
     assert "p99 async/vm" in results["ratios"] and "p99 inline/vm" in results["ratios"]
     assert rows["inline"]["sources"]["tae"] == {"inline": 600}
+    # every round is reported on its own: 2 rounds of 30 requests each, and one ratio per round
+    assert all([part["requests"] for part in r["rounds"]] == [30, 30] for r in rows.values())
+    assert len(results["ratios"]["p99 async/vm"]["per_round"]) == 2
+
+
+def test_round_ratios_pair_rounds_and_show_a_stall_as_spread():
+    from fxrec.serving.loadtest import round_ratios
+
+    def row(mode: str, p99s: list[float]) -> dict:
+        rounds = [{"p50_ms": 10.0, "p99_ms": x, "server_p50_ms": 5.0, "server_p99_ms": x / 2} for x in p99s]
+        pooled = max(p99s)  # a pooled p99 is set by the worst round
+        return {
+            "mode": mode,
+            "p50_ms": 10.0,
+            "p99_ms": pooled,
+            "server_p50_ms": 5.0,
+            "server_p99_ms": pooled / 2,
+            "rounds": rounds,
+        }
+
+    # round 2 stalled the machine while (a) was measured: pooled, (b) looks 4x faster
+    rows = [row("vm", [20.0, 200.0, 20.0, 20.0, 20.0]), row("async", [22.0, 24.0, 22.0, 26.0, 22.0])]
+    ratio = round_ratios(rows)["p99 async/vm"]
+    assert ratio["per_round"] == pytest.approx([1.1, 0.12, 1.1, 1.3, 1.1])  # round r over round r
+    assert ratio["median"] == pytest.approx(1.1) and ratio["min"] == pytest.approx(0.12)
+    assert ratio["max"] == pytest.approx(1.3)
+    assert ratio["all_requests"] == pytest.approx(26.0 / 200.0)
+    assert round_ratios(rows)["p50 async/vm"]["median"] == pytest.approx(1.0)
+    assert set(round_ratios(rows)) == {
+        "p50 async/vm",
+        "p99 async/vm",
+        "server_p50 async/vm",
+        "server_p99 async/vm",
+    }
 
 
 def test_server_side_quantiles_from_histogram_deltas():
