@@ -44,8 +44,10 @@ FreshOption = typer.Option(False, "--fresh", help="redo work that is already don
 
 
 def _fail(error: Exception) -> NoReturn:
-    """Exit code 2 and the error on one line of stderr: the message is the whole report, no traceback."""
-    errors.print(f"[red]error:[/] {escape(' '.join(str(error).split()))}")
+    """Exit code 2 and one line of stderr per problem: the message is the whole report, no traceback."""
+    problems = error.problems if isinstance(error, InputError) and error.problems else [str(error)]
+    for problem in problems:
+        errors.print(f"[red]error:[/] {escape(' '.join(problem.split()))}")
     raise typer.Exit(code=2)
 
 
@@ -170,10 +172,10 @@ EventsOption = typer.Option(None, "--events", help="use this event log instead o
 @train_app.command("fm")
 def train_fm(config: Path = ConfigOption, run: Path = RunOption, events: Path | None = EventsOption, fresh: bool = FreshOption) -> None:
     """Train the foundation model progressively (resumes from its checkpoint)."""
-    from fxrec.pipeline import check_model, planned_spec, prepare_events, train_model
+    from fxrec.pipeline import check_models, planned_spec, prepare_events, train_model
 
     run_config = _config(config, events)
-    check_model(run_config.fm, planned_spec(run_config, run), run)
+    check_models([run_config.fm], planned_spec(run_config, run), run, config)
     log = prepare_events(run_config, run)
     train_model(run_config.fm, run_config, run, log, fresh=fresh)
 
@@ -187,7 +189,7 @@ def train_vm(
     fresh: bool = FreshOption,
 ) -> None:
     """Train the expert models progressively."""
-    from fxrec.pipeline import check_model, planned_spec, prepare_events, train_model
+    from fxrec.pipeline import check_models, planned_spec, prepare_events, train_model
 
     run_config = _config(config, events)
     spec = planned_spec(run_config, run)
@@ -195,8 +197,7 @@ def train_vm(
     chosen = [v for v in vms if name is None or v.name == name]
     if not chosen:
         raise InputError(f"{config}: no VM named {name!r}; the config has {[v.name for v in vms]}")
-    for vm in chosen:
-        check_model(vm, spec, run)
+    check_models(chosen, spec, run, config)
     log = prepare_events(run_config, run)
     for vm in chosen:
         train_model(vm, run_config, run, log, fresh=fresh)

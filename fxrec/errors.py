@@ -1,7 +1,8 @@
 """Bad user input: one exception type, raised where the input is checked, before anything is written.
 
 `fxrec`'s CLI turns an `InputError` raised anywhere below a command into exit code 2 and one line on
-stderr, so its message is the whole report: which file or key, what it holds, what was expected.
+stderr per problem, so its message is the whole report: which file or key, what it holds, what was
+expected.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from pydantic import BaseModel, ValidationError
 
 
 class InputError(ValueError):
-    """A config, a file or a run directory that fxrec cannot use; the message names it on one line."""
+    """A config, a file or a run directory that fxrec cannot use. Each problem is one line naming the file
+    or key; a check that finds several raises them together (`InputError(*problems)`), so a user fixes
+    every one in one go instead of meeting them one run at a time."""
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 def describe_validation(error: ValidationError, model: type[BaseModel]) -> str:

@@ -55,21 +55,30 @@ def planned_spec(config: RunConfig, run: Path, fresh: bool = False) -> DatasetSp
     return dataset_spec(config.simulator)
 
 
-def check_model(model_config: ModelConfig, spec: DatasetSpec, run: Path) -> None:
-    """What would stop `train_model` midway, as an InputError: surfaces, features or tasks the log lacks,
-    or transfer channels without a published FM. Reads only, so callers check before writing anything."""
-    name = model_config.name
+def model_problems(model_config: ModelConfig, spec: DatasetSpec, run: Path) -> list[str]:
+    """What would stop `train_model` midway, one line each: surfaces, features or tasks the log lacks, or
+    transfer channels without a published FM. Reads only, so callers check before writing anything."""
+    name, problems = model_config.name, []
     known = {"surfaces": spec.surfaces, "features": [f.name for f in spec.features], "tasks": spec.tasks}
     for key, values in known.items():
         unknown = [v for v in getattr(model_config, key) or [] if v not in values]
         if unknown:
-            raise InputError(f"model {name!r}: {key} {unknown} are not in dataset {spec.name!r}; known {key}: {values}")
+            problems.append(f"model {name!r}: {key} {unknown} are not in dataset {spec.name!r}; known {key}: {values}")
     published = publish_dir(run, model_config.fm, model_config.fm_delay)
     if model_config.channels and not (published / PUBLISH_META).exists():
-        raise InputError(
+        problems.append(
             f"model {name!r}: channels {[c['name'] for c in model_config.channel_specs()]} read the published FM "
             f"{model_config.fm!r}, but {published} has no {PUBLISH_META}; run `fxrec publish --run {run}` first"
         )
+    return problems
+
+
+def check_models(models: list[ModelConfig], spec: DatasetSpec, run: Path, config: Path | str | None = None) -> None:
+    """Every problem of every model at once, as one InputError (one line per problem), before any training."""
+    where = f"{config}: " if config is not None else ""
+    problems = [where + p for m in models for p in model_problems(m, spec, run)]
+    if problems:
+        raise InputError(*problems)
 
 
 def prepare_events(config: RunConfig, run: Path, fresh: bool = False) -> EventLog:
@@ -97,7 +106,7 @@ def train_model(
         if not quiet:
             console.print(f"{model_config.name}: already trained ({model_dir}); skipping")
         return model_dir
-    check_model(model_config, log.spec, run)
+    check_models([model_config], log.spec, run)
     if model_config.role == "fm":
         for stale in (run / "publish").glob(f"{model_config.name}*"):
             shutil.rmtree(stale)  # outputs of an earlier FM: publish again from the new snapshots
@@ -172,9 +181,7 @@ def print_summary(content: dict) -> None:
 
 def run_demo(config: RunConfig, run: Path, fresh: bool = False, serve: bool = True) -> dict:
     spec = planned_spec(config, run, fresh)
-    check_model(config.fm, spec, run)
-    for vm in config.expand_vms(spec.surfaces):
-        check_model(vm, spec, run)
+    check_models([config.fm, *config.expand_vms(spec.surfaces)], spec, run)
     log = prepare_events(config, run, fresh=fresh)
     train_model(config.fm, config, run, log, fresh=fresh)
     for vm in config.expand_vms(log.spec.surfaces):

@@ -238,3 +238,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert _listing(run) == before
     assert _listing(tiny_log) == log_before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run")] == []  # no temp folders left
+
+
+def test_every_config_problem_is_reported_at_once_one_line_each(tmp_path: Path, tiny_log: Path) -> None:
+    """A config with three mistakes in two VMs names all three before anything runs, not one per run."""
+    typo = {**VM, "name": "vm_a", "features": ["item_id", "pricee"], "surfaces": ["webb"]}
+    needs_publish = {**VM, "name": "vm_b", "channels": ["kd"]}
+    _config(tmp_path, vms=[typo, needs_publish])
+    run = tmp_path / "run"
+    argv = ["train", "vm", "--config", str(tmp_path / "config.yaml"), "--run", str(run), "--events", str(tiny_log)]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") and "config.yaml" in line for line in lines), lines
+    assert "'vm_a': surfaces ['webb']" in lines[0] and "'vm_a': features ['pricee']" in lines[1]
+    assert "'vm_b': channels ['kd']" in lines[2] and "fxrec publish" in lines[2]
+    assert not run.exists()
