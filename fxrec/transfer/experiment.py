@@ -273,16 +273,17 @@ def _ratio_text(row: dict) -> str:
 def print_experiment(result: dict) -> None:
     validation, test = result["validation_days"], result["test_days"]
     table = Table(
-        title=f"{result['dataset']}: transfer experiment ({len(result['seeds'])} seeds); set chosen on validation days "
+        title=f"{result['dataset']}: transfer experiment ({len(result['seeds'])} seed(s)); set chosen on validation days "
         f"{validation[0]}..{validation[-1]}, every number on test days {test[0]}..{test[-1]}"
     )
     for column in ("VM", "channel set", "delay", "val NE", "NE", "AUC", "cal", "TR (95% seeds)", "NE vs none", "vs KD (p)", "FM NE"):
         table.add_column(column, justify="left" if column in ("VM", "channel set") else "right")
     for r in result["rows"]:
         vs_kd = f"{100 * r['ne_minus_kd'] / (r['ne'] - r['ne_minus_kd']):+.2f}% ({r['p_vs_kd']:.3f})" if "p_vs_kd" in r else "-"
+        spread = f"±{r['ne_std']:.4f}" if len(result["seeds"]) > 1 else ""  # one seed has no spread to show
         table.add_row(
             r["vm"], f"[bold]{r['channel_set']} *[/]" if r["selected"] else r["channel_set"], str(r["delay"]),
-            f"{r['ne_validation']:.4f}", f"{r['ne']:.4f}±{r['ne_std']:.4f}", f"{r['auc']:.4f}", f"{r['calibration']:.3f}",
+            f"{r['ne_validation']:.4f}", f"{r['ne']:.4f}{spread}", f"{r['auc']:.4f}", f"{r['calibration']:.3f}",
             _ratio_text(r), f"{r['ne_change_pct_vs_none']:+.2f}%", vs_kd, f"{r['fm_ne']:.4f}",
         )
     console.print(table)
