@@ -60,9 +60,9 @@ class LogProfile:
 
 def profile_log(log: EventLog) -> LogProfile:
     """Summarise `log` and list what will hurt training; reads only the spec's columns."""
-    spec = log.spec
-    labels = [t for t in spec.tasks if t in _present(log)]
-    frame = pl.from_arrow(log.read_all(columns=[c for c in spec.columns() if c in _present(log)]))
+    spec, present = log.spec, _present(log)
+    labels = [t for t in spec.tasks if t in present]
+    frame = pl.from_arrow(log.read_all(columns=[c for c in spec.columns() if c in present]))
     frame = frame.with_columns(day=pl.from_epoch("ts", time_unit="s").dt.date().cast(pl.String))
     per_day = frame.group_by("day").agg(pl.len().alias("events"), *[pl.col(t).mean().alias(t) for t in labels])
     days = [
