@@ -39,7 +39,7 @@ from fxrec.config import ModelConfig, TrainConfig, load_config
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.data.simulator import SimulatorConfig, simulate_to
-from fxrec.models.ranking import build_model
+from fxrec.factory import build_model
 from fxrec.train.trainer import Trainer
 
 # The demo FM as configs/demo.yaml defines it (user tower, target attention over the jagged history,

@@ -93,8 +93,8 @@ from fxrec.data.schema import FeatureSpec
 from fxrec.data.simulator import SimulatorConfig
 from fxrec.data.sources import import_movielens_100k, import_open_bandit, movielens_split_points, open_bandit
 from fxrec.data.sources.movielens import split_points
+from fxrec.factory import build_model
 from fxrec.metrics.bootstrap import auc_difference
-from fxrec.models.ranking import build_model
 from fxrec.train.holdout import SplitFrames, fit_holdout, split_by_event_id, split_by_mask
 from fxrec.train.trainer import Trainer
 

@@ -51,8 +51,9 @@ from fxrec.config import ModelConfig, TrainConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.simulator import SimulatorConfig
 from fxrec.data.sources.movielens import split_points
+from fxrec.factory import build_model
 from fxrec.metrics.ranking import ne as normalized_entropy
-from fxrec.models.ranking import RankingModel, build_model
+from fxrec.models.ranking import RankingModel
 from fxrec.train.holdout import SplitFrames, fit_holdout, split_by_mask
 from fxrec.train.trainer import Trainer
 

@@ -56,14 +56,14 @@ import torch
 import yaml
 from _plain_dcn import PlainDCN
 
-from fxrec.config import TrainConfig
+from fxrec.config import ModelConfig, TrainConfig
 from fxrec.data.batches import hash_rows
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.data.schema import FeatureKind, FeatureSpec
 from fxrec.data.simulator import SimulatorConfig, simulate_to
+from fxrec.factory import build_model
 from fxrec.metrics.ranking import auc, log_loss
-from fxrec.models.ranking import RankingModel
 from fxrec.train.trainer import Trainer
 
 NAME = "train_throughput"
@@ -155,11 +155,14 @@ class FxrecRunner:
         self.features = _features(log)
         adam = group == "dense_adam"
         torch.manual_seed(0)
-        model = RankingModel(
-            log.spec, self.features, tasks=["click"], embedding_dim=DIM, dense_layers=DENSE_LAYERS,
-            interaction={"name": "dcnv2", "num_layers": CROSS_LAYERS, "low_rank": LOW_RANK},
-            heads={"kind": "shared_bottom", "hidden": HIDDEN},
-            embedding_lr=ADAGRAD_LR, fused_embeddings=not adam,
+        model = build_model(
+            ModelConfig(
+                name="fxrec", role="vm", features=[f.name for f in self.features], tasks=["click"],
+                embedding_dim=DIM, dense_layers=DENSE_LAYERS,
+                interaction={"name": "dcnv2", "num_layers": CROSS_LAYERS, "low_rank": LOW_RANK},
+                heads={"kind": "shared_bottom", "hidden": HIDDEN},
+            ),
+            log.spec, embedding_lr=ADAGRAD_LR, embedding_optimizer="adam" if adam else "rowwise_adagrad",
         )
         config = TrainConfig(batch_size=batch_size, dense_lr=LR, threads=THREADS,
                              embedding_optimizer="adam" if adam else "rowwise_adagrad",

@@ -13,9 +13,9 @@ from fxrec.data.simulator import SimulatorConfig
 from fxrec.errors import InputError, describe_validation
 from fxrec.interactions.registry import INTERACTIONS
 from fxrec.models.heads import TaskHeads
+from fxrec.nn.target_attention import TargetAttention
+from fxrec.nn.user_tower import UserTower
 from fxrec.transfer.registry import CHANNELS
-from fxrec.transfer.sum import UserTower
-from fxrec.transfer.tae import TargetAttention
 
 
 def check_block(

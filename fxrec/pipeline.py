@@ -25,7 +25,7 @@ from fxrec.data.eventlog import SPEC_FILE, EventLog
 from fxrec.data.schema import DatasetSpec
 from fxrec.data.simulator import dataset_spec, simulate_to
 from fxrec.errors import InputError
-from fxrec.models.ranking import MODEL_CARD, build_model, save_model_card
+from fxrec.factory import MODEL_CARD, build_model, save_model_card
 from fxrec.report.evaluate import ModelEntry, evaluate_run
 from fxrec.report.render import write_report
 from fxrec.train.trainer import Trainer

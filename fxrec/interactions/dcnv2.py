@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fxrec.interactions.base import Interaction, SequenceTokens
+from fxrec.interactions.base import Interaction
 from fxrec.nn.mlp import MLP
+from fxrec.nn.sequence import SequenceTokens
 
 
 class LowRankCross(nn.Module):

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fxrec.interactions.base import Interaction, SequenceTokens
+from fxrec.interactions.base import Interaction
 from fxrec.interactions.dot import DOT
+from fxrec.nn.sequence import SequenceTokens
 from fxrec.nn.token_mixing import TokenLinear
 
 DHEN_MODULES = ("dot", "dcn", "attention", "conv", "linear")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fxrec.interactions.base import Interaction, SequenceTokens
+from fxrec.interactions.base import Interaction
+from fxrec.nn.sequence import SequenceTokens
 
 
 def pairwise_dot_products(tokens: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fxrec.interactions.base import Interaction, SequenceTokens
+from fxrec.interactions.base import Interaction
 from fxrec.interactions.dhen import DHEN
 from fxrec.interactions.masknet import MaskNetMerge
 from fxrec.interactions.pooling import PMA
 from fxrec.interactions.sequence_blocks import JaggedSelfAttentionBlock
 from fxrec.nn.mlp import MLP
+from fxrec.nn.sequence import SequenceTokens
 from fxrec.nn.token_mixing import GatedSummary
 from fxrec.ops import JaggedPlan, jagged_first, jagged_last, jagged_prepend
 

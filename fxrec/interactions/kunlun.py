@@ -37,10 +37,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fxrec.interactions.base import Interaction, SequenceTokens
+from fxrec.interactions.base import Interaction
 from fxrec.interactions.pooling import build_pooling
 from fxrec.interactions.sequence_blocks import GDPAFeedForward, JaggedSelfAttentionBlock
 from fxrec.interactions.wukong import WukongBlock
+from fxrec.nn.sequence import SequenceTokens
 from fxrec.nn.token_mixing import GatedSummary
 from fxrec.ops import JaggedPlan, jagged_select
 

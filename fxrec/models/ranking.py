@@ -5,39 +5,28 @@
     Interaction : (B, n, d)      -> (B, l, d)          (DCNv2, DHEN, InterFormer, Kunlun, ...)
     TaskHeads   : (B, l*d)       -> {task: (B,) logits}
 
-An FM and a VM differ only in config: features, surfaces, widths, interaction.
+An FM and a VM differ only in the modules they are given: features, widths, interaction, and the FM's
+user tower and target attention or the VM's transfer channels. The model takes every part already
+built, as TorchRec's DLRM does; `fxrec.factory.build_model` builds them from a config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import torch
-import yaml
 from torch import nn
 
-from fxrec.config import ModelConfig
 from fxrec.data.batches import Batch
-from fxrec.data.eventlog import EventLog
-from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
-from fxrec.interactions.base import SequenceTokens
-from fxrec.interactions.registry import INTERACTIONS, build_interaction
+from fxrec.interactions.base import Interaction
+from fxrec.models.channel import Channel
 from fxrec.models.heads import TaskHeads
+from fxrec.models.output import ModelOutput
 from fxrec.nn.embeddings import SparseArch
 from fxrec.nn.mlp import MLP
-from fxrec.train.checkpoint import load
-from fxrec.transfer.base import TransferChannel
-from fxrec.transfer.registry import build_channels
-from fxrec.transfer.sum import UserTower
-from fxrec.transfer.tae import TargetAttention
-
-
-@dataclass
-class ModelOutput:
-    logits: dict[str, torch.Tensor]  # {task: (B,)}
-    representations: dict[str, torch.Tensor] = field(default_factory=dict)  # {name: (B, ...)}
+from fxrec.nn.sequence import SequenceTokens
+from fxrec.nn.target_attention import TargetAttention
+from fxrec.nn.user_tower import UserTower
 
 
 class DenseArch(nn.Module):
@@ -59,101 +48,64 @@ class DenseArch(nn.Module):
 class RankingModel(nn.Module):
     """features -> tokens -> interaction -> heads. `forward(batch) -> ModelOutput`.
 
-    Optional FM parts (see fxrec.transfer): `user_tower` compresses the user-side tokens into one user
-    embedding (SUM), `target_attention` lets the candidate attend over the user's jagged history (TAE);
-    both outputs become tokens of the interaction and appear in `representations` ("user", "tae").
-    Optional VM parts: `channels` (TransferChannel modules) add tokens and loss terms.
+    Tokens, in order: the sparse tokens (less those the user tower takes), the pooled history when
+    `pool_history` (a jagged history the interaction does not read itself), the user tower's token,
+    the target attention's token, the dense token, then each channel's tokens.
+
+    Optional FM parts: `user_tower` compresses the user-side tokens (`user_tokens`, indices into the
+    sparse tokens [+ pooled history]) and dense features (`user_dense`) into one user embedding (SUM),
+    projected to a token by `user_projection`; `target_attention` lets the candidate (the mean of the
+    `query_tokens`) attend over the user's jagged history (TAE). Both outputs appear in
+    `representations` ("user", "tae"). Optional VM parts: `channels` add tokens (their loss terms and
+    data are the trainer's business).
     """
 
     def __init__(
         self,
-        spec: DatasetSpec,
-        features: list[FeatureSpec],
-        tasks: list[str],
-        embedding_dim: int = 16,
-        dense_layers: list[int] | None = None,
-        interaction: dict[str, Any] | None = None,
-        heads: dict[str, Any] | None = None,
-        embedding_lr: float = 0.05,
-        fused_embeddings: bool = True,
-        min_count: int = 0,
-        user_tower: dict[str, Any] | None = None,
-        target_attention: dict[str, Any] | None = None,
-        channels: list[TransferChannel] | None = None,
+        features: Sequence[str],
+        tasks: Sequence[str],
+        sparse_arch: SparseArch,
+        interaction: Interaction,
+        heads: TaskHeads,
+        dense_arch: DenseArch | None = None,
+        num_dense: int = 0,
+        pool_history: bool = False,
+        user_tower: UserTower | None = None,
+        user_projection: nn.Module | None = None,
+        user_tokens: Sequence[int] = (),
+        user_dense: Sequence[int] = (),
+        target_attention: TargetAttention | None = None,
+        query_tokens: Sequence[int] = (),
+        channels: Sequence[Channel] = (),
     ):
         super().__init__()
-        interaction = dict(interaction or {"name": "dcnv2"})
-        name = interaction.pop("name")
-        if name not in INTERACTIONS:
-            raise ValueError(f"unknown interaction {name!r}; known: {sorted(INTERACTIONS)}")
-        sequence_aware = INTERACTIONS[name].sequence_aware
-        self.features = [f.name for f in features]
+        if (user_tower is None) != (user_projection is None):
+            raise ValueError("a user tower needs its projection to a token, and only then")
+        if target_attention is not None and not query_tokens:
+            raise ValueError("target attention needs the candidate's query tokens")
+        self.features = list(features)
         self.tasks = list(tasks)
-        has_history = any(f.kind is FeatureKind.sequence for f in features)
-        if target_attention is not None and not has_history:
-            raise ValueError("target_attention needs a sequence (history) feature among the model's features")
-        self.sparse_arch = SparseArch(
-            spec,
-            features,
-            embedding_dim,
-            jagged_sequences=sequence_aware or target_attention is not None,
-            fused=fused_embeddings,
-            embedding_lr=embedding_lr,
-            min_count=min_count,
-            type_feature=interaction.get("event_type_feature"),
-        )
-        # A jagged history that the interaction does not read itself is mean-pooled into one token.
-        self.pool_history = self.sparse_arch.jagged_sequences and not sequence_aware and has_history
-        token_names = self.sparse_arch.token_names + (["history"] if self.pool_history else [])
-        dense_names = [f.name for f in features if f.kind is FeatureKind.dense]
-
-        self.user_tower: UserTower | None = None
-        user_tokens: list[int] = []
-        user_dense: list[int] = []
-        if user_tower is not None:
-            tower_args = dict(user_tower)
-            wanted = tower_args.pop("features")
-            sequence_names = {f.name for f in features if f.kind is FeatureKind.sequence}
-            names = [("history" if self.pool_history and n in sequence_names else n) for n in wanted]
-            unknown = [n for n in names if n not in token_names and n not in dense_names]
-            if unknown:
-                raise ValueError(f"user_tower features {unknown} are not features of this model ({self.features})")
-            user_tokens = sorted({token_names.index(n) for n in names if n in token_names})
-            user_dense = [dense_names.index(n) for n in names if n in dense_names]
-            self.user_tower = UserTower(len(user_tokens), embedding_dim, len(user_dense), **tower_args)
-            self.user_projection = nn.Linear(self.user_tower.dim, embedding_dim)
-        self.register_buffer("_user_tokens", torch.tensor(user_tokens, dtype=torch.int64), persistent=False)
-        self.register_buffer("_user_dense", torch.tensor(user_dense, dtype=torch.int64), persistent=False)
-        other_tokens = [i for i in range(len(token_names)) if i not in set(user_tokens)]
-        other_dense = [i for i in range(len(dense_names)) if i not in set(user_dense)]
-        self.register_buffer("_other_tokens", torch.tensor(other_tokens, dtype=torch.int64), persistent=False)
-        self.register_buffer("_other_dense", torch.tensor(other_dense, dtype=torch.int64), persistent=False)
-
-        self.target_attention: TargetAttention | None = None
-        if target_attention is not None:
-            attention_args = dict(target_attention)
-            query = attention_args.pop("query", ["item_id"])
-            missing = [n for n in query if n not in token_names]
-            if missing:
-                raise ValueError(f"target_attention query features {missing} are not sparse features of this model")
-            self.register_buffer("_query_tokens", torch.tensor([token_names.index(n) for n in query]), persistent=False)
-            self.target_attention = TargetAttention(embedding_dim, **attention_args)
-
-        self.dense_arch = DenseArch(len(other_dense), dense_layers or [64], embedding_dim) if other_dense else None
-        self.channels = nn.ModuleList(channels or [])
-        num_tokens = (
-            len(other_tokens)
-            + (1 if self.user_tower is not None else 0)
-            + (1 if self.target_attention is not None else 0)
-            + (1 if self.dense_arch is not None else 0)
-            + sum(c.num_tokens for c in self.channels)
-        )
-        self.interaction = build_interaction(name, num_tokens=num_tokens, dim=embedding_dim, **interaction)
-        head_args = dict(heads or {})
-        top_features = self.interaction.num_outputs * embedding_dim
-        self.heads = TaskHeads(top_features, self.tasks, **head_args)
-        for channel in self.channels:
-            channel.build(top_features)
+        self.sparse_arch = sparse_arch
+        self.pool_history = pool_history
+        num_tokens = len(sparse_arch.token_names) + (1 if pool_history else 0)
+        self.user_tower = user_tower
+        if user_projection is not None:
+            self.user_projection = user_projection
+        self.target_attention = target_attention
+        self.dense_arch = dense_arch
+        self.channels = nn.ModuleList(channels)  # type: ignore[arg-type]
+        self.interaction = interaction
+        self.heads = heads
+        other_tokens = [i for i in range(num_tokens) if i not in set(user_tokens)]
+        other_dense = [i for i in range(num_dense) if i not in set(user_dense)]
+        for name, values in (
+            ("_user_tokens", user_tokens),
+            ("_user_dense", user_dense),
+            ("_other_tokens", other_tokens),
+            ("_other_dense", other_dense),
+            ("_query_tokens", query_tokens),
+        ):
+            self.register_buffer(name, torch.tensor(list(values), dtype=torch.int64), persistent=False)
 
     def tokens(self, batch: Batch) -> tuple[torch.Tensor, SequenceTokens | None, dict[str, torch.Tensor]]:
         """(B, n, d) interaction inputs, the jagged history (if kept jagged), FM representations."""
@@ -191,7 +143,9 @@ class RankingModel(nn.Module):
         tokens, sequence = self.sparse_arch(batch.sparse, batch.sequences, batch.sequence_ages)
         if self.pool_history:
             assert sequence is not None
-            pooled = torch.segment_reduce(sequence.values, "mean", lengths=sequence.lengths, unsafe=True, initial=0.0)
+            pooled = torch.segment_reduce(
+                sequence.values, "mean", lengths=sequence.lengths, unsafe=True, initial=0.0
+            )
             tokens = torch.cat([tokens, pooled.unsqueeze(1)], dim=1)
         return tokens, sequence
 
@@ -204,86 +158,9 @@ class RankingModel(nn.Module):
     def _user_tower(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The user tower on the user-side tokens (B, n_u, d) and user dense features (B, D_u)."""
         assert self.user_tower is not None
-        return self.user_tower(tokens.index_select(1, self._user_tokens), batch.dense.index_select(1, self._user_dense))
+        return self.user_tower(
+            tokens.index_select(1, self._user_tokens), batch.dense.index_select(1, self._user_dense)
+        )
 
     def fused_optimizer(self) -> torch.optim.Optimizer | None:
         return self.sparse_arch.fused_optimizer()
-
-
-def build_model(
-    config: ModelConfig,
-    spec: DatasetSpec,
-    embedding_lr: float = 0.05,
-    fm_dims: dict[str, int] | None = None,
-    embedding_optimizer: str = "rowwise_adagrad",
-) -> RankingModel:
-    """A RankingModel from its config. VMs with channels need `fm_dims`, the published FM's widths.
-
-    `embedding_optimizer` is TrainConfig's: row-wise AdaGrad runs fused inside the embedding bags;
-    anything else (Adam) needs plain tables whose rows the trainer's optimizer updates.
-    """
-    features = spec.select(config.features, config.role)
-    tasks = config.tasks or spec.tasks
-    channels = build_channels(config.channel_specs(), config.embedding_dim, tasks, fm_dims or {})
-    return RankingModel(
-        spec,
-        features,
-        tasks=tasks,
-        embedding_dim=config.embedding_dim,
-        dense_layers=config.dense_layers,
-        interaction=config.interaction,
-        heads=config.heads,
-        embedding_lr=embedding_lr,
-        fused_embeddings=embedding_optimizer == "rowwise_adagrad",
-        min_count=config.min_count,
-        user_tower=config.user_tower,
-        target_attention=config.target_attention,
-        channels=channels,
-    )
-
-
-MODEL_CARD = "model.yaml"
-
-
-def save_model_card(
-    model_dir: Path,
-    config: ModelConfig,
-    log: EventLog,
-    embedding_lr: float,
-    fm_dims: dict[str, int],
-    embedding_optimizer: str = "rowwise_adagrad",
-) -> None:
-    """What `load_model` needs to rebuild this model: its config, the log's spec and the FM widths."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    card = {
-        "config": config.model_dump(mode="json"),
-        "events": str(log.path.resolve()),
-        "embedding_lr": embedding_lr,
-        "embedding_optimizer": embedding_optimizer,
-        "fm_dims": dict(fm_dims),
-    }
-    (model_dir / MODEL_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
-
-
-def load_model(model_dir: Path | str, weights: str = "model.pt") -> tuple[RankingModel, ModelConfig, DatasetSpec]:
-    """A trained model from its directory (runs/<run>/models/<name>), weights loaded, in eval mode."""
-    model_dir = Path(model_dir)
-    card_path = model_dir / MODEL_CARD
-    if not card_path.exists():
-        raise FileNotFoundError(f"{model_dir} has no {MODEL_CARD}; is it a model trained by fxrec?")
-    card = yaml.safe_load(card_path.read_text())
-    config = ModelConfig.model_validate(card["config"])
-    spec = DatasetSpec.load(Path(card["events"]) / "spec.yaml")
-    model = build_model(
-        config,
-        spec,
-        embedding_lr=card["embedding_lr"],
-        fm_dims=card["fm_dims"],
-        embedding_optimizer=card.get("embedding_optimizer", "rowwise_adagrad"),  # cards before the option
-    )
-    weights_path = model_dir / weights
-    if not weights_path.exists():
-        raise FileNotFoundError(f"{weights_path} does not exist; has training finished?")
-    model.load_state_dict(load(weights_path))
-    model.eval()
-    return model, config, spec

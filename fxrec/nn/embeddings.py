@@ -31,8 +31,8 @@ from torchrec import (
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
 from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
-from fxrec.interactions.base import SequenceTokens
 from fxrec.nn.admission import FrequencyAdmission
+from fxrec.nn.sequence import SequenceTokens
 
 
 def _tables(spec: DatasetSpec, features: list[FeatureSpec]) -> dict[str, tuple[int, list[str]]]:

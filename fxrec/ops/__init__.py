@@ -1,6 +1,6 @@
 """Jagged attention and GDPA kernels for ragged user histories.
 
-Every op takes the jagged layout of `fxrec.interactions.base.SequenceTokens`: `values` (sum_len, H, D)
+Every op takes the jagged layout of `fxrec.nn.sequence.SequenceTokens`: `values` (sum_len, H, D)
 or (sum_len, D) — rows offsets[b]:offsets[b+1] belong to example b, lengths 0..max_len — plus
 `offsets` (B + 1,) int64 and `max_len`. Nothing is padded to the batch maximum. `offsets` may also be a
 `JaggedPlan` of them: a model that calls several ops over one batch builds the plan once (the sequence

@@ -29,9 +29,9 @@ import torch
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.metrics.ranking import ne
+from fxrec.models.checkpoint import load as load_state
 from fxrec.pipeline import events_path
 from fxrec.serving.models import channel_names, load, run_config, trained_through
-from fxrec.train.checkpoint import load as load_state
 
 _TS_BITS = 34
 TIERS = ("pair-cache", "user-aggregate", "similar-user", "missing")

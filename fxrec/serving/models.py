@@ -88,11 +88,11 @@ def _load_model(model_dir: Path, run: Path) -> tuple[RankingModel, ModelConfig, 
     """The model card's way (`load_model`) when the model has one; runs trained before model cards
     existed are rebuilt from the run's config.yaml (they have no transfer channels)."""
     if (model_dir / "model.yaml").exists():
-        from fxrec.models.ranking import load_model
+        from fxrec.factory import load_model
 
         return load_model(model_dir)
     from fxrec.data.eventlog import EventLog
-    from fxrec.models.ranking import build_model
+    from fxrec.factory import build_model
     from fxrec.pipeline import events_path
 
     config = run_config(run)

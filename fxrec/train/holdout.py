@@ -37,7 +37,7 @@ from fxrec.data.history import HistoryTracker, _gather_ranges
 from fxrec.data.labels import delay_columns, observed_frame
 from fxrec.data.schema import FeatureKind, FeatureSpec
 from fxrec.metrics import auc, log_loss, ne
-from fxrec.train.checkpoint import model_state
+from fxrec.models.checkpoint import model_state
 from fxrec.train.trainer import LabelTally, Trainer
 
 SPLITS = ("train", "valid", "test")

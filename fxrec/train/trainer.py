@@ -32,8 +32,8 @@ from fxrec.data.batches import Batch, EventFrame
 from fxrec.data.eventlog import EventLog
 from fxrec.data.labels import observed_frame, training_cutoff
 from fxrec.data.reader import iter_frames
+from fxrec.models.checkpoint import load, model_state, save_atomic
 from fxrec.models.ranking import RankingModel
-from fxrec.train.checkpoint import load, model_state, save_atomic
 from fxrec.transfer.published import PublishedFM
 
 CHECKPOINT = "checkpoint.pt"

@@ -23,7 +23,7 @@ from torch import nn
 from fxrec.data.batches import Batch, EventFrame
 
 if TYPE_CHECKING:
-    from fxrec.models.ranking import ModelOutput
+    from fxrec.models.output import ModelOutput
     from fxrec.transfer.published import PublishedFM
 
 

@@ -33,8 +33,9 @@ from fxrec.config import ModelConfig, RunConfig, load_config
 from fxrec.data.batches import EventFrame
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
-from fxrec.models.ranking import RankingModel, build_model
-from fxrec.train.checkpoint import load
+from fxrec.factory import build_model
+from fxrec.models.checkpoint import load
+from fxrec.models.ranking import RankingModel
 from fxrec.transfer.loopfm import MatryoshkaAutoencoder, quantize_int4
 from fxrec.transfer.published import PUBLISH_META, last_row_per_user
 

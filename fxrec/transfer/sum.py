@@ -13,32 +13,8 @@ one token. A user with no stored embedding gets a learned "missing" token instea
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from fxrec.data.batches import EventFrame
-from fxrec.nn.mlp import MLP
 from fxrec.transfer.base import VectorChannel
-
-
-class UserTower(nn.Module):
-    """(B, n_u, d) user tokens + (B, D_u) user dense -> (B, dim) user embedding.
-
-    Example::
-
-        tower = UserTower(num_tokens=5, token_dim=16, num_dense=1, dim=32)
-        tower(torch.randn(8, 5, 16), torch.randn(8, 1)).shape  # (8, 32)
-    """
-
-    def __init__(self, num_tokens: int, token_dim: int, num_dense: int, dim: int = 32, hidden: list[int] | None = None):
-        super().__init__()
-        self.dim = dim
-        self.body = MLP(num_tokens * token_dim + num_dense, list(hidden or [128]))
-        self.out = nn.Linear(self.body.out_features, dim)
-
-    def forward(self, tokens: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        dense = torch.sign(dense) * torch.log1p(dense.abs())
-        return self.out(self.body(torch.cat([tokens.flatten(1), dense], dim=1)))
 
 
 class SUMChannel(VectorChannel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fxrec.interactions.base import SequenceTokens
+from fxrec.nn.sequence import SequenceTokens
 
 DIM = 16
 NUM_TOKENS = 5

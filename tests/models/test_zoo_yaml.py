@@ -10,8 +10,8 @@ import yaml
 
 from fxrec.config import ModelConfig, RunConfig, TrainConfig, load_config
 from fxrec.data.reader import iter_frames
+from fxrec.factory import build_model
 from fxrec.interactions.registry import INTERACTIONS
-from fxrec.models.ranking import build_model
 from fxrec.pipeline import run_demo
 from fxrec.train.trainer import Trainer
 
@@ -62,7 +62,7 @@ def test_zoo_config_runs_end_to_end(tmp_path):
     assert set(models) == {"fm", "vm_feed_interformer", "vm_stories_dhen", "vm_video_dcnv2"}
     for model in models.values():
         assert 0 < model["ne"] < 1.2 and model["n_eval"] > 0
-    from fxrec.models.ranking import load_model
+    from fxrec.factory import load_model
 
     fm, _, _ = load_model(tmp_path / "run" / "models" / "fm")  # event-level towers, typed from the data
     assert fm.sparse_arch.type_feature == "hist_surface_id" and len(fm.interaction.towers) == 3
@@ -71,7 +71,7 @@ def test_zoo_config_runs_end_to_end(tmp_path):
 def test_adam_embeddings_train_through_the_pipeline_and_reload(tmp_path):
     """`train.embedding_optimizer: adam` reaches the model build and its card: the FM trains with plain
     tables and reloads from its directory."""
-    from fxrec.models.ranking import load_model
+    from fxrec.factory import load_model
     from fxrec.pipeline import prepare_events, train_model
 
     config = load_config(ZOO)

@@ -10,9 +10,9 @@ from fxrec.config import ModelConfig, TrainConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.data.sources.movielens import split_points
-from fxrec.models.ranking import build_model
+from fxrec.factory import build_model
+from fxrec.models.checkpoint import model_state
 from fxrec.train import holdout
-from fxrec.train.checkpoint import model_state
 from fxrec.train.holdout import SplitFrames, fit_holdout, split_by_event_id
 from fxrec.train.trainer import Trainer
 

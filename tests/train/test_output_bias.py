@@ -9,8 +9,8 @@ import torch
 from fxrec.config import ModelConfig, TrainConfig
 from fxrec.data.eventlog import EventLog, write_events
 from fxrec.data.schema import DatasetSpec, FeatureSpec
+from fxrec.factory import build_model
 from fxrec.metrics import ne
-from fxrec.models.ranking import build_model
 from fxrec.train.trainer import Trainer
 
 SPEC = DatasetSpec(

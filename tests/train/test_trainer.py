@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fxrec.config import ModelConfig, TrainConfig
-from fxrec.models.ranking import build_model
+from fxrec.factory import build_model
 from fxrec.train.trainer import Trainer, TrainingInterrupted
 
 FM = ModelConfig(name="fm", role="fm", embedding_dim=8, interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 8}, heads={"hidden": [16]})

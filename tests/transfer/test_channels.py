@@ -32,7 +32,7 @@ def test_a_vm_trains_with_each_channel(published_run, transfer_config, small_log
     predictions = pl.concat([pl.read_parquet(p) for p in sorted((model_dir / "predictions").glob("*.parquet"))])
     assert predictions.height > 0 and np.isfinite(predictions["pred_click"].to_numpy()).all()
 
-    from fxrec.models.ranking import load_model
+    from fxrec.factory import load_model
 
     model, config, _ = load_model(model_dir)
     assert [c.name for c in model.channels] == [c if isinstance(c, str) else c["name"] for c in CHANNEL_SETS[name]]
@@ -177,7 +177,7 @@ def test_transfer_ratio_and_paired_test():
 
 def test_a_channel_without_its_published_output_is_a_clear_error(small_log):
     from fxrec.config import ModelConfig
-    from fxrec.models.ranking import build_model
+    from fxrec.factory import build_model
 
     with pytest.raises(ValueError, match="publish"):
         build_model(ModelConfig(name="vm", role="vm", channels=["sum"]), small_log.spec, fm_dims={"tae": 8})

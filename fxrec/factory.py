@@ -1,0 +1,182 @@
+"""Models from configs: build a RankingModel's parts, write its model card, load it back.
+
+`build_model(config, spec)` is the one way fxrec turns a ModelConfig into a RankingModel: it selects
+the features, builds the sparse arch, the optional FM parts (user tower, target attention), the dense
+arch, the transfer channels, the interaction and the heads, and hands them to the model. A trained
+model's directory holds a model card (`model.yaml`: config, the log's spec location, FM widths), from
+which `load_model` rebuilds it.
+
+Parts are built in a fixed order (channels, sparse arch, user tower and its projection, target
+attention, dense arch, interaction, heads, channel heads), so the same seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from fxrec.config import ModelConfig
+from fxrec.data.eventlog import EventLog
+from fxrec.data.schema import DatasetSpec, FeatureKind
+from fxrec.interactions.registry import INTERACTIONS, build_interaction
+from fxrec.models.checkpoint import load
+from fxrec.models.heads import TaskHeads
+from fxrec.models.ranking import DenseArch, RankingModel
+from fxrec.nn.embeddings import SparseArch
+from fxrec.nn.target_attention import TargetAttention
+from fxrec.nn.user_tower import UserTower
+from fxrec.transfer.registry import build_channels
+
+MODEL_CARD = "model.yaml"
+
+
+def build_model(
+    config: ModelConfig,
+    spec: DatasetSpec,
+    embedding_lr: float = 0.05,
+    fm_dims: dict[str, int] | None = None,
+    embedding_optimizer: str = "rowwise_adagrad",
+) -> RankingModel:
+    """A RankingModel from its config. VMs with channels need `fm_dims`, the published FM's widths.
+
+    `embedding_optimizer` is TrainConfig's: row-wise AdaGrad runs fused inside the embedding bags;
+    anything else (Adam) needs plain tables whose rows the trainer's optimizer updates.
+    """
+    features = spec.select(config.features, config.role)
+    tasks = config.tasks or spec.tasks
+    dim = config.embedding_dim
+    channels = build_channels(config.channel_specs(), dim, tasks, fm_dims or {})
+    interaction = dict(config.interaction)
+    name = interaction.pop("name")
+    if name not in INTERACTIONS:
+        raise ValueError(f"unknown interaction {name!r}; known: {sorted(INTERACTIONS)}")
+    sequence_aware = INTERACTIONS[name].sequence_aware
+    has_history = any(f.kind is FeatureKind.sequence for f in features)
+    if config.target_attention is not None and not has_history:
+        raise ValueError("target_attention needs a sequence (history) feature among the model's features")
+    sparse_arch = SparseArch(
+        spec,
+        features,
+        dim,
+        jagged_sequences=sequence_aware or config.target_attention is not None,
+        fused=embedding_optimizer == "rowwise_adagrad",
+        embedding_lr=embedding_lr,
+        min_count=config.min_count,
+        type_feature=interaction.get("event_type_feature"),
+    )
+    # A jagged history that the interaction does not read itself is mean-pooled into one token.
+    pool_history = sparse_arch.jagged_sequences and not sequence_aware and has_history
+    token_names = sparse_arch.token_names + (["history"] if pool_history else [])
+    dense_names = [f.name for f in features if f.kind is FeatureKind.dense]
+
+    user_tower = user_projection = None
+    user_tokens: list[int] = []
+    user_dense: list[int] = []
+    if config.user_tower is not None:
+        tower_args = dict(config.user_tower)
+        wanted = tower_args.pop("features")
+        sequence_names = {f.name for f in features if f.kind is FeatureKind.sequence}
+        names = [("history" if pool_history and n in sequence_names else n) for n in wanted]
+        unknown = [n for n in names if n not in token_names and n not in dense_names]
+        if unknown:
+            raise ValueError(
+                f"user_tower features {unknown} are not features of this model ({[f.name for f in features]})"
+            )
+        user_tokens = sorted({token_names.index(n) for n in names if n in token_names})
+        user_dense = [dense_names.index(n) for n in names if n in dense_names]
+        user_tower = UserTower(len(user_tokens), dim, len(user_dense), **tower_args)
+        user_projection = nn.Linear(user_tower.dim, dim)
+
+    target_attention = None
+    query_tokens: list[int] = []
+    if config.target_attention is not None:
+        attention_args = dict(config.target_attention)
+        query = attention_args.pop("query", ["item_id"])
+        missing = [n for n in query if n not in token_names]
+        if missing:
+            raise ValueError(
+                f"target_attention query features {missing} are not sparse features of this model"
+            )
+        query_tokens = [token_names.index(n) for n in query]
+        target_attention = TargetAttention(dim, **attention_args)
+
+    other_dense = len(dense_names) - len(user_dense)
+    dense_arch = DenseArch(other_dense, config.dense_layers or [64], dim) if other_dense else None
+    num_tokens = (
+        len(token_names)
+        - len(user_tokens)
+        + (1 if user_tower is not None else 0)
+        + (1 if target_attention is not None else 0)
+        + (1 if dense_arch is not None else 0)
+        + sum(c.num_tokens for c in channels)
+    )
+    built = build_interaction(name, num_tokens=num_tokens, dim=dim, **interaction)
+    top_features = built.num_outputs * dim
+    heads = TaskHeads(top_features, tasks, **dict(config.heads or {}))
+    for channel in channels:
+        channel.build(top_features)
+    return RankingModel(
+        features=[f.name for f in features],
+        tasks=tasks,
+        sparse_arch=sparse_arch,
+        interaction=built,
+        heads=heads,
+        dense_arch=dense_arch,
+        num_dense=len(dense_names),
+        pool_history=pool_history,
+        user_tower=user_tower,
+        user_projection=user_projection,
+        user_tokens=user_tokens,
+        user_dense=user_dense,
+        target_attention=target_attention,
+        query_tokens=query_tokens,
+        channels=channels,
+    )
+
+
+def save_model_card(
+    model_dir: Path,
+    config: ModelConfig,
+    log: EventLog,
+    embedding_lr: float,
+    fm_dims: dict[str, int],
+    embedding_optimizer: str = "rowwise_adagrad",
+) -> None:
+    """What `load_model` needs to rebuild this model: its config, the log's spec and the FM widths."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    card = {
+        "config": config.model_dump(mode="json"),
+        "events": str(log.path.resolve()),
+        "embedding_lr": embedding_lr,
+        "embedding_optimizer": embedding_optimizer,
+        "fm_dims": dict(fm_dims),
+    }
+    (model_dir / MODEL_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+def load_model(
+    model_dir: Path | str, weights: str = "model.pt"
+) -> tuple[RankingModel, ModelConfig, DatasetSpec]:
+    """A trained model from its directory (runs/<run>/models/<name>), weights loaded, in eval mode."""
+    model_dir = Path(model_dir)
+    card_path = model_dir / MODEL_CARD
+    if not card_path.exists():
+        raise FileNotFoundError(f"{model_dir} has no {MODEL_CARD}; is it a model trained by fxrec?")
+    card = yaml.safe_load(card_path.read_text())
+    config = ModelConfig.model_validate(card["config"])
+    spec = DatasetSpec.load(Path(card["events"]) / "spec.yaml")
+    model = build_model(
+        config,
+        spec,
+        embedding_lr=card["embedding_lr"],
+        fm_dims=card["fm_dims"],
+        embedding_optimizer=card.get("embedding_optimizer", "rowwise_adagrad"),  # cards before the option
+    )
+    weights_path = model_dir / weights
+    if not weights_path.exists():
+        raise FileNotFoundError(f"{weights_path} does not exist; has training finished?")
+    model.load_state_dict(load(weights_path))
+    model.eval()
+    return model, config, spec
