@@ -56,7 +56,7 @@ import torch
 import yaml
 from _plain_dcn import PlainDCN
 
-from fxrec.config import TrainConfig
+from fxrec.config import HEADS_CONFIGS, INTERACTION_CONFIGS, TrainConfig
 from fxrec.data.batches import hash_rows
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
@@ -157,8 +157,8 @@ class FxrecRunner:
         torch.manual_seed(0)
         model = RankingModel(
             log.spec, self.features, tasks=["click"], embedding_dim=DIM, dense_layers=DENSE_LAYERS,
-            interaction={"name": "dcnv2", "num_layers": CROSS_LAYERS, "low_rank": LOW_RANK},
-            heads={"kind": "shared_bottom", "hidden": HIDDEN},
+            interaction=INTERACTION_CONFIGS["dcnv2"](num_layers=CROSS_LAYERS, low_rank=LOW_RANK),
+            heads=HEADS_CONFIGS["shared_bottom"](hidden=HIDDEN),
             embedding_lr=ADAGRAD_LR, fused_embeddings=not adam,
         )
         config = TrainConfig(batch_size=batch_size, dense_lr=LR, threads=THREADS,

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
-from fxrec.config import ModelConfig
+from fxrec.config import HEADS_CONFIGS, INTERACTION_CONFIGS, ModelConfig, VMConfig
+from fxrec.config_types import Block
 from fxrec.data.batches import Batch
 from fxrec.data.eventlog import EventLog
 from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
 from fxrec.interactions.base import SequenceTokens
-from fxrec.interactions.registry import INTERACTIONS, build_interaction
+from fxrec.interactions.registry import build_interaction
 from fxrec.models.heads import TaskHeads
 from fxrec.nn.embeddings import SparseArch
 from fxrec.nn.mlp import MLP
@@ -72,21 +72,19 @@ class RankingModel(nn.Module):
         tasks: list[str],
         embedding_dim: int = 16,
         dense_layers: list[int] | None = None,
-        interaction: dict[str, Any] | None = None,
-        heads: dict[str, Any] | None = None,
+        interaction: Block | None = None,
+        heads: Block | None = None,
         embedding_lr: float = 0.05,
         fused_embeddings: bool = True,
         min_count: int = 0,
-        user_tower: dict[str, Any] | None = None,
-        target_attention: dict[str, Any] | None = None,
+        user_tower: Block | None = None,
+        target_attention: Block | None = None,
         channels: list[TransferChannel] | None = None,
     ):
         super().__init__()
-        interaction = dict(interaction or {"name": "dcnv2"})
-        name = interaction.pop("name")
-        if name not in INTERACTIONS:
-            raise ValueError(f"unknown interaction {name!r}; known: {sorted(INTERACTIONS)}")
-        sequence_aware = INTERACTIONS[name].sequence_aware
+        # Blocks are typed configs (fxrec.config: InteractionConfig, HeadsConfig, UserTowerConfig, ...).
+        interaction = interaction or INTERACTION_CONFIGS["dcnv2"]()
+        sequence_aware = interaction.target.sequence_aware
         self.features = [f.name for f in features]
         self.tasks = list(tasks)
         has_history = any(f.kind is FeatureKind.sequence for f in features)
@@ -100,7 +98,6 @@ class RankingModel(nn.Module):
             fused=fused_embeddings,
             embedding_lr=embedding_lr,
             min_count=min_count,
-            type_feature=interaction.get("event_type_feature"),
         )
         # A jagged history that the interaction does not read itself is mean-pooled into one token.
         self.pool_history = self.sparse_arch.jagged_sequences and not sequence_aware and has_history
@@ -111,8 +108,7 @@ class RankingModel(nn.Module):
         user_tokens: list[int] = []
         user_dense: list[int] = []
         if user_tower is not None:
-            tower_args = dict(user_tower)
-            wanted = tower_args.pop("features")
+            wanted = user_tower.features
             sequence_names = {f.name for f in features if f.kind is FeatureKind.sequence}
             names = [("history" if self.pool_history and n in sequence_names else n) for n in wanted]
             unknown = [n for n in names if n not in token_names and n not in dense_names]
@@ -120,7 +116,7 @@ class RankingModel(nn.Module):
                 raise ValueError(f"user_tower features {unknown} are not features of this model ({self.features})")
             user_tokens = sorted({token_names.index(n) for n in names if n in token_names})
             user_dense = [dense_names.index(n) for n in names if n in dense_names]
-            self.user_tower = UserTower(len(user_tokens), embedding_dim, len(user_dense), **tower_args)
+            self.user_tower = UserTower(len(user_tokens), embedding_dim, len(user_dense), **user_tower.kwargs())
             self.user_projection = nn.Linear(self.user_tower.dim, embedding_dim)
         self.register_buffer("_user_tokens", torch.tensor(user_tokens, dtype=torch.int64), persistent=False)
         self.register_buffer("_user_dense", torch.tensor(user_dense, dtype=torch.int64), persistent=False)
@@ -131,13 +127,12 @@ class RankingModel(nn.Module):
 
         self.target_attention: TargetAttention | None = None
         if target_attention is not None:
-            attention_args = dict(target_attention)
-            query = attention_args.pop("query", ["item_id"])
+            query = target_attention.query
             missing = [n for n in query if n not in token_names]
             if missing:
                 raise ValueError(f"target_attention query features {missing} are not sparse features of this model")
             self.register_buffer("_query_tokens", torch.tensor([token_names.index(n) for n in query]), persistent=False)
-            self.target_attention = TargetAttention(embedding_dim, **attention_args)
+            self.target_attention = TargetAttention(embedding_dim, **target_attention.kwargs())
 
         self.dense_arch = DenseArch(len(other_dense), dense_layers or [64], embedding_dim) if other_dense else None
         self.channels = nn.ModuleList(channels or [])
@@ -148,10 +143,15 @@ class RankingModel(nn.Module):
             + (1 if self.dense_arch is not None else 0)
             + sum(c.num_tokens for c in self.channels)
         )
-        self.interaction = build_interaction(name, num_tokens=num_tokens, dim=embedding_dim, **interaction)
-        head_args = dict(heads or {})
+        self.interaction = build_interaction(interaction.name, num_tokens=num_tokens, dim=embedding_dim, **interaction.kwargs())
+        if getattr(self.interaction, "num_event_types", 1) > 1 and self.sparse_arch.type_feature is None:
+            raise ValueError(
+                f"interaction {interaction.name!r} with num_event_types > 1 needs each history entry's event type: "
+                "declare it in the dataset spec (`event_types: <feature>` on the history feature) and give the "
+                "model that feature"
+            )
         top_features = self.interaction.num_outputs * embedding_dim
-        self.heads = TaskHeads(top_features, self.tasks, **head_args)
+        self.heads = TaskHeads(top_features, self.tasks, **(heads or HEADS_CONFIGS["shared_bottom"]()).kwargs())
         for channel in self.channels:
             channel.build(top_features)
 
@@ -224,7 +224,8 @@ def build_model(
     """
     features = spec.select(config.features, config.role)
     tasks = config.tasks or spec.tasks
-    channels = build_channels(config.channel_specs(), config.embedding_dim, tasks, fm_dims or {})
+    vm = isinstance(config, VMConfig)
+    channels = build_channels(config.channels if vm else [], config.embedding_dim, tasks, fm_dims or {})
     return RankingModel(
         spec,
         features,
@@ -236,8 +237,8 @@ def build_model(
         embedding_lr=embedding_lr,
         fused_embeddings=embedding_optimizer == "rowwise_adagrad",
         min_count=config.min_count,
-        user_tower=config.user_tower,
-        target_attention=config.target_attention,
+        user_tower=None if vm else config.user_tower,
+        target_attention=None if vm else config.target_attention,
         channels=channels,
     )
 

@@ -176,10 +176,10 @@ def test_transfer_ratio_and_paired_test():
 
 
 def test_a_channel_without_its_published_output_is_a_clear_error(small_log):
-    from fxrec.config import ModelConfig
+    from fxrec.config import VMConfig
     from fxrec.models.ranking import build_model
 
     with pytest.raises(ValueError, match="publish"):
-        build_model(ModelConfig(name="vm", role="vm", channels=["sum"]), small_log.spec, fm_dims={"tae": 8})
+        build_model(VMConfig(name="vm", role="vm", channels=["sum"]), small_log.spec, fm_dims={"tae": 8})
     with pytest.raises(ValueError, match="unknown transfer channel"):
-        build_model(ModelConfig(name="vm", role="vm", channels=["telepathy"]), small_log.spec)
+        build_model(VMConfig(name="vm", role="vm", channels=["telepathy"]), small_log.spec)
