@@ -56,7 +56,10 @@ def test_every_heads_kind_has_a_config_type_of_the_arguments_it_reads(kind):
 
 
 def test_user_tower_and_target_attention_are_typed_too():
-    assert list(UserTowerConfig.model_fields) == ["features", *_arguments(UserTower, ("num_tokens", "token_dim", "num_dense"))]
+    assert list(UserTowerConfig.model_fields) == [
+        "features",
+        *_arguments(UserTower, ("num_tokens", "token_dim", "num_dense")),
+    ]
     assert list(TargetAttentionConfig.model_fields) == ["query", *_arguments(TargetAttention, ("dim",))]
     fm = FMConfig(name="fm", user_tower={"features": ["user_id"], "dim": 8}, target_attention={"heads": 4})
     assert fm.user_tower.kwargs() == {"dim": 8, "hidden": None} and fm.user_tower.features == ["user_id"]
@@ -71,18 +74,28 @@ def _error(raw: dict) -> str:
 
 def test_an_unknown_key_lists_the_accepted_keys():
     interaction = _error({"name": "fm", "role": "fm", "interaction": {"name": "dot", "keep_input": False}})
-    assert "unknown key 'keep_input' for interaction 'dot'; accepted keys: name, output_tokens, keep_inputs, self_interaction" in interaction
+    assert (
+        "unknown key 'keep_input' for interaction 'dot'; accepted keys: name, output_tokens, keep_inputs, self_interaction"
+        in interaction
+    )
     heads = _error({"name": "fm", "role": "fm", "heads": {"kind": "mmoe", "bottom_hidden": [8]}})
-    assert "unknown key 'bottom_hidden' for heads 'mmoe'; accepted keys: kind, hidden, num_experts, expert_hidden" in heads
+    assert (
+        "unknown key 'bottom_hidden' for heads 'mmoe'; accepted keys: kind, hidden, num_experts, expert_hidden"
+        in heads
+    )
     channel = _error({"name": "vm", "role": "vm", "channels": ["kd", {"name": "sum", "stabilise_k": 2}]})
     assert "unknown key 'stabilise_k' for channel 'sum'; accepted keys: name, stabilize_k" in channel
     tower = _error({"name": "fm", "role": "fm", "user_tower": {"features": ["user_id"], "width": 8}})
     assert "unknown key 'width' for user_tower; accepted keys: features, dim, hidden" in tower
-    assert "unknown interaction 'dcn3'; known: dcnv2, dhen, dot" in _error({"name": "fm", "role": "fm", "interaction": {"name": "dcn3"}})
+    assert "unknown interaction 'dcn3'; known: dcnv2, dhen, dot" in _error(
+        {"name": "fm", "role": "fm", "interaction": {"name": "dcn3"}}
+    )
 
 
 def test_fm_keys_on_a_vm_and_vm_keys_on_the_fm_are_rejected():
-    assert "user_tower is an FM key" in _error({"name": "vm", "role": "vm", "user_tower": {"features": ["user_id"]}})
+    assert "user_tower is an FM key" in _error(
+        {"name": "vm", "role": "vm", "user_tower": {"features": ["user_id"]}}
+    )
     assert "target_attention is an FM key" in _error({"name": "vm", "role": "vm", "target_attention": {}})
     assert "channels are a VM key" in _error({"name": "fm", "role": "fm", "channels": ["kd"]})
     with pytest.raises(ValidationError, match="vms.0.role"):
@@ -99,7 +112,9 @@ def test_model_cards_round_trip_either_role():
         heads={"kind": "mmoe", "num_experts": 2},
         user_tower={"features": ["user_id"]},
     )
-    vm = VMConfig(name="vm", surfaces=["feed"], channels=["kd", {"name": "exfm", "adapter": True}], fm_delay=1)
+    vm = VMConfig(
+        name="vm", surfaces=["feed"], channels=["kd", {"name": "exfm", "adapter": True}], fm_delay=1
+    )
     for config in (fm, vm):
         card = yaml.safe_load(yaml.safe_dump(config.model_dump(mode="json")))
         back = ModelConfig.model_validate(card)
@@ -108,5 +123,13 @@ def test_model_cards_round_trip_either_role():
 
 
 def test_an_interaction_key_that_moved_says_where():
-    error = _error({"name": "fm", "role": "fm", "interaction": {"name": "kunlun", "event_type_feature": "hist_surface_id"}})
-    assert "'event_type_feature' is no longer a key of interaction 'kunlun'" in error and "event_types" in error
+    error = _error(
+        {
+            "name": "fm",
+            "role": "fm",
+            "interaction": {"name": "kunlun", "event_type_feature": "hist_surface_id"},
+        }
+    )
+    assert (
+        "'event_type_feature' is no longer a key of interaction 'kunlun'" in error and "event_types" in error
+    )

@@ -25,9 +25,10 @@ CHANNEL_SETS = {
 
 @pytest.mark.parametrize("name", list(CHANNEL_SETS))
 def test_a_vm_trains_with_each_channel(published_run, transfer_config, small_log, name):
+    from fxrec.config import VMConfig
     from fxrec.pipeline import train_model
 
-    vm = transfer_config.vms[0].model_copy(update={"name": f"vm_{name}", "channels": CHANNEL_SETS[name]})
+    vm = VMConfig.model_validate({**transfer_config.vms[0].model_dump(), "name": f"vm_{name}", "channels": CHANNEL_SETS[name]})
     model_dir = train_model(vm, transfer_config, published_run, small_log, quiet=True)
     predictions = pl.concat([pl.read_parquet(p) for p in sorted((model_dir / "predictions").glob("*.parquet"))])
     assert predictions.height > 0 and np.isfinite(predictions["pred_click"].to_numpy()).all()
