@@ -38,6 +38,7 @@ bench-quick: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check fxrec tests bench
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)
 	$(BIN)/ruff format fxrec tests bench

@@ -35,7 +35,7 @@ import torch
 from _common import ROOT, parse_args, print_table, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxrec.config import ModelConfig, TrainConfig, load_config
+from fxrec.config import FMConfig, ModelConfig, TrainConfig, load_config
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.data.simulator import SimulatorConfig, simulate_to
@@ -46,7 +46,7 @@ from fxrec.train.trainer import Trainer
 # DCNv2), and a wider DCNv2 FM: MFU on CPU is a question of matmul sizes.
 FMS: dict[str, ModelConfig] = {
     "demo_fm": load_config(ROOT / "configs" / "demo.yaml").fm,
-    "wide_fm": ModelConfig(
+    "wide_fm": FMConfig(
         name="fm",
         role="fm",
         embedding_dim=64,

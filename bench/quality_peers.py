@@ -87,7 +87,7 @@ from _peers import (
 )
 from _search import SEARCH_SEED, SEARCH_SPACE, Trial, sample_trials, select_trial
 
-from fxrec.config import ModelConfig, TrainConfig
+from fxrec.config import FMConfig, TrainConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.schema import FeatureSpec
 from fxrec.data.simulator import SimulatorConfig
@@ -201,7 +201,7 @@ def fit(
     """
     if model in FXREC_MODELS:
         torch.manual_seed(seed)
-        config = ModelConfig(
+        config = FMConfig(
             name=model,
             role="fm",
             tasks=["click"],

@@ -47,7 +47,7 @@ import torch
 from _common import parse_args, print_table, simulated_log, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
-from fxrec.config import ModelConfig, TrainConfig
+from fxrec.config import FMConfig, TrainConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.simulator import SimulatorConfig
 from fxrec.data.sources.movielens import split_points
@@ -218,7 +218,7 @@ def bootstrap_eta(
 
 def train_one(size: Size, seed: int, log: EventLog, frames: SplitFrames, epochs: int) -> dict[str, Any]:
     torch.manual_seed(seed)
-    config = ModelConfig(
+    config = FMConfig(
         name=f"{size.family}-{size.label}",
         role="fm",
         tasks=["click"],

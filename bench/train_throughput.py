@@ -56,7 +56,7 @@ import torch
 import yaml
 from _plain_dcn import PlainDCN
 
-from fxrec.config import ModelConfig, TrainConfig
+from fxrec.config import TrainConfig, VMConfig
 from fxrec.data.batches import hash_rows
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
@@ -156,7 +156,7 @@ class FxrecRunner:
         adam = group == "dense_adam"
         torch.manual_seed(0)
         model = build_model(
-            ModelConfig(
+            VMConfig(
                 name="fxrec", role="vm", features=[f.name for f in self.features], tasks=["click"],
                 embedding_dim=DIM, dense_layers=DENSE_LAYERS,
                 interaction={"name": "dcnv2", "num_layers": CROSS_LAYERS, "low_rank": LOW_RANK},

@@ -1,60 +1,77 @@
-"""Configs, loaded from YAML. Keys map one-to-one onto constructor arguments."""
+"""Configs, loaded from YAML. Keys map one-to-one onto constructor arguments (see fxrec.config_types)."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from fxrec.config_types import block_union, derive_block
 from fxrec.data.simulator import SimulatorConfig
 from fxrec.errors import InputError, describe_validation
 from fxrec.interactions.registry import INTERACTIONS
-from fxrec.models.heads import TaskHeads
+from fxrec.models.heads import HEAD_KINDS, TaskHeads
 from fxrec.nn.target_attention import TargetAttention
 from fxrec.nn.user_tower import UserTower
 from fxrec.transfer.registry import CHANNELS
 
+# Keys that left a block, with where they went (an old config is told where to put them).
+MOVED_INTERACTION_KEYS = {
+    "event_type_feature": "a history's event types are declared in the dataset spec, as `event_types: <feature>` "
+    "on its sequence feature (spec.yaml; the simulator's `history_surfaces: true` declares hist_surface_id)",
+}
 
-def check_block(
-    block: dict[str, Any],
-    cls: type,
-    what: str,
-    filled: tuple[str, ...],
-    own: tuple[str, ...] = (),
-    required: tuple[str, ...] = (),
-) -> None:
-    """A config block's keys are `cls`'s constructor arguments, less those the builder fills in
-    (`filled`), plus keys the builder reads itself (`own`); raise ValueError listing the accepted keys."""
-    parameters = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = [*own, *(name for name in parameters if name not in ("self", *filled))]
-    for key in block:
-        if key not in accepted:
-            raise ValueError(f"unknown key {key!r} for {what}; accepted keys: {', '.join(accepted)}")
-    for key in required:
-        if key not in block:
-            raise ValueError(f"{what} needs the key {key!r}; accepted keys: {', '.join(accepted)}")
+# One derived config type per registered class (fxrec.config_types): registering is all it takes.
+INTERACTION_CONFIGS = {
+    name: derive_block(cls, f"interaction {name!r}", filled=("num_tokens", "dim"), tag="name", value=name)
+    for name, cls in INTERACTIONS.items()
+}
+CHANNEL_CONFIGS = {
+    name: derive_block(cls, f"channel {name!r}", filled=("dim", "tasks", "input_dim"), tag="name", value=name)
+    for name, cls in CHANNELS.items()
+}
+HEADS_CONFIGS = {
+    kind: derive_block(
+        TaskHeads,
+        f"heads {kind!r}",
+        filled=("in_features", "tasks"),
+        tag="kind",
+        value=kind,
+        exclude=tuple(a for other, only in HEAD_KINDS.items() if other != kind for a in only),
+    )
+    for kind in HEAD_KINDS
+}
+UserTowerConfig = derive_block(
+    UserTower, "user_tower", filled=("num_tokens", "token_dim", "num_dense"), own={"features": (list[str], ...)}
+)
+TargetAttentionConfig = derive_block(
+    TargetAttention, "target_attention", filled=("dim",), own={"query": (list[str], ["item_id"])}
+)
+InteractionConfig = block_union(INTERACTION_CONFIGS, "name", "interaction", moved=MOVED_INTERACTION_KEYS)
+HeadsConfig = block_union(HEADS_CONFIGS, "kind", "heads", default="shared_bottom")
+ChannelConfig = block_union(CHANNEL_CONFIGS, "name", "transfer channel", bare_string=True)
 
-
-def check_channels(channels: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
-    """Each channel names a registered TransferChannel; a dict's other keys are its constructor's."""
-    for channel in channels:
-        name = channel if isinstance(channel, str) else channel.get("name")
-        if name not in CHANNELS:
-            raise ValueError(f"unknown transfer channel {name!r}; known: {', '.join(sorted(CHANNELS))}")
-        if isinstance(channel, dict):
-            check_block(channel, CHANNELS[name], f"channel {name!r}", filled=("dim", "tasks"), own=("name",))
-    return channels
+# Keys of the other role, with what to do instead.
+FM_ONLY = {
+    "user_tower": "user_tower is an FM key; a VM reads the FM's published user embedding through the `sum` channel",
+    "target_attention": "target_attention is an FM key; a VM reads the FM's published TAE through the `tae` channel",
+}
+VM_ONLY = {
+    "channels": "channels are a VM key (role: vm); the FM is what they read from",
+    "fm": "fm is a VM key (role: vm): the FM whose published outputs its channels read",
+    "fm_delay": "fm_delay is a VM key (role: vm): the staleness of the FM its channels read",
+}
 
 
 class ModelConfig(BaseModel):
-    """One ranking model: the FM (all features, all surfaces) or a VM (a surface, a feature subset)."""
+    """One ranking model, the shared part of both roles: an `FMConfig` (all features, all surfaces) or a
+    `VMConfig` (a surface, a feature subset). `ModelConfig.model_validate(raw)` picks the class by `role`."""
 
     model_config = ConfigDict(extra="forbid")
+
+    other_role: ClassVar[dict[str, str]] = {}
 
     name: str
     role: Literal["fm", "vm"]
@@ -64,53 +81,62 @@ class ModelConfig(BaseModel):
     embedding_dim: int = 16
     min_count: int = 0  # training occurrences before an id gets its own row (0: every id at once)
     dense_layers: list[int] = [64]
-    interaction: dict[str, Any] = {"name": "dcnv2", "num_layers": 2, "low_rank": 32}
-    heads: dict[str, Any] = {"kind": "shared_bottom", "hidden": [128, 64]}
-    # FM only: a SUM user tower over user-side features (its output is the published user embedding)
-    # and a target-aware attention of the candidate over the user's history (the published TAE).
-    user_tower: dict[str, Any] | None = None
-    target_attention: dict[str, Any] | None = None
-    # VM only: transfer channels, by name or as {name: ..., **constructor arguments}; see fxrec.transfer.
-    channels: list[str | dict[str, Any]] = []
+    interaction: InteractionConfig = Field(default_factory=lambda: INTERACTION_CONFIGS["dcnv2"](num_layers=2, low_rank=32))
+    heads: HeadsConfig = Field(default_factory=lambda: HEADS_CONFIGS["shared_bottom"](hidden=[128, 64]))
+
+    def __init__(self, **data: Any):
+        if type(self) is ModelConfig:
+            raise TypeError("ModelConfig is the base of both roles: build an FMConfig or a VMConfig")
+        super().__init__(**data)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> ModelConfig:
+        """On ModelConfig itself: an FMConfig or a VMConfig, as `role` says (a model card's config)."""
+        if cls is ModelConfig:
+            return MODEL_CONFIG.validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, message in cls.other_role.items():
+                if key in data:
+                    raise ValueError(message)
+        return data
+
+    def channel_specs(self) -> list[dict[str, Any]]:
+        """The transfer channels the model reads, each as {name, **arguments}; an FM reads none."""
+        return []
+
+
+class FMConfig(ModelConfig):
+    """The foundation model. Optional parts: a SUM user tower over user-side features (its output is the
+    published user embedding) and a target-aware attention of the candidate over the user's history
+    (the published TAE)."""
+
+    other_role: ClassVar[dict[str, str]] = VM_ONLY
+
+    role: Literal["fm"] = "fm"
+    user_tower: UserTowerConfig | None = None
+    target_attention: TargetAttentionConfig | None = None
+
+
+class VMConfig(ModelConfig):
+    """A vertical model: its own surfaces and features, plus transfer channels from a published FM."""
+
+    other_role: ClassVar[dict[str, str]] = FM_ONLY
+
+    role: Literal["vm"] = "vm"
+    channels: list[ChannelConfig] = []  # by name or as {name: ..., **constructor arguments}; see fxrec.transfer
     fm: str = "fm"  # the FM whose published outputs the channels read (runs/<name>/publish/<fm>)
     fm_delay: int = Field(default=0, ge=0)  # read the FM published with this many extra days of staleness
 
-    @field_validator("interaction")
-    @classmethod
-    def _check_interaction(cls, interaction: dict[str, Any]) -> dict[str, Any]:
-        name = interaction.get("name")
-        if name not in INTERACTIONS:
-            raise ValueError(f"unknown interaction {name!r}; known: {', '.join(sorted(INTERACTIONS))}")
-        check_block(interaction, INTERACTIONS[name], f"interaction {name!r}", filled=("num_tokens", "dim"), own=("name",))
-        return interaction
-
-    @field_validator("heads")
-    @classmethod
-    def _check_heads(cls, heads: dict[str, Any]) -> dict[str, Any]:
-        check_block(heads, TaskHeads, "heads", filled=("in_features", "tasks"))
-        return heads
-
-    @field_validator("user_tower")
-    @classmethod
-    def _check_user_tower(cls, tower: dict[str, Any] | None) -> dict[str, Any] | None:
-        if tower is not None:
-            check_block(tower, UserTower, "user_tower", filled=("num_tokens", "token_dim", "num_dense"), own=("features",), required=("features",))
-        return tower
-
-    @field_validator("target_attention")
-    @classmethod
-    def _check_target_attention(cls, attention: dict[str, Any] | None) -> dict[str, Any] | None:
-        if attention is not None:
-            check_block(attention, TargetAttention, "target_attention", filled=("dim",), own=("query",))
-        return attention
-
-    @field_validator("channels")
-    @classmethod
-    def _check_channels(cls, channels: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
-        return check_channels(channels)
-
     def channel_specs(self) -> list[dict[str, Any]]:
-        return [{"name": c} if isinstance(c, str) else dict(c) for c in self.channels]
+        return [channel.model_dump(mode="json") for channel in self.channels]
+
+
+MODEL_CONFIG: TypeAdapter[FMConfig | VMConfig] = TypeAdapter(Annotated[FMConfig | VMConfig, Field(discriminator="role")])
 
 
 class TrainConfig(BaseModel):
@@ -177,20 +203,13 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channel_sets: dict[str, list[str | dict[str, Any]]]  # {set name: the VM's `channels`}; include "none" and "kd"
+    channel_sets: dict[str, list[ChannelConfig]]  # {set name: the VM's `channels`}; include "none" and "kd"
     seeds: list[int] = [0, 1, 2]
     delays: list[int] = [0]  # FM staleness in extra days; sets in `delay_sets` also run at each delay > 0
     delay_sets: list[str] = []
     # The last `test_days` evaluation days report the numbers; the earlier ones choose each VM's best
     # channel set. None: the later half of the evaluation days.
     test_days: int | None = Field(default=None, ge=1)
-
-    @field_validator("channel_sets")
-    @classmethod
-    def _check_channel_sets(cls, sets: dict[str, list[str | dict[str, Any]]]) -> dict[str, list[str | dict[str, Any]]]:
-        for channels in sets.values():
-            check_channels(channels)
-        return sets
 
 
 class RunConfig(BaseModel):
@@ -201,15 +220,15 @@ class RunConfig(BaseModel):
     name: str = "demo"
     simulator: SimulatorConfig | None = SimulatorConfig()
     events: str | None = None  # an existing event log instead of simulating
-    fm: ModelConfig
-    vms: list[ModelConfig] = []
+    fm: FMConfig
+    vms: list[VMConfig] = []
     train: TrainConfig = TrainConfig()
     vm_per_surface: bool = False  # add one VM per surface, built from `vm_template`
-    vm_template: ModelConfig | None = None
+    vm_template: VMConfig | None = None
     publish: PublishConfig = PublishConfig()
     experiment: ExperimentConfig | None = None
 
-    def expand_vms(self, surfaces: list[str]) -> list[ModelConfig]:
+    def expand_vms(self, surfaces: list[str]) -> list[VMConfig]:
         vms = list(self.vms)
         if self.vm_per_surface and self.vm_template is not None:
             for surface in surfaces:

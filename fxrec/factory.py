@@ -17,10 +17,10 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from fxrec.config import ModelConfig
+from fxrec.config import HEADS_CONFIGS, ModelConfig, VMConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.schema import DatasetSpec, FeatureKind
-from fxrec.interactions.registry import INTERACTIONS, build_interaction
+from fxrec.interactions.registry import build_interaction
 from fxrec.models.checkpoint import load
 from fxrec.models.heads import TaskHeads
 from fxrec.models.ranking import DenseArch, RankingModel
@@ -47,24 +47,23 @@ def build_model(
     features = spec.select(config.features, config.role)
     tasks = config.tasks or spec.tasks
     dim = config.embedding_dim
-    channels = build_channels(config.channel_specs(), dim, tasks, fm_dims or {})
-    interaction = dict(config.interaction)
-    name = interaction.pop("name")
-    if name not in INTERACTIONS:
-        raise ValueError(f"unknown interaction {name!r}; known: {sorted(INTERACTIONS)}")
-    sequence_aware = INTERACTIONS[name].sequence_aware
+    vm = isinstance(config, VMConfig)
+    channels = build_channels(config.channels if vm else [], dim, tasks, fm_dims or {})
+    user_tower_config = None if vm else config.user_tower
+    attention_config = None if vm else config.target_attention
+    interaction = config.interaction  # a typed block (fxrec.config: InteractionConfig)
+    sequence_aware = interaction.target.sequence_aware
     has_history = any(f.kind is FeatureKind.sequence for f in features)
-    if config.target_attention is not None and not has_history:
+    if attention_config is not None and not has_history:
         raise ValueError("target_attention needs a sequence (history) feature among the model's features")
     sparse_arch = SparseArch(
         spec,
         features,
         dim,
-        jagged_sequences=sequence_aware or config.target_attention is not None,
+        jagged_sequences=sequence_aware or attention_config is not None,
         fused=embedding_optimizer == "rowwise_adagrad",
         embedding_lr=embedding_lr,
         min_count=config.min_count,
-        type_feature=interaction.get("event_type_feature"),
     )
     # A jagged history that the interaction does not read itself is mean-pooled into one token.
     pool_history = sparse_arch.jagged_sequences and not sequence_aware and has_history
@@ -74,9 +73,8 @@ def build_model(
     user_tower = user_projection = None
     user_tokens: list[int] = []
     user_dense: list[int] = []
-    if config.user_tower is not None:
-        tower_args = dict(config.user_tower)
-        wanted = tower_args.pop("features")
+    if user_tower_config is not None:
+        wanted = user_tower_config.features
         sequence_names = {f.name for f in features if f.kind is FeatureKind.sequence}
         names = [("history" if pool_history and n in sequence_names else n) for n in wanted]
         unknown = [n for n in names if n not in token_names and n not in dense_names]
@@ -86,21 +84,20 @@ def build_model(
             )
         user_tokens = sorted({token_names.index(n) for n in names if n in token_names})
         user_dense = [dense_names.index(n) for n in names if n in dense_names]
-        user_tower = UserTower(len(user_tokens), dim, len(user_dense), **tower_args)
+        user_tower = UserTower(len(user_tokens), dim, len(user_dense), **user_tower_config.kwargs())
         user_projection = nn.Linear(user_tower.dim, dim)
 
     target_attention = None
     query_tokens: list[int] = []
-    if config.target_attention is not None:
-        attention_args = dict(config.target_attention)
-        query = attention_args.pop("query", ["item_id"])
+    if attention_config is not None:
+        query = attention_config.query
         missing = [n for n in query if n not in token_names]
         if missing:
             raise ValueError(
                 f"target_attention query features {missing} are not sparse features of this model"
             )
         query_tokens = [token_names.index(n) for n in query]
-        target_attention = TargetAttention(dim, **attention_args)
+        target_attention = TargetAttention(dim, **attention_config.kwargs())
 
     other_dense = len(dense_names) - len(user_dense)
     dense_arch = DenseArch(other_dense, config.dense_layers or [64], dim) if other_dense else None
@@ -112,9 +109,15 @@ def build_model(
         + (1 if dense_arch is not None else 0)
         + sum(c.num_tokens for c in channels)
     )
-    built = build_interaction(name, num_tokens=num_tokens, dim=dim, **interaction)
+    built = build_interaction(interaction.name, num_tokens=num_tokens, dim=dim, **interaction.kwargs())
+    if getattr(built, "num_event_types", 1) > 1 and sparse_arch.type_feature is None:
+        raise ValueError(
+            f"interaction {interaction.name!r} with num_event_types > 1 needs each history entry's event type: "
+            "declare it in the dataset spec (`event_types: <feature>` on the history feature) and give the "
+            "model that feature"
+        )
     top_features = built.num_outputs * dim
-    heads = TaskHeads(top_features, tasks, **dict(config.heads or {}))
+    heads = TaskHeads(top_features, tasks, **(config.heads or HEADS_CONFIGS["shared_bottom"]()).kwargs())
     for channel in channels:
         channel.build(top_features)
     return RankingModel(

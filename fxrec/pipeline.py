@@ -64,10 +64,11 @@ def model_problems(model_config: ModelConfig, spec: DatasetSpec, run: Path) -> l
         unknown = [v for v in getattr(model_config, key) or [] if v not in values]
         if unknown:
             problems.append(f"model {name!r}: {key} {unknown} are not in dataset {spec.name!r}; known {key}: {values}")
-    published = publish_dir(run, model_config.fm, model_config.fm_delay)
-    if model_config.channels and not (published / PUBLISH_META).exists():
+    channels = model_config.channel_specs()  # an FM reads none
+    published = publish_dir(run, model_config.fm, model_config.fm_delay) if channels else None
+    if published is not None and not (published / PUBLISH_META).exists():
         problems.append(
-            f"model {name!r}: channels {[c['name'] for c in model_config.channel_specs()]} read the published FM "
+            f"model {name!r}: channels {[c['name'] for c in channels]} read the published FM "
             f"{model_config.fm!r}, but {published} has no {PUBLISH_META}; run `fxrec publish --run {run}` first"
         )
     return problems
@@ -111,7 +112,7 @@ def train_model(
         for stale in (run / "publish").glob(f"{model_config.name}*"):
             shutil.rmtree(stale)  # outputs of an earlier FM: publish again from the new snapshots
     published = None
-    if model_config.channels:
+    if model_config.channel_specs():
         lengths = [c.get("max_len", LoopFMChannel.default_max_len) for c in model_config.channel_specs() if c["name"] == "loopfm"]
         published = PublishedFM(publish_dir(run, model_config.fm, model_config.fm_delay), loopfm_length=max(lengths, default=1))
     fm_dims = published.dims if published is not None else {}
@@ -125,7 +126,7 @@ def train_model(
     if not quiet:
         channels = ", ".join(c.name for c in model.channels) or "none"
         console.print(
-            f"[bold]{model_config.name}[/] ({model_config.role}, {model_config.interaction.get('name')}, "
+            f"[bold]{model_config.name}[/] ({model_config.role}, {model_config.interaction.name}, "
             f"{len(model.features)} features, {parameters:,} parameters, surfaces: {model_config.surfaces or 'all'}, "
             f"channels: {channels})"
         )
@@ -146,7 +147,7 @@ def entries(config: RunConfig, run: Path, surfaces: list[str]) -> list[ModelEntr
     """The config's models that have predictions to evaluate (`surfaces`: the log's, for `vm_per_surface`)."""
     models = [config.fm, *config.expand_vms(surfaces)]
     return [
-        ModelEntry(m.name, m.role, m.surfaces, list(m.channels), run / "models" / m.name / "predictions")
+        ModelEntry(m.name, m.role, m.surfaces, [c["name"] for c in m.channel_specs()], run / "models" / m.name / "predictions")
         for m in models
         if (run / "models" / m.name / "predictions").exists()
     ]

@@ -36,10 +36,10 @@ def small_log(tmp_path_factory, small_world_config):
 @pytest.fixture(scope="session")
 def tiny_fm_config():
     """A tiny FM with a SUM user tower and target attention: everything `fxrec publish` can write."""
-    from fxrec.config import ModelConfig
+    from fxrec.config import FMConfig
 
     user_features = ["user_id", "country", "age_bucket", "device", "user_segments", "user_past_impressions", "hist_item_id"]
-    return ModelConfig(
+    return FMConfig(
         name="fm",
         role="fm",
         embedding_dim=8,

@@ -107,19 +107,19 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
         "unknown interaction key",
         lambda tmp: _config(tmp, fm={**FM, "interaction": {"name": "dcnv2", "num_layer": 2}}),
         TRAIN_FM,
-        "fm.interaction: unknown key 'num_layer' for interaction 'dcnv2'; accepted keys: name, num_layers, low_rank",
+        "fm.interaction: unknown key 'num_layer' for interaction 'dcnv2'; accepted keys: name, num_layers, low_rank, structure",
     ),
     (
         "unknown heads key",
         lambda tmp: _config(tmp, vms=[{**VM, "heads": {"hiden": [4]}}]),
         TRAIN_FM,
-        "vms.0.heads: unknown key 'hiden' for heads; accepted keys: kind, hidden, num_experts",
+        "vms.0.heads: unknown key 'hiden' for heads 'shared_bottom'; accepted keys: kind, hidden, bottom_hidden",
     ),
     (
         "unknown channel key",
         lambda tmp: _config(tmp, vms=[{**VM, "channels": [{"name": "kd", "temp": 2.0}]}]),
         TRAIN_FM,
-        "vms.0.channels: unknown key 'temp' for channel 'kd'; accepted keys: name, weight, temperature",
+        "vms.0.channels.0: unknown key 'temp' for channel 'kd'; accepted keys: name, weight, temperature",
     ),
     (
         "events is an empty dir",
@@ -187,6 +187,24 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
         lambda tmp: _config(tmp, fm={**FM, "user_tower": {"dim": 4}}),
         TRAIN_FM,
         "fm.user_tower: user_tower needs the key 'features'",
+    ),
+    (
+        "an interaction key that moved to the spec",
+        lambda tmp: _config(tmp, fm={**FM, "interaction": {"name": "kunlun", "num_event_types": 2, "event_type_feature": "hist_surface_id"}}),
+        TRAIN_FM,
+        "fm.interaction: 'event_type_feature' is no longer a key of interaction 'kunlun': a history's event types are declared in the dataset spec",
+    ),
+    (
+        "user tower on a vm",
+        lambda tmp: _config(tmp, vms=[{**VM, "user_tower": {"features": ["item_id"]}}]),
+        TRAIN_FM,
+        "vms.0: user_tower is an FM key; a VM reads the FM's published user embedding through the `sum` channel",
+    ),
+    (
+        "channels on the fm",
+        lambda tmp: _config(tmp, fm={**FM, "channels": ["kd"]}),
+        TRAIN_FM,
+        "fm: channels are a VM key (role: vm)",
     ),
     (
         "fm surface not in the log",

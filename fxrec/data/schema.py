@@ -48,6 +48,9 @@ class FeatureSpec(BaseModel):
     vm: bool = True  # visible to expert models; the FM sees every feature
     source: str | None = None  # sequence: the event column collected into the history
     table: str | None = None  # share an embedding table with this feature (e.g. history and item_id)
+    # sequence: the parallel sequence feature holding each history entry's event type (e.g. the surface of
+    # each past click; type = its table row - 1), which Kunlun's event-level towers split the history on
+    event_types: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FeatureSpec:
@@ -55,6 +58,8 @@ class FeatureSpec(BaseModel):
             raise ValueError(f"feature {self.name!r} ({self.kind.value}) needs a cardinality")
         if self.kind is FeatureKind.sequence and self.source is None:
             raise ValueError(f"sequence feature {self.name!r} needs a source column")
+        if self.event_types is not None and self.kind is not FeatureKind.sequence:
+            raise ValueError(f"feature {self.name!r} has event_types, which only a sequence feature has")
         return self
 
     @property
@@ -83,6 +88,14 @@ class DatasetSpec(BaseModel):
         for feature in self.features:
             if feature.table and feature.table not in names:
                 raise ValueError(f"feature {feature.name!r} shares table {feature.table!r}, which is not a feature")
+            if feature.event_types is not None and (
+                feature.event_types == feature.name
+                or feature.event_types not in names
+                or self.feature(feature.event_types).kind is not FeatureKind.sequence
+            ):
+                raise ValueError(
+                    f"feature {feature.name!r}: event_types {feature.event_types!r} must name another sequence feature"
+                )
         if not is_label(self.history_label, self.tasks):
             raise ValueError(
                 f"history_label {self.history_label!r} is not a label: expected 'click', 'conversion', a task "

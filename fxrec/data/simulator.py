@@ -65,7 +65,7 @@ class SimulatorConfig(BaseModel):
     intent_halflife: float = 3.0
     intent_memory: int = 24
     # adds `hist_surface_id`, the surface of each history click: per-entry event types for Kunlun's
-    # event-level towers (`event_type_feature: hist_surface_id`)
+    # event-level towers (the spec declares it as the other histories' `event_types`)
     history_surfaces: bool = False
     surfaces: list[SurfaceConfig] = [
         SurfaceConfig(name="feed", share=0.55, base_logit=-3.1, positions=6),
@@ -83,6 +83,7 @@ def dataset_spec(config: SimulatorConfig) -> DatasetSpec:
     total_ads = config.ads + config.new_ads_per_day * config.days
     users = int(2 ** np.ceil(np.log2(total_users + 1)))
     ads = int(2 ** np.ceil(np.log2(total_ads + 1)))
+    types = "hist_surface_id" if config.history_surfaces else None  # each history click's surface
     return DatasetSpec(
         name="simulated-ads",
         surfaces=[s.name for s in config.surfaces],
@@ -105,8 +106,10 @@ def dataset_spec(config: SimulatorConfig) -> DatasetSpec:
             FeatureSpec(name="bid", kind="dense"),
             FeatureSpec(name="ad_age_days", kind="dense"),
             FeatureSpec(name="user_past_impressions", kind="dense", vm=False),
-            FeatureSpec(name="hist_item_id", kind="sequence", source="item_id", table="item_id", vm=False),
-            FeatureSpec(name="hist_advertiser_id", kind="sequence", source="advertiser_id", table="advertiser_id", vm=False),
+            FeatureSpec(name="hist_item_id", kind="sequence", source="item_id", table="item_id", vm=False, event_types=types),
+            FeatureSpec(
+                name="hist_advertiser_id", kind="sequence", source="advertiser_id", table="advertiser_id", vm=False, event_types=types
+            ),
             *(
                 [FeatureSpec(name="hist_surface_id", kind="sequence", source="surface_id", table="surface_id", vm=False)]
                 if config.history_surfaces

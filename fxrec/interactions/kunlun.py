@@ -14,8 +14,8 @@ Output: [X_sum ‖ H] from a final summary of X and a final pooling of S:
 (B, num_summary + num_event_types * num_sequence_tokens, d).
 
 Event-level personalization (`num_event_types > 1`): each history entry's type comes from the sequence's
-`types` (filled from the sequence feature named by `event_type_feature`, e.g. the surface of each past
-click) or from `event_types (N,)` int64 passed to forward; the history is split by type (order kept, still jagged) and each type runs its own sequence tower with its own weights,
+`types` (filled from the sequence feature that the dataset spec declares as the history's `event_types`,
+e.g. the surface of each past click) or from `event_types (N,)` int64 passed to forward; the history is split by type (order kept, still jagged) and each type runs its own sequence tower with its own weights,
 its own width (`event_widths`, projected in from d and back out to d) and its own length
 (`event_lengths`: each type keeps only its most recent entries), each contributing its own H to the
 interaction and the output.
@@ -156,8 +156,9 @@ class Kunlun(Interaction):
     Z = MHA(Norm(seeds), S, S) (False); see `HierarchicalSeedPooling`.
     `interaction_tokens`: what the global interaction crosses, "summary" ([X_sum ‖ H]) or "all"
     ([X ‖ X_sum ‖ H]; see the module docstring).
-    `event_type_feature`: the sequence feature whose value is each history entry's event type (type =
-    table row - 1, so a feature of cardinality T + 1 gives types 0..T-1); the towers split on it.
+    Event types come with the history (`SequenceTokens.types`): the dataset spec's `event_types` names the
+    sequence feature whose value is each entry's type (type = table row - 1, so a feature of cardinality
+    T + 1 gives types 0..T-1); the towers split on it.
 
     Example::
 
@@ -189,7 +190,6 @@ class Kunlun(Interaction):
         num_event_types: int = 1,
         event_widths: list[int] | None = None,
         event_lengths: list[int | None] | None = None,
-        event_type_feature: str | None = None,
         interaction_hidden: int = 128,
         input_norm: bool = False,
         interaction_tokens: str = "summary",
@@ -208,11 +208,8 @@ class Kunlun(Interaction):
             )
         if any(w % num_heads for w in widths) or any(n is not None and n < 1 for n in lengths):
             raise ValueError(f"event widths must be multiples of num_heads={num_heads} and lengths >= 1")
-        if event_type_feature is not None and num_event_types < 2:
-            raise ValueError("event_type_feature needs num_event_types >= 2 (one tower per type)")
         self.num_layers = num_layers
         self.num_event_types = num_event_types
-        self.event_type_feature = event_type_feature  # read by the model's SparseArch, which fills `types`
         self.event_lengths = lengths
         self.towers = nn.ModuleList(
             KunlunSequenceTower(
@@ -271,7 +268,7 @@ class Kunlun(Interaction):
         if event_types is None or event_types.shape[0] != sequence.values.shape[0]:
             raise ValueError(
                 f"Kunlun with num_event_types={self.num_event_types} needs event types: one int64 type id "
-                "per history entry (name the sequence feature that holds them with `event_type_feature`)"
+                "per history entry (declare them in the dataset spec: `event_types: <feature>` on the history feature)"
             )
         if event_types.numel() and int(event_types.max()) >= self.num_event_types:
             raise ValueError(

@@ -16,7 +16,8 @@ from torch import nn
 
 from fxrec.nn.mlp import MLP
 
-HEAD_KINDS = ("shared_bottom", "mmoe")
+# Each kind, with the constructor arguments only it reads (a config block of another kind rejects them).
+HEAD_KINDS: dict[str, tuple[str, ...]] = {"shared_bottom": ("bottom_hidden",), "mmoe": ("num_experts", "expert_hidden")}
 
 
 def _tower(in_features: int, hidden: list[int], activation: str, dropout: float) -> nn.Sequential:

@@ -132,7 +132,6 @@ class SparseArch(nn.Module):
         fused: bool = True,
         embedding_lr: float = 0.05,
         min_count: int = 0,
-        type_feature: str | None = None,
     ):
         super().__init__()
         self.dim = dim
@@ -141,13 +140,14 @@ class SparseArch(nn.Module):
         self.sparse_keys = [f.name for f in features if f.kind in (FeatureKind.sparse, FeatureKind.multi)]
         self.multi_keys = {f.name for f in features if f.kind is FeatureKind.multi}
         self.sequence_keys = [f.name for f in features if f.kind is FeatureKind.sequence]
-        if type_feature is not None and (type_feature not in self.sequence_keys or not jagged_sequences):
-            raise ValueError(
-                f"event-type feature {type_feature!r} must be one of the model's sequence features "
-                f"{self.sequence_keys}, read by a sequence-aware interaction"
-            )
-        # each history entry's event type: the type feature's table row - 1 (row 0, missing, counts as 0)
-        self.type_feature = type_feature
+        # Each history entry's event type, from the sequence feature that the spec declares as the history's
+        # `event_types`: its table row - 1 (row 0, missing, counts as 0). Only a jagged history carries
+        # types, and only when the model has that feature too.
+        declared = {f.event_types for f in features if f.kind is FeatureKind.sequence} - {None}
+        if len(declared) > 1:
+            raise ValueError(f"the model's sequence features declare different event_types: {sorted(declared)}")
+        type_feature = next(iter(declared), None)
+        self.type_feature = type_feature if jagged_sequences and type_feature in self.sequence_keys else None
         tables = _tables(spec, features)
         self.admission = FrequencyAdmission(
             table_rows={t: c for t, (c, _) in tables.items()},

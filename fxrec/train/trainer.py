@@ -45,8 +45,9 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class RunningNE:
-    """Running NE of the click task over the examples trained so far (for the progress bar)."""
+    """Running NE of one task over the examples trained so far (for the progress bar)."""
 
+    task: str  # the model's first task
     loss_sum: float = 0.0
     label_sum: float = 0.0
     count: int = 0
@@ -98,6 +99,7 @@ class Trainer:
         self.model_dir = Path(model_dir)
         self.progress = progress
         self.task_weights = {t: config.task_weights.get(t, 1.0) for t in model.tasks}
+        self.running_ne = RunningNE(model.tasks[0])  # the progress bar's NE follows the model's first task
         fused = model.fused_optimizer()
         if fused is not None and config.embedding_optimizer != "rowwise_adagrad":
             raise ValueError(
@@ -218,7 +220,7 @@ class Trainer:
         resume = self._restore()
         predictions_dir = self.model_dir / "predictions"
         predictions_dir.mkdir(parents=True, exist_ok=True)
-        running = RunningNE()
+        running = self.running_ne = RunningNE(self.model.tasks[0])  # this fit's examples
         started, examples = time.perf_counter(), 0
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -264,8 +266,7 @@ class Trainer:
                         if batches_done <= skip:
                             continue
                         logits = self.train_step(batch)
-                        running.update(logits["click"].detach() if "click" in logits else next(iter(logits.values())).detach(),
-                                       batch.labels.get("click", next(iter(batch.labels.values()))))
+                        running.update(logits[running.task].detach(), batch.labels[running.task])
                         examples += batch.size
                         if self.step % self.config.checkpoint_every == 0:
                             self._checkpoint(day, batches_done, day_finished=False)

@@ -205,7 +205,7 @@ def _vm_rows(
             "surface": ",".join(vm.surfaces or ["all"]),
             "channel_set": name,
             "delay": delay,
-            "channels": [c if isinstance(c, str) else c["name"] for c in experiment.channel_sets[name]],
+            "channels": [c.name for c in experiment.channel_sets[name]],
             "n_eval_validation": validation[(name, delay)][seeds[0]]["n_eval"],
             "n_eval": by_seed[seeds[0]]["n_eval"],
             "ne_validation": float(np.mean([validation[(name, delay)][s]["ne"] for s in seeds])),

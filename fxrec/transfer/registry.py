@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fxrec.transfer.base import TransferChannel
 from fxrec.transfer.exfm import ExFM
@@ -10,6 +10,9 @@ from fxrec.transfer.kd import KnowledgeDistillation
 from fxrec.transfer.loopfm import LoopFMChannel
 from fxrec.transfer.sum import SUMChannel
 from fxrec.transfer.tae import TAEChannel
+
+if TYPE_CHECKING:
+    from fxrec.config_types import Block
 
 CHANNELS: dict[str, type[TransferChannel]] = {
     "kd": KnowledgeDistillation,
@@ -22,14 +25,12 @@ CHANNELS: dict[str, type[TransferChannel]] = {
 INPUT_DIMS = {"sum": "user", "loopfm": "loopfm", "tae": "tae"}
 
 
-def build_channels(specs: list[dict[str, Any]], dim: int, tasks: list[str], fm_dims: dict[str, int]) -> list[TransferChannel]:
-    """Channels from config entries ({name, **arguments}); `fm_dims` gives the published widths."""
+def build_channels(specs: list[Block], dim: int, tasks: list[str], fm_dims: dict[str, int]) -> list[TransferChannel]:
+    """Channels from a VM's typed channel blocks (fxrec.config.ChannelConfig); `fm_dims` gives the published widths."""
     channels = []
     for spec in specs:
-        args = dict(spec)
-        name = args.pop("name", None)
-        if name not in CHANNELS:
-            raise ValueError(f"unknown transfer channel {name!r}; known: {sorted(CHANNELS)}")
+        args = spec.kwargs()
+        name = spec.name
         if name in INPUT_DIMS:
             output = INPUT_DIMS[name]
             if output not in fm_dims:
@@ -37,7 +38,7 @@ def build_channels(specs: list[dict[str, Any]], dim: int, tasks: list[str], fm_d
                     f"channel {name!r} needs the FM's published {output!r} output; publish an FM that has it "
                     f"(`fxrec publish`) -- the published outputs are {sorted(fm_dims) or 'none'}"
                 )
-            args.setdefault("input_dim", fm_dims[output])
+            args["input_dim"] = fm_dims[output]
         channels.append(CHANNELS[name](dim, tasks, **args))
     names = [c.name for c in channels]
     if len(set(names)) != len(names):

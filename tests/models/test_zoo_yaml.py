@@ -55,7 +55,7 @@ def test_zoo_config_runs_end_to_end(tmp_path):
         update={"days": 3, "impressions_per_day": 1200, "users": 300, "ads": 60, "new_ads_per_day": 5}
     )
     config = RunConfig.model_validate({**config.model_dump(), "simulator": small.model_dump()})
-    backbones = {config.fm.interaction["name"], *(vm.interaction["name"] for vm in config.vms)}
+    backbones = {config.fm.interaction.name, *(vm.interaction.name for vm in config.vms)}
     assert backbones == {"kunlun", "interformer", "dhen", "dcnv2"}
     report = run_demo(config, tmp_path / "run", serve=False)
     models = {m["name"]: m for m in report["models"]}
@@ -64,7 +64,7 @@ def test_zoo_config_runs_end_to_end(tmp_path):
         assert 0 < model["ne"] < 1.2 and model["n_eval"] > 0
     from fxrec.factory import load_model
 
-    fm, _, _ = load_model(tmp_path / "run" / "models" / "fm")  # event-level towers, typed from the data
+    fm, _, _ = load_model(tmp_path / "run" / "models" / "fm")  # event-level towers, typed by the spec
     assert fm.sparse_arch.type_feature == "hist_surface_id" and len(fm.interaction.towers) == 3
 
 

@@ -72,8 +72,8 @@ def test_single_id_tables_pool_with_sum_and_equal_mean(small_log):
 
 
 def test_event_types_are_the_surfaces_of_earlier_clicks(tmp_path):
-    """`type_feature` gives every history entry its event type: here the surface of that past click, in
-    the history's order, from clicks strictly before the event (checked against the raw log)."""
+    """The spec's `event_types` gives every history entry its event type: here the surface of that past
+    click, in the history's order, from clicks strictly before the event (checked against the raw log)."""
     import numpy as np
 
     from fxrec.data.eventlog import EventLog
@@ -83,7 +83,9 @@ def test_event_types_are_the_surfaces_of_earlier_clicks(tmp_path):
     simulate_to(config, tmp_path / "events", progress=False)
     log = EventLog(tmp_path / "events")
     features = [log.spec.feature(n) for n in ("item_id", "hist_item_id", "hist_surface_id")]
-    arch = SparseArch(log.spec, features, dim=8, jagged_sequences=True, fused=False, type_feature="hist_surface_id")
+    assert log.spec.feature("hist_item_id").event_types == "hist_surface_id"  # the simulator declares it
+    arch = SparseArch(log.spec, features, dim=8, jagged_sequences=True, fused=False)
+    assert arch.type_feature == "hist_surface_id"
     day = log.days[2]
     _, frame = next(iter_frames(log, features, days=[day]))
     rows = 300
@@ -109,6 +111,33 @@ def test_event_types_are_the_surfaces_of_earlier_clicks(tmp_path):
         assert got == expected, f"row {row}: types {got}, surfaces of earlier clicks {expected}"
         checked += len(got)
     assert checked > 50 and len(set(sequence.types.tolist())) == len(config.surfaces)
-    with pytest.raises(ValueError, match="event-type feature"):
-        SparseArch(log.spec, features, dim=8, jagged_sequences=True, type_feature="item_id")
     np.testing.assert_array_equal(sequence.offsets.numpy(), batch.sequences["hist_item_id"].offsets().numpy())
+
+
+def test_the_event_type_feature_comes_from_the_spec():
+    """SparseArch reads a history's event types from the spec (`event_types` on the sequence feature): a
+    spec that declares none gives none, and a model without the declared feature (or with a pooled
+    history) has no types to read."""
+    from fxrec.data.schema import DatasetSpec
+
+    features = [
+        {"name": "item_id", "kind": "sparse", "cardinality": 16},
+        {"name": "surface_id", "kind": "sparse", "cardinality": 4},
+        {"name": "hist_item_id", "kind": "sequence", "source": "item_id", "table": "item_id"},
+        {"name": "hist_surface_id", "kind": "sequence", "source": "surface_id", "table": "surface_id"},
+    ]
+    plain = DatasetSpec(name="d", surfaces=["web"], features=features)  # a spec.yaml from before the key
+    typed = DatasetSpec(
+        name="d", surfaces=["web"], features=[{**f, "event_types": "hist_surface_id"} if f["name"] == "hist_item_id" else f for f in features]
+    )
+
+    def arch(spec, names, jagged=True):
+        return SparseArch(spec, [spec.feature(n) for n in names], dim=4, jagged_sequences=jagged, fused=False)
+
+    everything = ["item_id", "hist_item_id", "hist_surface_id"]
+    assert arch(plain, everything).type_feature is None
+    assert arch(typed, everything).type_feature == "hist_surface_id"
+    assert arch(typed, ["item_id", "hist_item_id"]).type_feature is None  # the model lacks the type feature
+    assert arch(typed, everything, jagged=False).type_feature is None  # a pooled history carries no types
+    with pytest.raises(ValueError, match="must name another sequence feature"):
+        DatasetSpec(name="d", surfaces=["web"], features=[{**features[2], "event_types": "surface_id"}, *features[:2]])

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def serving_config(small_log, tiny_fm_config, tiny_vm_args):
-    from fxrec.config import ModelConfig, RunConfig
+    from fxrec.config import RunConfig, VMConfig
 
     fm, vm = tiny_fm_config, tiny_vm_args
     return RunConfig(
@@ -18,8 +18,8 @@ def serving_config(small_log, tiny_fm_config, tiny_vm_args):
         events=str(small_log.path),
         fm=fm,
         vms=[
-            ModelConfig(name="vm_plain", **vm),
-            ModelConfig(name="vm_transfer", channels=["kd", "sum", "loopfm", "tae"], **vm),
+            VMConfig(name="vm_plain", **vm),
+            VMConfig(name="vm_transfer", channels=["kd", "sum", "loopfm", "tae"], **vm),
         ],
         train={"batch_size": 256, "report_days": 2, "checkpoint_every": 1000},
         publish={"delays": [0], "code_dim": 8, "store": True},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fxrec.config import ModelConfig, TrainConfig
+from fxrec.config import FMConfig, TrainConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.data.sources.movielens import split_points
@@ -16,7 +16,7 @@ from fxrec.train import holdout
 from fxrec.train.holdout import SplitFrames, fit_holdout, split_by_event_id
 from fxrec.train.trainer import Trainer
 
-MODEL = ModelConfig(
+MODEL = FMConfig(
     name="fm",
     role="fm",
     tasks=["click"],

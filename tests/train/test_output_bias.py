@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from fxrec.config import ModelConfig, TrainConfig
+from fxrec.config import FMConfig, TrainConfig
 from fxrec.data.eventlog import EventLog, write_events
 from fxrec.data.schema import DatasetSpec, FeatureSpec
 from fxrec.factory import build_model
@@ -18,7 +18,7 @@ SPEC = DatasetSpec(
     surfaces=["feed"],
     features=[FeatureSpec(name="item_id", kind="sparse", cardinality=64)],
 )
-MODEL = ModelConfig(name="fm", role="fm", embedding_dim=8, dense_layers=[8], heads={"hidden": [8]},
+MODEL = FMConfig(name="fm", role="fm", embedding_dim=8, dense_layers=[8], heads={"hidden": [8]},
                     interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 4})  # fmt: skip
 START = 1_700_006_400  # a UTC midnight
 

@@ -3,11 +3,11 @@ import polars as pl
 import pytest
 import torch
 
-from fxrec.config import ModelConfig, TrainConfig
+from fxrec.config import FMConfig, TrainConfig, VMConfig
 from fxrec.factory import build_model
 from fxrec.train.trainer import Trainer, TrainingInterrupted
 
-FM = ModelConfig(name="fm", role="fm", embedding_dim=8, interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 8}, heads={"hidden": [16]})
+FM = FMConfig(name="fm", role="fm", embedding_dim=8, interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 8}, heads={"hidden": [16]})
 
 
 def _fit(log, model_dir, config: TrainConfig, model_config=FM):
@@ -65,7 +65,7 @@ def test_training_beats_the_base_rate(small_log, tmp_path):
 
 
 def test_vm_trains_on_its_surface_only(small_log, tmp_path):
-    vm = ModelConfig(name="vm_feed", role="vm", surfaces=["feed"], embedding_dim=8, heads={"hidden": [8]})
+    vm = VMConfig(name="vm_feed", role="vm", surfaces=["feed"], embedding_dim=8, heads={"hidden": [8]})
     predictions = _fit(small_log, tmp_path / "vm", TrainConfig(batch_size=256), vm)
     assert set(predictions["surface"].to_list()) == {small_log.spec.surfaces.index("feed")}
     assert "user_id" not in build_model(vm, small_log.spec).features  # the VM's feature gap
@@ -240,3 +240,34 @@ def test_each_day_trains_only_on_conversions_that_happened_by_its_end(small_log,
     scored = predictions.join(_raw_labels(small_log), on="event_id")
     np.testing.assert_array_equal(scored["label_conversion"].to_numpy(), scored["conversion"].to_numpy())
     assert scored["label_conversion"].sum() > 0
+
+
+def test_progress_ne_follows_the_models_first_task(small_log, tmp_path, monkeypatch):
+    """A model without `click` (here conversion only, on a log that has clicks too): the progress bar's
+    running NE pairs that task's logits with that task's labels, never the log's clicks."""
+    from fxrec.train.trainer import RunningNE
+
+    model = build_model(FM.model_copy(update={"tasks": ["conversion"]}), small_log.spec)
+    assert model.tasks == ["conversion"]
+    trainer = Trainer(model, TrainConfig(batch_size=256, max_steps=3), tmp_path, progress=False)
+    steps, updates = [], []
+    train_step, update = Trainer.train_step, RunningNE.update
+
+    def spy_step(self, batch):
+        logits = train_step(self, batch)
+        steps.append((logits["conversion"].detach().clone(), batch.labels["conversion"].clone()))
+        return logits
+
+    def spy_update(self, logits, labels):
+        updates.append((self.task, logits.clone(), labels.clone()))
+        update(self, logits, labels)
+
+    monkeypatch.setattr(Trainer, "train_step", spy_step)
+    monkeypatch.setattr(RunningNE, "update", spy_update)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit(small_log)
+    assert len(updates) == len(steps) == 3 and trainer.running_ne.task == "conversion"
+    for (task, logits, labels), (step_logits, step_labels) in zip(updates, steps, strict=True):
+        assert task == "conversion"
+        torch.testing.assert_close(logits, step_logits, rtol=0, atol=0)
+        torch.testing.assert_close(labels, step_labels, rtol=0, atol=0)

@@ -7,9 +7,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def transfer_config(small_log, tiny_fm_config, tiny_vm_args):
-    from fxrec.config import ModelConfig, RunConfig
+    from fxrec.config import RunConfig, VMConfig
 
-    fm, vm = tiny_fm_config, ModelConfig(name="vm", **tiny_vm_args)
+    fm, vm = tiny_fm_config, VMConfig(name="vm", **tiny_vm_args)
     return RunConfig(
         name="tiny",
         simulator=None,

@@ -25,9 +25,10 @@ CHANNEL_SETS = {
 
 @pytest.mark.parametrize("name", list(CHANNEL_SETS))
 def test_a_vm_trains_with_each_channel(published_run, transfer_config, small_log, name):
+    from fxrec.config import VMConfig
     from fxrec.pipeline import train_model
 
-    vm = transfer_config.vms[0].model_copy(update={"name": f"vm_{name}", "channels": CHANNEL_SETS[name]})
+    vm = VMConfig.model_validate({**transfer_config.vms[0].model_dump(), "name": f"vm_{name}", "channels": CHANNEL_SETS[name]})
     model_dir = train_model(vm, transfer_config, published_run, small_log, quiet=True)
     predictions = pl.concat([pl.read_parquet(p) for p in sorted((model_dir / "predictions").glob("*.parquet"))])
     assert predictions.height > 0 and np.isfinite(predictions["pred_click"].to_numpy()).all()
@@ -176,10 +177,10 @@ def test_transfer_ratio_and_paired_test():
 
 
 def test_a_channel_without_its_published_output_is_a_clear_error(small_log):
-    from fxrec.config import ModelConfig
+    from fxrec.config import VMConfig
     from fxrec.factory import build_model
 
     with pytest.raises(ValueError, match="publish"):
-        build_model(ModelConfig(name="vm", role="vm", channels=["sum"]), small_log.spec, fm_dims={"tae": 8})
+        build_model(VMConfig(name="vm", role="vm", channels=["sum"]), small_log.spec, fm_dims={"tae": 8})
     with pytest.raises(ValueError, match="unknown transfer channel"):
-        build_model(ModelConfig(name="vm", role="vm", channels=["telepathy"]), small_log.spec)
+        build_model(VMConfig(name="vm", role="vm", channels=["telepathy"]), small_log.spec)

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fxrec.config import ExperimentConfig, ModelConfig, RunConfig
+from fxrec.config import ExperimentConfig, RunConfig, VMConfig
 from fxrec.data.schema import DatasetSpec
 from fxrec.metrics import evaluate
 from fxrec.transfer.experiment import evaluate_experiment, model_name
@@ -61,7 +61,7 @@ def _synthetic_run(tmp_path, tiny_fm_config, tiny_vm_args, quality: dict) -> tup
         simulator=None,
         events=str(tmp_path / "unused"),
         fm=tiny_fm_config,
-        vms=[ModelConfig(name="vm", **tiny_vm_args)],
+        vms=[VMConfig(name="vm", **tiny_vm_args)],
         train={"report_days": None},
         experiment=ExperimentConfig(channel_sets={"none": [], "kd": ["kd"], "sum": ["sum"]}, seeds=[0, 1], test_days=2),
     )
