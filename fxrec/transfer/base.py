@@ -67,7 +67,7 @@ class TransferChannel(nn.Module):
         """Start any heads of the channel's own at the tasks' base rates (as the VM's heads)."""
 
     def attach(self, frame: EventFrame, published: PublishedFM) -> None:
-        """Join this channel's FM outputs onto the frame's events (as `frame.extras`)."""
+        """Join this channel's FM outputs onto the frame's events (as `frame.inputs[self.input_key]`)."""
 
     def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
         """(B, num_tokens, d) extra interaction inputs; `tokens` (B, n, d) are the VM's own."""
@@ -148,4 +148,6 @@ def attach_logits(frame: EventFrame, published: PublishedFM, tasks: list[str]) -
     if FM_LOGITS in frame.inputs:
         return
     view = published.view(frame)
-    frame.inputs[FM_LOGITS] = LogitInput({task: view.column(f"logit_{task}") for task in tasks}, view.found.float())
+    frame.inputs[FM_LOGITS] = LogitInput(
+        {task: view.column(f"logit_{task}") for task in tasks}, view.found.float()
+    )
