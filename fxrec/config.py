@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from fxrec.config_types import block_union, derive_block
+from fxrec.config_types import DerivedBlocks, block_union, derive_block
 from fxrec.data.simulator import SimulatorConfig
 from fxrec.errors import InputError, describe_validation
 from fxrec.interactions.registry import INTERACTIONS
@@ -24,14 +24,16 @@ MOVED_INTERACTION_KEYS = {
 }
 
 # One derived config type per registered class (fxrec.config_types): registering is all it takes.
-INTERACTION_CONFIGS = {
-    name: derive_block(cls, f"interaction {name!r}", filled=("num_tokens", "dim"), tag="name", value=name)
-    for name, cls in INTERACTIONS.items()
-}
-CHANNEL_CONFIGS = {
-    name: derive_block(cls, f"channel {name!r}", filled=("dim", "tasks", "input_dim"), tag="name", value=name)
-    for name, cls in CHANNELS.items()
-}
+INTERACTION_CONFIGS = DerivedBlocks(
+    INTERACTIONS,
+    lambda name, cls: derive_block(cls, f"interaction {name!r}", filled=("num_tokens", "dim"), tag="name", value=name),
+)
+CHANNEL_CONFIGS = DerivedBlocks(
+    CHANNELS,
+    lambda name, cls: derive_block(
+        cls, f"channel {name!r}", filled=("dim", "tasks", "input_dim"), tag="name", value=name
+    ),
+)
 HEADS_CONFIGS = {
     kind: derive_block(
         TaskHeads,

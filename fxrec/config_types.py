@@ -18,9 +18,18 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Annotated, Any, ClassVar, Literal, Union
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SerializeAsAny,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 
 class Block(BaseModel):
@@ -99,40 +108,67 @@ def derive_block(
     return block
 
 
+class DerivedBlocks(Mapping[str, type[Block]]):
+    """The Block type of each class of a live registry ({name: class}), derived when first asked for.
+
+    A class registered after import (`fxrec.transfer.registry.register_channel`) gets its config type
+    the first time a config names it; nothing else needs to know about it.
+    """
+
+    def __init__(self, registry: Mapping[str, type], derive: Callable[[str, type], type[Block]]):
+        self.registry = registry
+        self.derive = derive
+        self._blocks: dict[tuple[str, type], type[Block]] = {}
+
+    def __getitem__(self, name: str) -> type[Block]:
+        cls = self.registry[name]
+        if (name, cls) not in self._blocks:
+            self._blocks[(name, cls)] = self.derive(name, cls)
+        return self._blocks[(name, cls)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.registry)
+
+    def __len__(self) -> int:
+        return len(self.registry)
+
+
 def block_union(
-    blocks: dict[str, type[Block]],
+    blocks: Mapping[str, type[Block]],
     tag: str,
     what: str,
     default: str | None = None,
     bare_string: bool = False,
     moved: dict[str, str] | None = None,
 ) -> Any:
-    """One config type for a registry: the block whose `tag` field names it (a discriminated union).
+    """One config type for a registry: the block whose `tag` field names it (a tagged union, read from
+    `blocks` when a config is validated, so a class registered later is accepted too).
 
     `default`: the block chosen when the tag is left out. `bare_string`: a plain string is the block
     of that name with every default (as `channels: [kd]`). `moved`: keys that left this block, with
     where they went, so an old config gets told where to put them.
     """
 
-    def discriminate(data: Any) -> Any:
-        if isinstance(data, dict):
-            return data.get(tag, default)
-        return getattr(data, tag, None)
-
-    def check(data: Any) -> Any:
+    def build(data: Any) -> Any:
         if bare_string and isinstance(data, str):
             data = {tag: data}
+        if isinstance(data, Block):
+            return data
         if not isinstance(data, dict):
-            return data  # a Block instance, or a type error pydantic reports
+            raise ValueError(f"expected a mapping of {what} keys ({tag}: ...), got {type(data).__name__}")
         key = data.get(tag, default)
         if key not in blocks:
             got = f"unknown {what} {key!r}" if tag in data else f"{what} needs the key {tag!r}"
             raise ValueError(f"{got}; known: {', '.join(sorted(blocks))}")
+        block = blocks[key]
         for old, where in (moved or {}).items():
             if old in data:
-                raise ValueError(f"{old!r} is no longer a key of {blocks[key].what}: {where}")
-        blocks[key].check_keys(data)
-        return data
+                raise ValueError(f"{old!r} is no longer a key of {block.what}: {where}")
+        block.check_keys(data)
+        try:
+            return block.model_validate(data)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ValueError(f"{block.what}: {problems}") from None
 
-    members = tuple(Annotated[block, Tag(key)] for key, block in blocks.items())
-    return Annotated[Union[members], Discriminator(discriminate), BeforeValidator(check)]  # noqa: UP007
+    return Annotated[SerializeAsAny[Block], BeforeValidator(build)]

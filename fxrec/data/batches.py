@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +17,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from fxrec.data.history import HISTORY_TS
+from fxrec.data.inputs import ChannelInput, Rows
 from fxrec.data.labels import delay_column
 from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
 
@@ -35,7 +35,7 @@ class Batch:
     labels:     {task: (B,) float32}
     meta:       {"event_id", "user_id", "item_id", "ts", "surface": (B,) int64}; surface is the index
                 into DatasetSpec.surfaces
-    extras:     {name: tensor} inputs that transfer channels attach (FM logits, user embeddings, ...)
+    inputs:     {key: ChannelInput} what transfer channels attach (FM logits, user embeddings, ...)
     """
 
     dense: torch.Tensor
@@ -44,7 +44,7 @@ class Batch:
     sequence_ages: torch.Tensor | None
     labels: dict[str, torch.Tensor]
     meta: dict[str, torch.Tensor]
-    extras: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, ChannelInput] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -60,7 +60,7 @@ class Batch:
             sequence_ages=move(self.sequence_ages),
             labels={k: v.to(device) for k, v in self.labels.items()},
             meta={k: v.to(device) for k, v in self.meta.items()},
-            extras={k: move(v) if isinstance(v, torch.Tensor) else v for k, v in self.extras.items()},
+            inputs={k: v.to(device) for k, v in self.inputs.items()},
         )
 
 
@@ -160,10 +160,9 @@ class EventFrame:
             for f in sequences:
                 self._sequences.append(torch.from_numpy(hash_rows(history[f.source][1], _cardinality(spec, f))))
 
-        # Per-event inputs that transfer channels join on (FM logits, user embeddings, ...): row-aligned
-        # tensors in `extras`, jagged ones (e.g. LoopFM sequences) as (offsets (N+1,), values) pairs.
-        self.extras: dict[str, torch.Tensor] = {}
-        self.jagged_extras: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Per-event inputs that transfer channels join on (FM logits, user embeddings, LoopFM sequences),
+        # keyed by each channel's `input_key`; every batch carries its rows of them.
+        self.inputs: dict[str, ChannelInput] = {}
         # Matured labels (the final outcome, what evaluation scores against). Training reads them through
         # fxrec.data.labels.observed_labels, which hides positives whose delay ends after its cutoff.
         self.labels = {t: torch.from_numpy(table.column(t).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)) for t in spec.tasks}
@@ -239,11 +238,8 @@ class EventFrame:
                 lengths=row_lengths.to(torch.int32).repeat(len(self._sequences)),
             )
             ages = self._sequence_ages[selector]
-        extras = {k: pick(v) for k, v in self.extras.items()}
-        for name, (offsets, flat) in self.jagged_extras.items():
-            row_lengths, selector = jagged(offsets)
-            extras[name] = flat[selector]
-            extras[f"{name}_offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(row_lengths, 0)])
+        rows = Rows(pick, jagged)
+        inputs = {k: v.select(rows) for k, v in self.inputs.items()}
         return Batch(
             dense=pick(self._dense),
             sparse=sparse,
@@ -251,7 +247,7 @@ class EventFrame:
             sequence_ages=ages,
             labels={k: pick(v) for k, v in self.labels.items()},
             meta={k: pick(v) for k, v in self.meta.items()},
-            extras=extras,
+            inputs=inputs,
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:

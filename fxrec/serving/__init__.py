@@ -5,7 +5,8 @@
     fxrec refresh-worker --store redis://...      FM refresh from a Redis Stream, as its own process
 
 Modules: schemas (HTTP contract), validation (request -> rows), catalog (server-side features),
-scorer (the request path), soap / streams (refresh queues), refresher (FM -> stores), worker (FM
+scorer (the request path: each transfer channel's `serve`), sources (the stores and logs channels
+read), soap / streams (refresh queues), refresher (FM -> stores), worker (FM
 refresh in other processes), precompute (SOLARIS online), coverage (SOLARIS offline replay), loopfm
 (LoopFM histories), guard (store circuit breaker), service (wiring), app (FastAPI), server (running
 it), loadtest, demo (the demo's closing step), cli (`register(app)`).

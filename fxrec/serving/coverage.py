@@ -27,11 +27,13 @@ import numpy as np
 import torch
 
 from fxrec.data.eventlog import EventLog
+from fxrec.data.inputs import VectorInput
 from fxrec.data.reader import iter_frames
 from fxrec.metrics.ranking import ne
 from fxrec.models.checkpoint import load as load_state
 from fxrec.pipeline import events_path
 from fxrec.serving.models import channel_names, load, run_config, trained_through
+from fxrec.transfer.tae import TAEChannel
 
 _TS_BITS = 34
 TIERS = ("pair-cache", "user-aggregate", "similar-user", "missing")
@@ -265,7 +267,9 @@ def _scenarios(
 
 @torch.no_grad()
 def _predict(model, frame, vectors: np.ndarray, found: np.ndarray, task: str) -> np.ndarray:
-    frame.extras["tae"] = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    frame.extras["tae_found"] = torch.from_numpy(found.astype(np.float32))
+    frame.inputs[TAEChannel.input_key] = VectorInput(
+        torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)),
+        torch.from_numpy(found.astype(np.float32)),
+    )
     chunks = [torch.sigmoid(model(batch).logits[task]).numpy() for batch in frame.batches(4096)]
     return np.concatenate(chunks)

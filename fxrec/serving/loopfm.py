@@ -3,7 +3,8 @@
 A LoopFM VM reads, per event, the compressed FM representations of the user's earlier events (within
 a retention window, the newest `max_len`). Offline those come from `fxrec publish`; the server loads
 the newest `keep` codes per user from the same files at start-up and cuts each request's sequence as
-of its ts, exactly as training did (entries strictly before ts, within retention, newest max_len).
+of its ts with the rule training used (`fxrec.transfer.asof.recent_entries`: entries strictly before
+ts, within retention, newest max_len).
 The log is not extended online (that needs the FM's autoencoder on the request stream), so every
 sequence the server finds is reported as "stale".
 """
@@ -14,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
-DAY_SECONDS = 86_400
+from fxrec.transfer.asof import recent_entries
 
 
 class LoopFMLog:
@@ -45,18 +45,11 @@ class LoopFMLog:
     def sequence(
         self, user_id: int, ts: int, max_len: int, retention_days: float, code_dim: int
     ) -> np.ndarray:
-        """(L, code_dim) int8: the user's codes strictly before ts, within retention, newest max_len."""
+        """(L, code_dim) int8: the user's codes as of ts, cut by `asof.recent_entries` as in training."""
         entry = self.histories.get(user_id)
         if entry is None:
             return np.zeros((0, code_dim), np.int8)
         entry_ts, codes = entry
-        keep = (entry_ts < ts) & (ts - entry_ts <= retention_days * DAY_SECONDS)
-        return codes[keep][-max_len:, :code_dim]
-
-    def extras(self, sequence: np.ndarray, rows: int) -> dict[str, torch.Tensor]:
-        """The VM's `loopfm` / `loopfm_offsets` extras for `rows` candidates sharing one sequence."""
-        length = len(sequence)
-        return {
-            "loopfm": torch.from_numpy(np.tile(sequence, (rows, 1))),
-            "loopfm_offsets": torch.arange(rows + 1, dtype=torch.int64) * length,
-        }
+        owner = np.zeros(len(entry_ts), np.int64)
+        keep = recent_entries(owner, entry_ts, np.array([ts], np.int64), max_len, retention_days)
+        return codes[keep][:, :code_dim]

@@ -17,11 +17,6 @@ from fxrec.config import ModelConfig, RunConfig
 from fxrec.data.schema import DatasetSpec
 from fxrec.models.ranking import RankingModel
 
-# Channels whose VM inputs exist at serving time, and the FM-derived extras each needs.
-SERVED_CHANNELS = {"sum": "sum_user", "tae": "tae", "loopfm": "loopfm"}
-# Channels that only shape training (their loss terms); the served VM needs nothing for them.
-TRAINING_ONLY_CHANNELS = {"kd", "exfm"}
-
 
 class RunError(ValueError):
     """A run directory that cannot be served: says which file or model and what is missing."""
@@ -112,28 +107,13 @@ def channel_names(config: ModelConfig) -> list[str]:
     return [spec["name"] for spec in config.channel_specs()]
 
 
-def check_servable(config: ModelConfig) -> None:
-    unsupported = [
-        c for c in channel_names(config) if c not in SERVED_CHANNELS and c not in TRAINING_ONLY_CHANNELS
-    ]
+def check_servable(model: LoadedModel) -> None:
+    """Every channel of the VM either feeds it nothing at serving (KD, ExFM) or says how to (`serve`)."""
+    channels = list(getattr(model.model, "channels", []))
+    unsupported = [c.name for c in channels if not c.servable]
     if unsupported:
         raise RunError(
-            f"model {config.name!r} uses channel(s) {unsupported}, which the server cannot feed yet; "
-            f"servable channels: {sorted(SERVED_CHANNELS) + sorted(TRAINING_ONLY_CHANNELS)}"
+            f"model {model.name!r} uses channel(s) {unsupported}, which the server cannot feed: they add "
+            f"tokens but define no `serve`; servable channels of this model: "
+            f"{[c.name for c in channels if c.servable]}"
         )
-
-
-def stabilize_k(config: ModelConfig) -> int:
-    """The SUM channel's last-k averaging, so serving reads what training read."""
-    for spec in config.channel_specs():
-        if spec["name"] == "sum":
-            return int(spec.get("stabilize_k", 1))
-    return 1
-
-
-def channel_module(model: LoadedModel, name: str):
-    """The VM's TransferChannel module called `name`, or None."""
-    for channel in getattr(model.model, "channels", []):
-        if getattr(channel, "name", None) == name:
-            return channel
-    return None

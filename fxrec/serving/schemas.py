@@ -6,10 +6,11 @@ model reads, which users and items exist -- is checked in `validation.py`, which
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+from fxrec.transfer.serving import Source  # where an FM-derived input came from: the channels' vocabulary
 
 MAX_CANDIDATES = 500
 MAX_FEATURES = 64
@@ -22,18 +23,6 @@ FeatureName = Annotated[str, Field(min_length=1, max_length=64)]
 # Which of these a feature takes is checked against the run's DatasetSpec in validation.py.
 FeatureValue = StrictInt | StrictFloat | Annotated[list[StrictInt], Field(max_length=MAX_LIST_VALUES)] | None
 Features = Annotated[dict[FeatureName, FeatureValue], Field(max_length=MAX_FEATURES)]
-
-
-class Source(StrEnum):
-    """Where an FM-derived input of the VM came from on this request."""
-
-    fresh = "fresh"  # the user's embedding, written by the current FM version within the freshness budget
-    stale = "stale"  # the user's embedding, older (another FM version, past the budget, or a local copy)
-    pair_cache = "pair-cache"  # SOLARIS: the precomputed (user, item) embedding
-    user_aggregate = "user-aggregate"  # SOLARIS: mean of the user's cached pair embeddings
-    similar_user = "similar-user"  # SOLARIS: from the nearest users by embedding
-    inline = "inline"  # computed by the FM on the request path (the costly configuration)
-    missing = "missing"  # nothing available: the VM gets its "missing" input
 
 
 class Candidate(BaseModel):

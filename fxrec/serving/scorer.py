@@ -1,50 +1,32 @@
-"""The request path: validate -> FM-derived inputs from the stores -> VM -> scores.
+"""The request path: validate -> each transfer channel's input (`channel.serve`) -> VM -> scores.
 
-Nothing here waits for the FM in the default configuration: the SUM user embedding and the SOLARIS
-pair embeddings are store reads (guarded: a store fault degrades a source, never the request). The
-"inline" configuration instead runs the FM on the request's rows first -- what SOAP avoids, kept so
-the load test can show its cost.
+The scorer knows no channel by name: every channel of the VM builds its own input for the request's
+candidates from the serving sources the service opened for it (fxrec/transfer/serving.py), and says
+where each candidate's input came from. Nothing here waits for the FM in the default configuration:
+the SUM user embedding and the SOLARIS pair embeddings are store reads (guarded: a store fault
+degrades a source, never the request). The "inline" configuration instead runs the FM on the
+request's rows first and hands its output to the channels -- what SOAP avoids, kept so the load test
+can show its cost.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
 from fxrec.serving.catalog import UserHistory
-from fxrec.serving.guard import GuardedStore
-from fxrec.serving.loopfm import LoopFMLog
 from fxrec.serving.metrics import ServingMetrics
-from fxrec.serving.models import LoadedModel, stabilize_k
-from fxrec.serving.precompute import PairReader
-from fxrec.serving.rows import as_tensor, model_batch
+from fxrec.serving.models import LoadedModel
+from fxrec.serving.rows import model_batch
 from fxrec.serving.schemas import ScoreRequest, Source
 from fxrec.serving.soap import RefreshJob
 from fxrec.serving.validation import RequestAssembler, RequestError, ScoringInput
+from fxrec.transfer.serving import Needs, ServingRequest, ServingSources
 
 Mode = Literal["vm", "async", "inline"]
-SUM_FEATURE, TAE_FEATURE, LOOPFM_FEATURE = "sum_user", "tae", "loopfm"
-
-
-@dataclass
-class LoopFMInput:
-    """The LoopFM channel's serving input: the publish log and the channel's own cut of it."""
-
-    log: LoopFMLog
-    max_len: int
-    retention_days: float
-    code_dim: int
-
-
-@dataclass
-class UserEmbedding:
-    vector: np.ndarray | None  # (d,)
-    source: Source
-    age_seconds: float | None
 
 
 class Scorer:
@@ -55,13 +37,8 @@ class Scorer:
         assembler: RequestAssembler,
         metrics: ServingMetrics,
         mode: Mode,
-        user_store: GuardedStore | None,
-        pair_reader: PairReader | None,
-        uses_sum: bool,
-        uses_tae: bool,
-        fresh_seconds: float = 3600.0,
+        sources: ServingSources,
         fm_version: str | None = None,
-        loopfm: LoopFMInput | None = None,
     ):
         self.vm = vm
         self.fm = fm
@@ -69,33 +46,31 @@ class Scorer:
         self.spec = assembler.spec
         self.metrics = metrics
         self.mode = mode
-        self.user_store = user_store
-        self.pair_reader = pair_reader
-        self.uses_sum = uses_sum
-        self.uses_tae = uses_tae
-        self.fresh_seconds = fresh_seconds
-        self.stabilize_k = stabilize_k(vm.config)
-        self.fm_version = fm.version_int if fm is not None else None
+        self.sources = sources
+        self.channels = list(getattr(vm.model, "channels", []))
+        needs = Needs()
+        for channel in self.channels:
+            needs = needs | channel.serving_needs()
+        self.default_k = max(1, needs.stabilize_k)  # one user-embedding read per request serves them all
         self.versions = {"vm": vm.version, "fm": fm.version if fm is not None else fm_version}
-        self.loopfm = loopfm
-        self.derived = [name for name, used in ((SUM_FEATURE, uses_sum), (TAE_FEATURE, uses_tae)) if used]
 
     def score(self, request: ScoreRequest) -> tuple[dict, RefreshJob]:
         started = time.perf_counter()
         inp = self.assembler.assemble(request)
         validated = time.perf_counter()
         n = len(inp.item_ids)
-        extras: dict[str, torch.Tensor] = {}
+        fm_output = self._inline(inp) if self.mode == "inline" else None
+        context = ServingRequest(inp.user_id, inp.item_ids, inp.ts, self.sources, fm_output, self.default_k)
+        inputs = {}
         sources: dict[str, list[Source]] = {}
-        if self.mode == "inline":
-            self._inline(inp, extras, sources)
-        else:
-            self._from_stores(inp, extras, sources)
-        if self.loopfm is not None:
-            self._loopfm(inp, extras, sources)
+        for channel in self.channels:
+            served = channel.serve(context)
+            if served is not None:
+                inputs[channel.input_key] = served.input
+                sources[channel.source_label] = served.sources
         fetched = time.perf_counter()
         batch = model_batch(self.spec, inp.table, self.vm.model.features, [inp.history] * n)
-        batch.extras.update(extras)
+        batch.inputs.update(inputs)
         with torch.no_grad():
             logits = self.vm.model(batch).logits
         probabilities = {task: torch.sigmoid(value).numpy() for task, value in logits.items()}
@@ -127,59 +102,12 @@ class Scorer:
         job = RefreshJob(request.user_id, inp.item_ids.tolist(), dict(request.context), inp.surface)
         return response, job
 
-    # -- FM-derived inputs ----------------------------------------------------------------------
-    def read_user_embedding(self, user_id: int) -> UserEmbedding:
-        if self.user_store is None:
-            return UserEmbedding(None, Source.missing, None)
-        read, local = self.user_store.read(np.array([user_id], dtype=np.int64), self.stabilize_k)
-        if not read.found[0]:
-            return UserEmbedding(None, Source.missing, None)
-        age = max(0.0, self.user_store.clock() - float(read.ts[0]))
-        self.metrics.staleness.observe(age)
-        fresh = not local[0] and int(read.version[0]) == self.fm_version and age <= self.fresh_seconds
-        return UserEmbedding(read.vectors[0], Source.fresh if fresh else Source.stale, age)
-
-    def _from_stores(self, inp: ScoringInput, extras: dict, sources: dict) -> None:
-        n = len(inp.item_ids)
-        user = self.read_user_embedding(inp.user_id) if (self.uses_sum or self.uses_tae) else None
-        if self.uses_sum:
-            assert user is not None and self.user_store is not None
-            vector = user.vector if user.vector is not None else np.zeros(self.user_store.dim, np.float32)
-            extras["sum_user"] = as_tensor(np.broadcast_to(vector, (n, len(vector))))
-            extras["sum_user_found"] = torch.full((n,), 1.0 if user.vector is not None else 0.0)
-            sources[SUM_FEATURE] = [user.source] * n
-        if self.uses_tae:
-            assert self.pair_reader is not None and user is not None
-            vectors, found, tae_sources = self.pair_reader.read(inp.user_id, inp.item_ids, user.vector)
-            extras["tae"] = as_tensor(vectors)
-            extras["tae_found"] = torch.from_numpy(found.astype(np.float32))
-            sources[TAE_FEATURE] = tae_sources
-
-    def _loopfm(self, inp: ScoringInput, extras: dict, sources: dict) -> None:
-        assert self.loopfm is not None
-        n = len(inp.item_ids)
-        cut = self.loopfm
-        sequence = cut.log.sequence(inp.user_id, inp.ts, cut.max_len, cut.retention_days, cut.code_dim)
-        extras.update(cut.log.extras(sequence, n))
-        sources[LOOPFM_FEATURE] = [Source.stale if len(sequence) else Source.missing] * n
-
     @torch.no_grad()
-    def _inline(self, inp: ScoringInput, extras: dict, sources: dict) -> None:
-        """The FM on the request path: what SOAP and SOLARIS take off it."""
+    def _inline(self, inp: ScoringInput):
+        """The FM on the request path (what SOAP and SOLARIS take off it): its output for the channels."""
         assert self.fm is not None
-        n = len(inp.item_ids)
-        histories: list[UserHistory | None] = [inp.history] * n
-        output = self.fm.model(model_batch(self.spec, inp.table, self.fm.model.features, histories))
-        user = output.representations.get("user")
-        if self.uses_sum and user is not None:
-            extras["sum_user"] = user.float()
-            extras["sum_user_found"] = torch.ones(n)
-            sources[SUM_FEATURE] = [Source.inline] * n
-        tae = output.representations.get("tae")
-        if self.uses_tae and tae is not None:
-            extras["tae"] = tae.float()
-            extras["tae_found"] = torch.ones(n)
-            sources[TAE_FEATURE] = [Source.inline] * n
+        histories: list[UserHistory | None] = [inp.history] * len(inp.item_ids)
+        return self.fm.model(model_batch(self.spec, inp.table, self.fm.model.features, histories))
 
     # -- response -------------------------------------------------------------------------------
     def _response(

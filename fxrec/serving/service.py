@@ -36,8 +36,6 @@ from fxrec.serving.metrics import ServingMetrics
 from fxrec.serving.models import (
     LoadedModel,
     RunError,
-    channel_module,
-    channel_names,
     check_servable,
     load,
     run_config,
@@ -46,9 +44,11 @@ from fxrec.serving.models import (
 from fxrec.serving.precompute import PairPredictor, PairReader, SimilarUsers, SimilarUsersIndexer
 from fxrec.serving.refresher import Refresher, RefreshTargets, has_target_attention, has_user_tower
 from fxrec.serving.schemas import ScoreRequest
-from fxrec.serving.scorer import LoopFMInput, Mode, Scorer
+from fxrec.serving.scorer import Mode, Scorer
 from fxrec.serving.soap import Execute, RefreshJob, RefreshQueue, RefreshWorkers
+from fxrec.serving.sources import StoreSources
 from fxrec.serving.validation import RequestAssembler
+from fxrec.transfer.serving import Needs
 
 log = logging.getLogger(__name__)
 USER_NAMESPACE, PAIR_NAMESPACE, AGGREGATE_NAMESPACE = "user", "tae_pair", "tae_user"
@@ -123,10 +123,12 @@ class Service:
         self.vm = load(self.run, vm)
         if self.vm.config.role != "vm":
             raise RunError(f"{vm!r} is a foundation model; serve an expert model (VM) of the run")
-        check_servable(self.vm.config)
-        channels = channel_names(self.vm.config)
-        self.uses_sum, self.uses_tae = "sum" in channels, "tae" in channels
-        loopfm = self._loopfm() if "loopfm" in channels else None
+        check_servable(self.vm)
+        # What the VM's channels read at serving: the service opens those sources and no others.
+        self.needs = Needs()
+        for channel in getattr(self.vm.model, "channels", []):
+            self.needs = self.needs | channel.serving_needs()
+        loopfm = self._loopfm_log() if self.needs.loopfm_log else None
         self.fm_name = getattr(self.vm.config, "fm", None) or run_settings.fm.name
         needs_fm = config.mode != "vm"  # the VM-only configuration never runs the FM
         self.fm: LoadedModel | None = load(self.run, self.fm_name) if needs_fm else None
@@ -146,25 +148,28 @@ class Service:
             if self.pair_store is not None and self.aggregate_store is not None
             else None
         )
-        if self.uses_tae and pair_reader is None:
+        if self.needs.pair_embeddings and pair_reader is None:
             raise RunError(
                 f"VM {vm!r} reads target-aware embeddings (tae) but the FM {self.fm_name!r} computes none"
             )
         surfaces = self.vm.config.surfaces or self.catalog.spec.surfaces
         self.assembler = RequestAssembler(self.catalog, self.vm.model.features, surfaces, self.clock)
+        self.sources = StoreSources(
+            self.metrics,
+            self.user_store,
+            pair_reader,
+            loopfm,
+            fm_version=self.fm.version_int if self.fm is not None else None,
+            fresh_seconds=config.fresh_seconds,
+        )
         self.scorer = Scorer(
             self.vm,
             self.fm,
             self.assembler,
             self.metrics,
             config.mode,
-            self.user_store,
-            pair_reader,
-            self.uses_sum,
-            self.uses_tae,
-            fresh_seconds=config.fresh_seconds,
+            self.sources,
             fm_version=self.fm_version,
-            loopfm=loopfm,
         )
         self.predictor = PairPredictor(self.catalog, config.max_pairs_per_user)
         self.refresher = self._refresher()
@@ -200,15 +205,13 @@ class Service:
     def _user_dim(self) -> int | None:
         if self.fm is not None and has_user_tower(self.fm):
             return int(self.fm.model.user_tower.dim)
-        return _channel_input_dim(self.vm, "sum")
+        return self.needs.user_embeddings or None
 
-    def _loopfm(self) -> LoopFMInput:
+    def _loopfm_log(self) -> LoopFMLog:
         from fxrec.transfer.publish import publish_dir
 
-        channel = channel_module(self.vm, "loopfm")
         directory = publish_dir(self.run, self.vm.config.fm, self.vm.config.fm_delay)
-        log_ = LoopFMLog.from_publish(directory, keep=max(200, int(channel.max_len)))
-        return LoopFMInput(log_, int(channel.max_len), float(channel.retention_days), int(channel.code_dim))
+        return LoopFMLog.from_publish(directory, keep=max(200, self.needs.loopfm_log))
 
     def _user_store(self) -> GuardedStore | None:
         dim = self._user_dim()
@@ -223,10 +226,11 @@ class Service:
 
     def _pair_stores(self) -> tuple[GuardedStore | None, GuardedStore | None]:
         computes = self.fm is not None and has_target_attention(self.fm)
-        wanted = self.config.precompute_pairs if self.config.precompute_pairs is not None else self.uses_tae
-        if not (wanted and (computes or self.uses_tae)):
+        reads = bool(self.needs.pair_embeddings)
+        wanted = self.config.precompute_pairs if self.config.precompute_pairs is not None else reads
+        if not (wanted and (computes or reads)):
             return None, None
-        dim = _channel_input_dim(self.vm, "tae") or (
+        dim = self.needs.pair_embeddings or (
             int(self.fm.model.target_attention.out.out_features) if self.fm is not None else None
         )
         if dim is None:
@@ -402,10 +406,3 @@ class Service:
             "store": stores,
             "refresh_queue_depth": self.queue_depth(),
         }
-
-
-def _channel_input_dim(vm: LoadedModel, name: str) -> int | None:
-    for channel in getattr(vm.model, "channels", []):
-        if getattr(channel, "name", None) == name and hasattr(channel, "norm"):
-            return int(channel.norm.normalized_shape[0])
-    return None

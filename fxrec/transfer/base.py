@@ -1,11 +1,17 @@
 """The contract every transfer channel keeps: what a VM takes from the FM, and how.
 
-A channel has three sides, each optional:
+A channel has four sides, each optional:
 
-- data:   `attach(frame, published)` joins what the FM published for the frame's events (logits,
-          user embeddings, LoopFM sequences, TAEs) onto the frame as `extras`, as of each event's ts;
-- inputs: `tokens(batch, tokens) -> (B, k, d)` adds k tokens to the VM's interaction input;
-- loss:   `loss(output, batch) -> scalar` adds a term to the VM's training loss.
+- data:    `attach(frame, published)` joins what the FM published for the frame's events (logits,
+           user embeddings, LoopFM sequences, TAEs) onto the frame as a typed input
+           (`frame.inputs[channel.input_key]`, fxrec/data/inputs.py), as of each event's ts;
+- inputs:  `tokens(batch, tokens) -> (B, k, d)` adds k tokens to the VM's interaction input;
+- loss:    `loss(output, batch) -> scalar` adds a term to the VM's training loss;
+- serving: `serving_needs()` and `serve(request)` give the same input for a request's candidates
+           (fxrec/transfer/serving.py); a channel without tokens (KD, ExFM) serves nothing.
+
+A new channel is a subclass registered with `fxrec.transfer.registry.register_channel`; training,
+publishing and serving then handle it with no edit elsewhere.
 
 Channels are nn.Modules owned by the VM's RankingModel, so their parameters train and checkpoint
 with it. A channel whose parameters follow their own update rule (ExFM's student adapter) returns
@@ -21,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxrec.data.batches import Batch, EventFrame
+from fxrec.data.inputs import LogitInput, VectorInput
+from fxrec.transfer.serving import Needs, Served, ServingRequest
 
 if TYPE_CHECKING:
     from fxrec.models.output import ModelOutput
@@ -32,6 +40,20 @@ class TransferChannel(nn.Module):
 
     name: str = ""
     num_tokens: int = 0
+    # Where the channel's input lives in `frame.inputs` / `batch.inputs` (default: its name); channels
+    # that read the same published output under the same key share one join (KD and ExFM's logits).
+    input_key: str = ""
+    # The feature the server reports the input's per-candidate sources under (default: input_key).
+    source_label: str = ""
+    # The published FM output whose width is the channel's `input_dim` ("user", "tae", "loopfm"), if any.
+    published_output: str | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("input_key"):
+            cls.input_key = cls.name
+        if not cls.__dict__.get("source_label"):
+            cls.source_label = cls.input_key
 
     def __init__(self, dim: int, tasks: list[str]):
         super().__init__()
@@ -45,7 +67,7 @@ class TransferChannel(nn.Module):
         """Start any heads of the channel's own at the tasks' base rates (as the VM's heads)."""
 
     def attach(self, frame: EventFrame, published: PublishedFM) -> None:
-        """Join this channel's FM outputs onto the frame's events (as `frame.extras`)."""
+        """Join this channel's FM outputs onto the frame's events (as `frame.inputs[self.input_key]`)."""
 
     def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
         """(B, num_tokens, d) extra interaction inputs; `tokens` (B, n, d) are the VM's own."""
@@ -53,6 +75,19 @@ class TransferChannel(nn.Module):
 
     def loss(self, output: ModelOutput, batch: Batch) -> torch.Tensor | None:
         return None
+
+    def serving_needs(self) -> Needs:
+        """The serving sources `serve` reads (fxrec/transfer/serving.py); none by default."""
+        return Needs()
+
+    def serve(self, request: ServingRequest) -> Served | None:
+        """This channel's input for the request's candidates, as of request.ts; None: nothing to feed."""
+        return None
+
+    @property
+    def servable(self) -> bool:
+        """A VM can serve with this channel: it feeds no input, or it says how to build it at serving."""
+        return self.num_tokens == 0 or type(self).serve is not TransferChannel.serve
 
     def own_parameters(self) -> list[nn.Parameter]:
         return []
@@ -68,22 +103,23 @@ class TransferChannel(nn.Module):
 
 
 class VectorChannel(TransferChannel):
-    """A channel whose input is one published FM vector per event (`extras[feature]`, (B, input_dim))
-    with a found flag (`extras[feature + "_found"]`): LayerNorm -> Linear -> one token, and a learned
-    "missing" token where the FM had nothing for the event."""
+    """A channel whose input is one published FM vector per event (a VectorInput: values (B, input_dim)
+    and found (B,)): LayerNorm -> Linear -> one token, and a learned "missing" token where the FM had
+    nothing for the event."""
 
     num_tokens = 1
-    feature: str = ""
 
     def __init__(self, dim: int, tasks: list[str], input_dim: int):
         super().__init__(dim, tasks)
+        self.input_dim = input_dim
         self.norm = nn.LayerNorm(input_dim)
         self.project = nn.Linear(input_dim, dim)
         self.missing = nn.Parameter(torch.zeros(dim))
 
     def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
-        token = self.project(self.norm(batch.extras[self.feature]))
-        return or_missing(token, batch.extras[f"{self.feature}_found"], self.missing).unsqueeze(1)
+        vector: VectorInput = batch.inputs[self.input_key]
+        token = self.project(self.norm(vector.values))
+        return or_missing(token, vector.found, self.missing).unsqueeze(1)
 
 
 def or_missing(token: torch.Tensor, found: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
@@ -98,16 +134,20 @@ def soft_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) ->
     return (per_row * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+FM_LOGITS = "fm_logits"  # the input key KD and ExFM share: the FM's logits per task
+
+
 def fm_targets(batch: Batch, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(FM logits (B,), found mask (B,)) for a task, as joined by `attach_logits`."""
-    return batch.extras[f"fm_logit_{task}"], batch.extras["fm_found"]
+    logits: LogitInput = batch.inputs[FM_LOGITS]
+    return logits.logits[task], logits.found
 
 
 def attach_logits(frame: EventFrame, published: PublishedFM, tasks: list[str]) -> None:
     """FM logits per event (from the snapshot the publish step used for that event's day)."""
-    if "fm_found" in frame.extras:
+    if FM_LOGITS in frame.inputs:
         return
     view = published.view(frame)
-    for task in tasks:
-        frame.extras[f"fm_logit_{task}"] = view.column(f"logit_{task}")
-    frame.extras["fm_found"] = view.found.float()
+    frame.inputs[FM_LOGITS] = LogitInput(
+        {task: view.column(f"logit_{task}") for task in tasks}, view.found.float()
+    )

@@ -23,7 +23,7 @@ from torch import nn
 from fxrec.data.batches import Batch, EventFrame
 from fxrec.models.heads import TaskHeads
 from fxrec.nn.mlp import MLP
-from fxrec.transfer.base import TransferChannel, attach_logits, fm_targets, soft_bce
+from fxrec.transfer.base import FM_LOGITS, TransferChannel, attach_logits, fm_targets, soft_bce
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -63,6 +63,7 @@ class ExFM(TransferChannel):
     """Auxiliary head (+ student adapter). Constructor keys map 1:1 to the YAML channel entry."""
 
     name = "exfm"
+    input_key = FM_LOGITS
 
     def __init__(
         self,

@@ -13,11 +13,12 @@ from __future__ import annotations
 import torch
 
 from fxrec.data.batches import Batch, EventFrame
-from fxrec.transfer.base import TransferChannel, attach_logits, fm_targets, soft_bce
+from fxrec.transfer.base import FM_LOGITS, TransferChannel, attach_logits, fm_targets, soft_bce
 
 
 class KnowledgeDistillation(TransferChannel):
     name = "kd"
+    input_key = FM_LOGITS
 
     def __init__(self, dim: int, tasks: list[str], weight: float = 1.0, temperature: float = 1.0):
         super().__init__(dim, tasks)

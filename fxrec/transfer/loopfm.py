@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxrec.data.batches import Batch, EventFrame
+from fxrec.data.inputs import JaggedInput
 from fxrec.nn.mlp import MLP
 from fxrec.ops import jagged_dense_attention
 from fxrec.transfer.base import TransferChannel, or_missing
+from fxrec.transfer.serving import Needs, Served, ServingRequest, Source
 
 ENCODERS = ("mean", "sum", "attention")
 
@@ -91,6 +93,7 @@ class MatryoshkaAutoencoder(nn.Module):
 
 class LoopFMChannel(TransferChannel):
     name = "loopfm"
+    published_output = "loopfm"
     num_tokens = 1
     default_max_len = 50
 
@@ -118,11 +121,24 @@ class LoopFMChannel(TransferChannel):
     def attach(self, frame: EventFrame, published) -> None:
         view = published.view(frame)
         offsets, codes, _ = view.loopfm_sequences(self.max_len, self.retention_days)
-        frame.jagged_extras["loopfm"] = (offsets, codes[:, : self.code_dim])
+        frame.inputs[self.input_key] = JaggedInput(offsets, codes[:, : self.code_dim])
+
+    def serving_needs(self) -> Needs:
+        return Needs(loopfm_log=self.max_len)
+
+    def serve(self, request: ServingRequest) -> Served:
+        """The same cut of the publish log as training (`asof.recent_entries`); the log is not extended
+        online, so what it finds is "stale"."""
+        log = request.sources.loopfm_log
+        assert log is not None, "the server opens the LoopFM log for a channel that needs it"
+        sequence = log.sequence(request.user_id, request.ts, self.max_len, self.retention_days, self.code_dim)
+        source = Source.stale if len(sequence) else Source.missing
+        return Served.shared(JaggedInput.repeat(sequence, request.size), source, request.size)
 
     def tokens(self, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
-        offsets = batch.extras["loopfm_offsets"]
-        values = self.value(dequantize_int4(batch.extras["loopfm"]))  # (N, d)
+        sequences: JaggedInput = batch.inputs[self.input_key]
+        offsets = sequences.offsets
+        values = self.value(dequantize_int4(sequences.values))  # (N, d)
         lengths = offsets[1:] - offsets[:-1]
         if self.encoder == "attention":
             assert self.query is not None

@@ -26,9 +26,10 @@ import yaml
 
 from fxrec.data.batches import EventFrame
 from fxrec.data.history import HISTORY_TS, HistoryTracker, _gather_ranges
+from fxrec.transfer.asof import DAY_SECONDS as DAY_SECONDS  # the retention unit, as before
+from fxrec.transfer.asof import recent_entries
 
 PUBLISH_META = "publish.yaml"
-DAY_SECONDS = 86_400
 
 
 def _fixed_list(column: pa.ChunkedArray, dtype: np.dtype) -> np.ndarray:
@@ -156,7 +157,7 @@ class FrameView:
 
     def loopfm_sequences(self, max_len: int, retention_days: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """The user's codes from earlier published events only: (offsets (n+1,), codes (total, c) int8,
-        ts (total,) of each entry), oldest first, within `retention_days` of the event, at most max_len."""
+        ts (total,) of each entry), oldest first, cut by `asof.recent_entries` (the rule serving uses)."""
         state, n = self.state, len(self.rows)
         if state is None or state.loop is None or self._codes is None:
             width = self.dims.get("loopfm", 0)
@@ -167,14 +168,7 @@ class FrameView:
         lengths = np.where(hit, np.diff(offsets)[rows], 0)
         index = _gather_ranges(offsets[:-1][rows], lengths)
         owner = np.repeat(np.arange(n), lengths)
-        keep = (self.event_ts[owner] - entry_ts[index]) <= retention_days * DAY_SECONDS
-        # The newest max_len of the kept entries: rank each kept entry from its row's end.
-        kept_per_row = np.bincount(owner[keep], minlength=n)
-        rank_from_end = np.zeros(len(index), np.int64)
-        kept_index = np.flatnonzero(keep)
-        row_end = np.cumsum(kept_per_row)
-        rank_from_end[kept_index] = row_end[owner[kept_index]] - 1 - np.arange(len(kept_index))
-        keep &= rank_from_end < max_len
+        keep = recent_entries(owner, entry_ts[index], self.event_ts, max_len, retention_days)
         new_lengths = np.bincount(owner[keep], minlength=n)
         new_offsets = np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int64)
         chosen = index[keep]

@@ -21,8 +21,20 @@ CHANNELS: dict[str, type[TransferChannel]] = {
     "loopfm": LoopFMChannel,
     "tae": TAEChannel,
 }
-# Channels whose input width is that of a published FM output: {channel: published output}.
-INPUT_DIMS = {"sum": "user", "loopfm": "loopfm", "tae": "tae"}
+
+
+def register_channel(cls: type[TransferChannel]) -> type[TransferChannel]:
+    """Make a TransferChannel subclass available to VM configs under its `name` (usable as a decorator).
+
+    Its `published_output`, if any, names the published FM output whose width fills `input_dim`.
+    Registering the same class again is a no-op; another class under a taken name is an error.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, TransferChannel)) or not cls.name:
+        raise ValueError(f"register_channel takes a TransferChannel subclass with a name, got {cls!r}")
+    if CHANNELS.get(cls.name, cls) is not cls:
+        raise ValueError(f"a transfer channel named {cls.name!r} is already registered: {CHANNELS[cls.name]!r}")
+    CHANNELS[cls.name] = cls
+    return cls
 
 
 def build_channels(specs: list[Block], dim: int, tasks: list[str], fm_dims: dict[str, int]) -> list[TransferChannel]:
@@ -31,8 +43,8 @@ def build_channels(specs: list[Block], dim: int, tasks: list[str], fm_dims: dict
     for spec in specs:
         args = spec.kwargs()
         name = spec.name
-        if name in INPUT_DIMS:
-            output = INPUT_DIMS[name]
+        output = CHANNELS[name].published_output
+        if output is not None:
             if output not in fm_dims:
                 raise ValueError(
                     f"channel {name!r} needs the FM's published {output!r} output; publish an FM that has it "

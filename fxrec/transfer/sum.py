@@ -13,13 +13,18 @@ one token. A user with no stored embedding gets a learned "missing" token instea
 
 from __future__ import annotations
 
+import torch
+
 from fxrec.data.batches import EventFrame
+from fxrec.data.inputs import VectorInput
 from fxrec.transfer.base import VectorChannel
+from fxrec.transfer.serving import Needs, Served, ServingRequest, Source
 
 
 class SUMChannel(VectorChannel):
     name = "sum"
-    feature = "sum_user"
+    source_label = "sum_user"
+    published_output = "user"
 
     def __init__(self, dim: int, tasks: list[str], input_dim: int, stabilize_k: int = 1):
         super().__init__(dim, tasks, input_dim)
@@ -27,5 +32,15 @@ class SUMChannel(VectorChannel):
 
     def attach(self, frame: EventFrame, published) -> None:
         vectors, found, _ = published.view(frame).user_embeddings(self.stabilize_k)
-        frame.extras["sum_user"] = vectors
-        frame.extras["sum_user_found"] = found.float()
+        frame.inputs[self.input_key] = VectorInput(vectors, found.float())
+
+    def serving_needs(self) -> Needs:
+        return Needs(user_embeddings=self.input_dim, stabilize_k=self.stabilize_k)
+
+    def serve(self, request: ServingRequest) -> Served:
+        """The FM's user embedding when it runs inline, else the store's mean of its last k versions."""
+        inline = request.inline("user")
+        if inline is not None:
+            return Served.shared(VectorInput(inline, torch.ones(request.size)), Source.inline, request.size)
+        user = request.user_embedding(self.stabilize_k)
+        return Served.shared(VectorInput.repeat(user.vector, request.size, self.input_dim), user.source, request.size)

@@ -12,15 +12,33 @@ TAE of a pair comes from the SOLARIS precompute cache.
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from fxrec.data.batches import EventFrame
+from fxrec.data.inputs import VectorInput
 from fxrec.transfer.base import VectorChannel
+from fxrec.transfer.serving import Needs, Served, ServingRequest, Source
 
 
 class TAEChannel(VectorChannel):
     name = "tae"
-    feature = "tae"
+    published_output = "tae"
 
     def attach(self, frame: EventFrame, published) -> None:
         view = published.view(frame)
-        frame.extras["tae"] = view.vectors("tae")
-        frame.extras["tae_found"] = view.found.float()
+        frame.inputs[self.input_key] = VectorInput(view.vectors("tae"), view.found.float())
+
+    def serving_needs(self) -> Needs:
+        return Needs(pair_embeddings=self.input_dim)
+
+    def serve(self, request: ServingRequest) -> Served:
+        """The FM's TAE when it runs inline, else SOLARIS: the pair cache, the user's aggregate, or
+        similar users (found by the user's stored embedding)."""
+        inline = request.inline("tae")
+        if inline is not None:
+            return Served.shared(VectorInput(inline, torch.ones(request.size)), Source.inline, request.size)
+        user = request.user_embedding()
+        vectors, found, sources = request.sources.pair_embeddings(request.user_id, request.item_ids, user.vector)
+        values = torch.from_numpy(np.array(vectors, dtype=np.float32, copy=True))
+        return Served(VectorInput(values, torch.from_numpy(found.astype(np.float32))), sources)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fxrec.data.inputs import JaggedInput
 from fxrec.data.reader import iter_frames
 from fxrec.serving.loopfm import LoopFMLog
 from fxrec.transfer.publish import publish_dir
@@ -33,11 +34,11 @@ def test_served_sequences_match_the_training_join(served_run, small_log):
     assert checked > 5
 
 
-def test_extras_repeat_the_sequence_per_candidate():
+def test_the_served_input_repeats_the_sequence_per_candidate():
     log = LoopFMLog({7: (np.array([1, 2, 3]), np.arange(6, dtype=np.int8).reshape(3, 2))}, width=2)
     sequence = log.sequence(7, ts=3, max_len=5, retention_days=1.0, code_dim=2)
     assert sequence.tolist() == [[0, 1], [2, 3]]  # strictly before ts=3
-    extras = log.extras(sequence, rows=3)
-    assert extras["loopfm_offsets"].tolist() == [0, 2, 4, 6]
-    assert torch.equal(extras["loopfm"][2:4], torch.from_numpy(sequence))
+    served = JaggedInput.repeat(sequence, rows=3)
+    assert served.offsets.tolist() == [0, 2, 4, 6]
+    assert torch.equal(served.values[2:4], torch.from_numpy(sequence))
     assert log.sequence(8, ts=3, max_len=5, retention_days=1.0, code_dim=2).shape == (0, 2)

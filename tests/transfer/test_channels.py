@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+from fxrec.data.inputs import LogitInput
 from fxrec.transfer.exfm import StudentAdapter, scale_gradient
 from fxrec.transfer.loopfm import MatryoshkaAutoencoder, dequantize_int4, quantize_int4
 from fxrec.transfer.ratio import paired_sign_flip_test, transfer_ratio
@@ -62,20 +63,20 @@ def _assert_joins_find_the_published_outputs(model, published_run, small_log) ->
         if day == small_log.days[0]:
             continue  # no FM snapshot before the first day: nothing published
         rows = order[np.searchsorted(published_ids, frame.meta["event_id"].numpy())]
-        for key in ("fm_found", "tae_found", "sum_user_found"):
-            if key in frame.extras:
-                found.setdefault(key, []).append(frame.extras[key].numpy())
-        if "fm_found" in frame.extras:
+        for key in ("fm_logits", "tae", "sum"):
+            if key in frame.inputs:
+                found.setdefault(key, []).append(frame.inputs[key].found.numpy())
+        if "fm_logits" in frame.inputs:
             expected = published["logit_click"].to_numpy()[rows]
-            np.testing.assert_array_equal(frame.extras["fm_logit_click"].numpy(), expected)
-        if "tae_found" in frame.extras:
+            np.testing.assert_array_equal(frame.inputs["fm_logits"].logits["click"].numpy(), expected)
+        if "tae" in frame.inputs:
             expected = np.stack(published["tae"].to_numpy()[rows])
-            np.testing.assert_array_equal(frame.extras["tae"].numpy(), expected)
-        if "loopfm" in frame.jagged_extras:
-            offsets = frame.jagged_extras["loopfm"][0].numpy()
-            found.setdefault("loopfm", []).append((np.diff(offsets) > 0).astype(np.float32))
+            np.testing.assert_array_equal(frame.inputs["tae"].values.numpy(), expected)
+        if "loopfm" in frame.inputs:
+            lengths = frame.inputs["loopfm"].lengths.numpy()
+            found.setdefault("loopfm", []).append((lengths > 0).astype(np.float32))
     assert found, "no channel joined anything"
-    bounds = {"fm_found": 0.99, "tae_found": 0.99, "sum_user_found": 0.8, "loopfm": 0.8}  # as-of: ~0.9 here
+    bounds = {"fm_logits": 0.99, "tae": 0.99, "sum": 0.8, "loopfm": 0.8}  # as-of: ~0.9 here
     for key, flags in found.items():
         fraction = float(np.concatenate(flags).mean())
         assert fraction > bounds[key], f"{key}: joined {fraction:.2f} of the published days' events"
@@ -103,7 +104,7 @@ def test_exfm_loss_distils_the_scaled_clipped_fm_probability():
     torch.manual_seed(0)
     fm_logits = torch.tensor([-3.0, -1.2, 0.5, 2.0, -2.2, 0.0])  # alpha * p: 0.19, 0.93, 2.5, 3.5, 0.39, 2.0
     found = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
-    batch = SimpleNamespace(extras={"fm_logit_click": fm_logits, "fm_found": found})
+    batch = SimpleNamespace(inputs={"fm_logits": LogitInput({"click": fm_logits}, found)})
     top = torch.randn(6, 16)
     grads, losses = [], []
     for beta in (1.0, 3.0):

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fxrec.data.inputs import LogitInput
 from fxrec.transfer.kd import KnowledgeDistillation
 
 
@@ -15,7 +16,7 @@ def _soft_gradient(temperature: float, vm_logits: torch.Tensor, fm_logits: torch
     channel = KnowledgeDistillation(8, ["click"], weight=weight, temperature=temperature)
     logits = vm_logits.clone().requires_grad_(True)
     output = SimpleNamespace(logits={"click": logits})
-    batch = SimpleNamespace(extras={"fm_logit_click": fm_logits, "fm_found": found})
+    batch = SimpleNamespace(inputs={"fm_logits": LogitInput({"click": fm_logits}, found)})
     channel.loss(output, batch).backward()
     return logits.grad
 
