@@ -67,8 +67,8 @@ def prepare_run(run: Path, quick: bool) -> Path:
     import yaml
 
     from fxrec.config import RunConfig
-    from fxrec.pipeline import prepare_events, train_model
-    from fxrec.transfer.publish import publish
+    from fxrec.jobs.publish import publish
+    from fxrec.jobs.train import prepare_events, train_model
 
     world = (
         {"days": 4, "impressions_per_day": 12_000, "users": 3000, "ads": 600}
@@ -108,7 +108,7 @@ def main() -> None:
             (("--candidates",), {"type": int, "default": 100}),
         ],
     )
-    from fxrec.serving.loadtest import LoadSettings, compare_modes
+    from fxrec.jobs.loadtest import LoadSettings, compare_modes
 
     run = args.run or prepare_run(
         ROOT / "runs" / ("serving_bench_quick" if args.quick else "serving_bench"), args.quick
@@ -206,7 +206,7 @@ def report(level: str, results: dict, vm: str, candidates: int) -> None:
 
 def solaris_section(run: Path, vm: str) -> dict | None:
     """SOLARIS offline on the run's log: coverage per fallback tier and the VM's NE per scenario."""
-    from fxrec.serving.coverage import solaris_report
+    from fxrec.jobs.replay import solaris_report
 
     try:
         report = solaris_report(run, vm)

@@ -31,8 +31,8 @@ def served_run(tmp_path_factory, serving_config, small_log):
     """runs/<tmp>/ with config.yaml, the FM (published) and both VMs trained."""
     import yaml
 
-    from fxrec.pipeline import train_model
-    from fxrec.transfer.publish import publish
+    from fxrec.jobs.publish import publish
+    from fxrec.jobs.train import train_model
 
     run = tmp_path_factory.mktemp("serving") / "run"
     run.mkdir()
