@@ -1,7 +1,7 @@
 """Serving latency: the VM alone vs + SOAP async FM refresh vs + the FM inline, side by side.
 
 Builds (once) a run whose FM has a SUM user tower and target attention and whose VM reads both
-(channels sum + tae), then `fxrec.serving.loadtest.compare_modes`: three servers, the same replayed
+(channels sum + tae), then `fxrec.jobs.loadtest.compare_modes`: three servers, the same replayed
 requests in interleaved turns, open-loop load on loopback (load = the offered request rate, up to 16
 requests in flight). The goal: p99 of (b) <= 1.2x p99 of (a); (c) shows what putting the FM on the
 request path would cost.
@@ -64,8 +64,6 @@ VM = {
 
 def prepare_run(run: Path, quick: bool) -> Path:
     """The bench's run: a demo-like world (smaller with --quick), FM trained and published, VM trained."""
-    import yaml
-
     from fxrec.config import RunConfig
     from fxrec.jobs.publish import publish
     from fxrec.jobs.train import prepare_events, train_model
@@ -86,8 +84,7 @@ def prepare_run(run: Path, quick: bool) -> Path:
         }
     )
     run.mkdir(parents=True, exist_ok=True)
-    log = prepare_events(config, run)
-    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    log = prepare_events(config, run)  # records config.yaml too
     train_model(config.fm, config, run, log)
     publish(run, config, delay=0)
     train_model(config.vms[0], config, run, log)
