@@ -1,7 +1,7 @@
 """Serving latency: the VM alone vs + SOAP async FM refresh vs + the FM inline, side by side.
 
 Builds (once) a run whose FM has a SUM user tower and target attention and whose VM reads both
-(channels sum + tae), then `fxrec.serving.loadtest.compare_modes`: three servers, the same replayed
+(channels sum + tae), then `fxrec.jobs.loadtest.compare_modes`: three servers, the same replayed
 requests in interleaved turns, open-loop load on loopback (load = the offered request rate, up to 16
 requests in flight). The goal: p99 of (b) <= 1.2x p99 of (a); (c) shows what putting the FM on the
 request path would cost.
@@ -64,11 +64,9 @@ VM = {
 
 def prepare_run(run: Path, quick: bool) -> Path:
     """The bench's run: a demo-like world (smaller with --quick), FM trained and published, VM trained."""
-    import yaml
-
     from fxrec.config import RunConfig
-    from fxrec.pipeline import prepare_events, train_model
-    from fxrec.transfer.publish import publish
+    from fxrec.jobs.publish import publish
+    from fxrec.jobs.train import prepare_events, train_model
 
     world = (
         {"days": 4, "impressions_per_day": 12_000, "users": 3000, "ads": 600}
@@ -86,8 +84,7 @@ def prepare_run(run: Path, quick: bool) -> Path:
         }
     )
     run.mkdir(parents=True, exist_ok=True)
-    log = prepare_events(config, run)
-    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    log = prepare_events(config, run)  # records config.yaml too
     train_model(config.fm, config, run, log)
     publish(run, config, delay=0)
     train_model(config.vms[0], config, run, log)
@@ -108,7 +105,7 @@ def main() -> None:
             (("--candidates",), {"type": int, "default": 100}),
         ],
     )
-    from fxrec.serving.loadtest import LoadSettings, compare_modes
+    from fxrec.jobs.loadtest import LoadSettings, compare_modes
 
     run = args.run or prepare_run(
         ROOT / "runs" / ("serving_bench_quick" if args.quick else "serving_bench"), args.quick
@@ -206,7 +203,7 @@ def report(level: str, results: dict, vm: str, candidates: int) -> None:
 
 def solaris_section(run: Path, vm: str) -> dict | None:
     """SOLARIS offline on the run's log: coverage per fallback tier and the VM's NE per scenario."""
-    from fxrec.serving.coverage import solaris_report
+    from fxrec.jobs.replay import solaris_report
 
     try:
         report = solaris_report(run, vm)

@@ -188,7 +188,7 @@ class TrainConfig(BaseModel):
 
 
 class PublishConfig(BaseModel):
-    """What `fxrec publish` writes from the FM's snapshots (see fxrec.transfer.publish)."""
+    """What `fxrec publish` writes from the FM's snapshots (see fxrec.jobs.publish)."""
 
     model_config = ConfigDict(extra="forbid")
 

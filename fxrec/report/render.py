@@ -140,9 +140,9 @@ def _facts(content: dict) -> dict:
     }
 
 
-def write_report(content: dict, run_dir: Path, title: str) -> tuple[Path, Path]:
+def write_report(content: dict, json_path: Path, html_path: Path, title: str) -> tuple[Path, Path]:
+    """The report as JSON at `json_path` and as HTML at `html_path` (a run's: `Run.report_json`, `.report_html`)."""
     content = _clean(content)
-    json_path = run_dir / "report.json"
     json_path.write_text(json.dumps(content, indent=2))
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
     plots = {}
@@ -156,6 +156,5 @@ def write_report(content: dict, run_dir: Path, title: str) -> tuple[Path, Path]:
         if ratio_plot is not None:
             plots["transfer_ratio"] = ratio_plot
     html = environment.get_template("report.html.j2").render(title=title, report=content, plots=plots, facts=_facts(content))
-    html_path = run_dir / "report.html"
     html_path.write_text(html)
     return json_path, html_path

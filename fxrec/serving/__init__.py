@@ -6,8 +6,9 @@
 
 Modules: schemas (HTTP contract), validation (request -> rows), catalog (server-side features),
 scorer (the request path: each transfer channel's `serve`), sources (the stores and logs channels
-read), soap / streams (refresh queues), refresher (FM -> stores), worker (FM
-refresh in other processes), precompute (SOLARIS online), coverage (SOLARIS offline replay), loopfm
-(LoopFM histories), guard (store circuit breaker), service (wiring), app (FastAPI), server (running
-it), loadtest, demo (the demo's closing step), cli (`register(app)`).
+read), soap / streams (refresh queues), refresher (FM -> stores), worker (FM refresh in other
+processes), precompute (SOLARIS online), loopfm (LoopFM histories), guard (store circuit breaker),
+models (what served channels need), service (wiring), app (FastAPI), server (running it;
+`python -m fxrec.serving` is its child process). The commands, the load test, the SOLARIS offline
+replay and the demo's closing step are jobs (`fxrec.jobs`).
 """

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fxrec.run import LoadedModel
 from fxrec.serving.catalog import FeatureCatalog
 from fxrec.serving.guard import GuardedStore
-from fxrec.serving.models import LoadedModel
 from fxrec.serving.precompute import PairPredictor
 from fxrec.serving.rows import catalog_rows, histories_of, model_batch
 from fxrec.serving.soap import RefreshJob

@@ -89,7 +89,7 @@ class BackgroundServer:
 
 
 class ServerProcess:
-    """`python -m fxrec.serving serve ...` as a child process on a free loopback port."""
+    """`python -m fxrec.serving --run ... --vm ...` as a child process on a free loopback port."""
 
     def __init__(
         self,
@@ -107,7 +107,6 @@ class ServerProcess:
             sys.executable,
             "-m",
             "fxrec.serving",
-            "serve",
             "--run",
             str(run),
             "--vm",
@@ -116,13 +115,9 @@ class ServerProcess:
             str(self.port),
             "--log-level",
             "warning",
+            "--config",
+            config.model_dump_json(exclude_defaults=True),
         ]
-        for name, value in config.model_dump(exclude_defaults=True).items():
-            flag = name.replace("_", "-")
-            if isinstance(value, bool):
-                args.append(f"--{flag}" if value else f"--no-{flag}")
-            elif value is not None:
-                args += [f"--{flag}", str(value)]
         self.args = args
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None

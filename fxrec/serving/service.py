@@ -27,20 +27,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fxrec.data.eventlog import EventLog
-from fxrec.pipeline import events_path
+from fxrec.run import LoadedModel, Run, RunError
 from fxrec.serving.catalog import FeatureCatalog
 from fxrec.serving.guard import GuardedStore
 from fxrec.serving.loopfm import LoopFMLog
 from fxrec.serving.metrics import ServingMetrics
-from fxrec.serving.models import (
-    LoadedModel,
-    RunError,
-    check_servable,
-    load,
-    run_config,
-    trained_through,
-)
+from fxrec.serving.models import check_servable
 from fxrec.serving.precompute import PairPredictor, PairReader, SimilarUsers, SimilarUsersIndexer
 from fxrec.serving.refresher import Refresher, RefreshTargets, has_target_attention, has_user_tower
 from fxrec.serving.schemas import ScoreRequest
@@ -111,16 +103,15 @@ class Service:
     def __init__(
         self, run: Path, vm: str, config: ServingConfig | None = None, catalog: FeatureCatalog | None = None
     ):
-        self.run = Path(run)
+        self.run = Run(run)
         self.config = config = config or ServingConfig()
         torch.set_num_threads(config.threads)
         self.metrics = ServingMetrics()
         self.store_uris: dict[str, str] = {}
-        run_settings = run_config(self.run)
-        log_ = EventLog(events_path(run_settings, self.run))
-        self.catalog = catalog or FeatureCatalog.from_log(log_)
+        run_settings = self.run.config
+        self.catalog = catalog or FeatureCatalog.from_log(self.run.event_log())
         self.clock = EventClock(self.catalog.last_ts + 1)
-        self.vm = load(self.run, vm)
+        self.vm = self.run.load_model(vm)
         if self.vm.config.role != "vm":
             raise RunError(f"{vm!r} is a foundation model; serve an expert model (VM) of the run")
         check_servable(self.vm)
@@ -131,9 +122,9 @@ class Service:
         loopfm = self._loopfm_log() if self.needs.loopfm_log else None
         self.fm_name = getattr(self.vm.config, "fm", None) or run_settings.fm.name
         needs_fm = config.mode != "vm"  # the VM-only configuration never runs the FM
-        self.fm: LoadedModel | None = load(self.run, self.fm_name) if needs_fm else None
+        self.fm: LoadedModel | None = self.run.load_model(self.fm_name) if needs_fm else None
         self.fm_version = (
-            self.fm.version if self.fm is not None else trained_through(self.run / "models" / self.fm_name)
+            self.fm.version if self.fm is not None else self.run.model(self.fm_name).trained_through()
         )
 
         self.user_store = self._user_store()
@@ -208,20 +199,15 @@ class Service:
         return self.needs.user_embeddings or None
 
     def _loopfm_log(self) -> LoopFMLog:
-        from fxrec.transfer.publish import publish_dir
-
-        directory = publish_dir(self.run, self.vm.config.fm, self.vm.config.fm_delay)
+        directory = self.run.publish_dir(self.vm.config.fm, self.vm.config.fm_delay)
         return LoopFMLog.from_publish(directory, keep=max(200, self.needs.loopfm_log))
 
     def _user_store(self) -> GuardedStore | None:
         dim = self._user_dim()
         if dim is None:
             return None
-        published = self.run / "publish" / self.fm_name / "store"
-        uri = (
-            self.config.store
-            or f"lmdb://{published if published.exists() else self.run / 'serving' / 'store'}"
-        )
+        published = self.run.user_store(self.fm_name)
+        uri = self.config.store or f"lmdb://{published if published.exists() else self.run.serving_store}"
         return self._guard(uri, "user", dim, namespace=USER_NAMESPACE)
 
     def _pair_stores(self) -> tuple[GuardedStore | None, GuardedStore | None]:
@@ -235,7 +221,7 @@ class Service:
         )
         if dim is None:
             return None, None
-        uri = self.config.cache or f"lmdb://{self.run / 'serving' / 'solaris'}"
+        uri = self.config.cache or f"lmdb://{self.run.solaris_cache}"
         pairs = self._guard(
             uri,
             "pairs",
@@ -338,7 +324,7 @@ class Service:
             mp_context=multiprocessing.get_context("spawn"),  # fork would copy torch's thread pools
             initializer=init_child,
             initargs=(
-                str(self.run),
+                str(self.run.root),
                 user_uri,
                 cache_uri,
                 self.fm_name,

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import torch
 
-from fxrec.data.eventlog import EventLog
-from fxrec.pipeline import events_path
+from fxrec.run import Run, RunError
 from fxrec.serving.catalog import FeatureCatalog
 from fxrec.serving.guard import GuardedStore
-from fxrec.serving.models import RunError, load, run_config
 from fxrec.serving.precompute import PairPredictor
 from fxrec.serving.refresher import Refresher, RefreshTargets, has_target_attention, has_user_tower
 from fxrec.serving.service import AGGREGATE_NAMESPACE, PAIR_NAMESPACE, USER_NAMESPACE, ServingConfig
@@ -41,11 +39,10 @@ def build_refresher(
     """A Refresher writing user embeddings to `store` and pair embeddings to `cache` (None: skip)."""
     from fxrec.store import open_store
 
-    run = Path(run)
+    run_dir = Run(run)
     config = config or ServingConfig()
-    settings = run_config(run)
-    catalog = catalog or FeatureCatalog.from_log(EventLog(events_path(settings, run)))
-    fm = load(run, fm_name or settings.fm.name)
+    catalog = catalog or FeatureCatalog.from_log(run_dir.event_log())
+    fm = run_dir.load_model(fm_name or run_dir.config.fm.name)
     clock = SyncedClock(catalog.last_ts + 1)
     opened: list[GuardedStore] = []
 

@@ -34,9 +34,8 @@ from fxrec.data.labels import observed_frame, training_cutoff
 from fxrec.data.reader import iter_frames
 from fxrec.models.checkpoint import load, model_state, save_atomic
 from fxrec.models.ranking import RankingModel
+from fxrec.run import ModelDir
 from fxrec.transfer.published import PublishedFM
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class TrainingInterrupted(RuntimeError):
@@ -86,17 +85,17 @@ class Trainer:
         self,
         model: RankingModel,
         config: TrainConfig,
-        model_dir: Path,
+        model_dir: ModelDir | Path,
         progress: bool = True,
         published: PublishedFM | None = None,
     ):
         if len(model.channels) and published is None:
             names = [c.name for c in model.channels]
-            raise ValueError(f"model {Path(model_dir).name!r} uses transfer channels {names}: it needs the FM's published outputs")
+            raise ValueError(f"model {ModelDir(model_dir).name!r} uses transfer channels {names}: it needs the FM's published outputs")
         self.model = model
         self.published = published
         self.config = config
-        self.model_dir = Path(model_dir)
+        self.model_dir = ModelDir(model_dir)
         self.progress = progress
         self.task_weights = {t: config.task_weights.get(t, 1.0) for t in model.tasks}
         self.running_ne = RunningNE(model.tasks[0])  # the progress bar's NE follows the model's first task
@@ -193,11 +192,11 @@ class Trainer:
                 "rng": torch.get_rng_state(),
                 "channel_optimizers": [c.optimizer_state() for c in self.model.channels],
             },
-            self.model_dir / CHECKPOINT,
+            self.model_dir.checkpoint,
         )
 
     def _restore(self) -> tuple[str, int, bool] | None:
-        path = self.model_dir / CHECKPOINT
+        path = self.model_dir.checkpoint
         if not path.exists():
             return None
         state = load(path)
@@ -218,7 +217,7 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         features = [log.spec.feature(n) for n in self.model.features]
         resume = self._restore()
-        predictions_dir = self.model_dir / "predictions"
+        predictions_dir = self.model_dir.predictions
         predictions_dir.mkdir(parents=True, exist_ok=True)
         running = self.running_ne = RunningNE(self.model.tasks[0])  # this fit's examples
         started, examples = time.perf_counter(), 0
@@ -252,8 +251,8 @@ class Trainer:
                 if self.published is not None:
                     for channel in self.model.channels:
                         channel.attach(frame, self.published)
-                if index > 0 and not (predictions_dir / f"day={day}.parquet").exists():
-                    self._write_predictions(frame, day, predictions_dir)
+                if index > 0 and not self.model_dir.prediction(day).exists():
+                    self._write_predictions(frame, day)
                 if day != log.days[-1]:
                     if skip == 0 and seen.events < self.config.bias_warmup_events:
                         seen.add(train_frame)
@@ -278,11 +277,11 @@ class Trainer:
                             bar.update(task, rate=f"{rate:,.0f}", ne=f"{running.value:.4f}")
                     self.trained_through = day
                     if self.config.keep_snapshots:
-                        save_atomic(model_state(self.model), self.model_dir / "snapshots" / f"day={day}.pt")
+                        save_atomic(model_state(self.model), self.model_dir.snapshot(day))
                     self._checkpoint(day, -1, day_finished=True)
                 resume = None
                 bar.advance(task)
-        save_atomic(model_state(self.model), self.model_dir / "model.pt")
+        save_atomic(model_state(self.model), self.model_dir.weights)
         return predictions_dir
 
     def start_at_base_rates(self, seen: LabelTally, source: str) -> str:
@@ -318,7 +317,7 @@ class Trainer:
             for start in range(0, frame.num_rows, size):
                 yield frame.take(order[start : start + size])
 
-    def _write_predictions(self, frame: EventFrame, day: str, directory: Path) -> None:
+    def _write_predictions(self, frame: EventFrame, day: str) -> None:
         predictions = self.predict(frame)
         columns = {
             "event_id": frame.meta["event_id"].numpy(),
@@ -332,7 +331,7 @@ class Trainer:
             # Matured labels: evaluation judges a prediction by the final outcome, however late it came.
             columns[f"label_{task}"] = frame.labels[task].numpy()
             columns[f"pred_{task}"] = probs.astype(np.float32)
-        path = directory / f"day={day}.parquet"
+        path = self.model_dir.prediction(day)
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(pa.table(columns), tmp)
         tmp.replace(path)

@@ -12,7 +12,7 @@ from fxrec.config import ModelConfig, RunConfig, TrainConfig, load_config
 from fxrec.data.reader import iter_frames
 from fxrec.factory import build_model
 from fxrec.interactions.registry import INTERACTIONS
-from fxrec.pipeline import run_demo
+from fxrec.jobs.demo import run_demo
 from fxrec.train.trainer import Trainer
 
 ZOO = Path(__file__).resolve().parents[2] / "configs" / "zoo.yaml"
@@ -72,7 +72,7 @@ def test_adam_embeddings_train_through_the_pipeline_and_reload(tmp_path):
     """`train.embedding_optimizer: adam` reaches the model build and its card: the FM trains with plain
     tables and reloads from its directory."""
     from fxrec.factory import load_model
-    from fxrec.pipeline import prepare_events, train_model
+    from fxrec.jobs.train import prepare_events, train_model
 
     config = load_config(ZOO)
     small = config.simulator.model_copy(update={"days": 2, "impressions_per_day": 600, "users": 100, "ads": 30})
@@ -86,13 +86,13 @@ def test_adam_embeddings_train_through_the_pipeline_and_reload(tmp_path):
     model_dir = train_model(config.fm, config, run, log, quiet=True)
     model, _, _ = load_model(model_dir)
     assert model.fused_optimizer() is None, "adam needs plain tables that the trainer's optimizer updates"
-    assert yaml.safe_load((model_dir / "model.yaml").read_text())["embedding_optimizer"] == "adam"
+    assert yaml.safe_load(model_dir.card.read_text())["embedding_optimizer"] == "adam"
 
 
 def test_pipeline_training_is_reproducible_under_the_run_seed(tmp_path):
     """Two runs of the same config train the same weights: initial weights come from `train.seed` too
     (torch's default generator is randomly seeded per process, and each training advances it)."""
-    from fxrec.pipeline import prepare_events, train_model
+    from fxrec.jobs.train import prepare_events, train_model
 
     config = load_config(ZOO)
     small = config.simulator.model_copy(update={"days": 2, "impressions_per_day": 600, "users": 100, "ads": 30})
@@ -104,7 +104,7 @@ def test_pipeline_training_is_reproducible_under_the_run_seed(tmp_path):
         log = prepare_events(config, tmp_path / name)
         torch.manual_seed(len(weights))  # whatever state the caller left behind
         model_dir = train_model(config.fm, config, tmp_path / name, log, quiet=True)
-        weights.append(torch.load(model_dir / "model.pt", weights_only=True))
+        weights.append(torch.load(model_dir.weights, weights_only=True))
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0, msg=key)

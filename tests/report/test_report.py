@@ -99,7 +99,7 @@ def _report(tmp_path: Path, events: pl.DataFrame, monkeypatch, transfer: dict | 
     content = evaluate_run(log, entries, None)
     if transfer is not None:
         content["transfer"] = transfer
-    json_path, html_path = render.write_report(content, tmp_path, title="synthetic")
+    json_path, html_path = render.write_report(content, tmp_path / "report.json", tmp_path / "report.html", title="synthetic")
     return json.loads(json_path.read_text()), html_path.read_text(), figures
 
 

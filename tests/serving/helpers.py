@@ -28,9 +28,10 @@ def make_service(run, vm: str, tmp_path, catalog: FeatureCatalog | None = None, 
     """A Service on `run` whose stores are private copies (tests must not touch the run's store)."""
     import shutil
 
+    from fxrec.run import Run
     from fxrec.serving.service import Service, ServingConfig
 
-    published = run / "publish" / "fm" / "store"
+    published = Run(run).user_store("fm")
     store_dir = tmp_path / "store"
     if published.exists() and not store_dir.exists():
         shutil.copytree(published, store_dir)

@@ -9,9 +9,9 @@ import typer
 from helpers import make_service
 from typer.testing import CliRunner
 
-from fxrec.serving.cli import register
-from fxrec.serving.demo import show_requests
-from fxrec.serving.loadtest import LoadSettings, compare_modes, drive, sample_payloads
+from fxrec.cli.serve import register
+from fxrec.jobs.demo import show_requests
+from fxrec.jobs.loadtest import LoadSettings, compare_modes, drive, sample_payloads
 from fxrec.serving.server import BackgroundServer
 
 
@@ -79,7 +79,7 @@ def test_compare_modes_side_by_side(served_run):
 
 
 def test_round_ratios_pair_rounds_and_show_a_stall_as_spread():
-    from fxrec.serving.loadtest import round_ratios
+    from fxrec.jobs.loadtest import round_ratios
 
     def row(mode: str, p99s: list[float]) -> dict:
         rounds = [{"p50_ms": 10.0, "p99_ms": x, "server_p50_ms": 5.0, "server_p99_ms": x / 2} for x in p99s]
@@ -110,7 +110,7 @@ def test_round_ratios_pair_rounds_and_show_a_stall_as_spread():
 
 
 def test_server_side_quantiles_from_histogram_deltas():
-    from fxrec.serving.loadtest import histogram_quantiles
+    from fxrec.jobs.loadtest import histogram_quantiles
 
     before = {0.001: 5.0, 0.01: 5.0, 0.1: 5.0, float("inf"): 5.0}  # warm-up requests, not measured
     after = {0.001: 5.0, 0.01: 95.0, 0.1: 105.0, float("inf"): 105.0}  # 90 in (1, 10] ms, 10 in (10, 100] ms

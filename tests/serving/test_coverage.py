@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fxrec.serving.coverage import CoverageSettings, _Day, assign_tiers, solaris_report
+from fxrec.jobs.replay import CoverageSettings, _Day, assign_tiers, solaris_report
 
 
 def _day(users, items, ts, dim=2, user_vectors=None):

@@ -7,13 +7,13 @@ import torch
 
 from fxrec.data.inputs import JaggedInput
 from fxrec.data.reader import iter_frames
+from fxrec.run import Run
 from fxrec.serving.loopfm import LoopFMLog
-from fxrec.transfer.publish import publish_dir
 from fxrec.transfer.published import PublishedFM
 
 
 def test_served_sequences_match_the_training_join(served_run, small_log):
-    directory = publish_dir(served_run, "fm", 0)
+    directory = Run(served_run).publish_dir("fm", 0)
     served = LoopFMLog.from_publish(directory)
     published = PublishedFM(directory)
     features = [small_log.spec.feature("item_id")]

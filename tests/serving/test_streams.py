@@ -61,7 +61,7 @@ def test_refresh_worker_process_serves_the_next_request(served_run, small_log, c
         command = [
             sys.executable,
             "-m",
-            "fxrec.serving",
+            "fxrec.cli",
             "refresh-worker",
             "--run",
             str(served_run),

@@ -23,8 +23,8 @@ def transfer_config(small_log, tiny_fm_config, tiny_vm_args):
 
 @pytest.fixture(scope="session")
 def published_run(tmp_path_factory, transfer_config, small_log):
-    from fxrec.pipeline import train_model
-    from fxrec.transfer.publish import publish
+    from fxrec.jobs.publish import publish
+    from fxrec.jobs.train import train_model
 
     run = tmp_path_factory.mktemp("transfer") / "run"
     run.mkdir()

@@ -27,11 +27,11 @@ CHANNEL_SETS = {
 @pytest.mark.parametrize("name", list(CHANNEL_SETS))
 def test_a_vm_trains_with_each_channel(published_run, transfer_config, small_log, name):
     from fxrec.config import VMConfig
-    from fxrec.pipeline import train_model
+    from fxrec.jobs.train import train_model
 
     vm = VMConfig.model_validate({**transfer_config.vms[0].model_dump(), "name": f"vm_{name}", "channels": CHANNEL_SETS[name]})
     model_dir = train_model(vm, transfer_config, published_run, small_log, quiet=True)
-    predictions = pl.concat([pl.read_parquet(p) for p in sorted((model_dir / "predictions").glob("*.parquet"))])
+    predictions = pl.concat([pl.read_parquet(p) for p in sorted(model_dir.predictions.glob("*.parquet"))])
     assert predictions.height > 0 and np.isfinite(predictions["pred_click"].to_numpy()).all()
 
     from fxrec.factory import load_model
@@ -47,10 +47,10 @@ def _assert_joins_find_the_published_outputs(model, published_run, small_log) ->
     as-of joins (user embedding, LoopFM history) must find a good share. A join that silently finds
     nothing would still train a VM (on zeros and "missing" tokens)."""
     from fxrec.data.reader import iter_frames
-    from fxrec.transfer.publish import publish_dir
+    from fxrec.run import Run
     from fxrec.transfer.published import PublishedFM
 
-    directory = publish_dir(published_run, "fm", 0)
+    directory = Run(published_run).publish_dir("fm", 0)
     published = pl.concat([pl.read_parquet(p) for p in sorted(directory.glob("day=*.parquet"))])
     order = np.argsort(published["event_id"].to_numpy())
     published_ids = published["event_id"].to_numpy()[order]

@@ -66,7 +66,7 @@ register_channel(LastCodeChannel)
 @pytest.fixture(scope="module")
 def custom_run(published_run, transfer_config, small_log, tmp_path_factory):
     """The transfer run (FM trained and published) plus a VM with the channel, trained."""
-    from fxrec.pipeline import train_model
+    from fxrec.jobs.train import train_model
 
     run = tmp_path_factory.mktemp("custom") / "run"
     shutil.copytree(published_run, run)
@@ -102,10 +102,10 @@ def _request(event: dict, ts: int) -> dict:
 def _attached_last_day(run, small_log, channel) -> tuple[EventFrame, JaggedInput]:
     """The channel's input as training attached it, for the last day's feed events."""
     from fxrec.data.reader import iter_frames
-    from fxrec.transfer.publish import publish_dir
+    from fxrec.run import Run
     from fxrec.transfer.published import PublishedFM
 
-    published = PublishedFM(publish_dir(run, "fm", 0), loopfm_length=1)
+    published = PublishedFM(Run(run).publish_dir("fm", 0), loopfm_length=1)
     features = [small_log.spec.feature("item_id")]
     frame = None
     for _, frame in iter_frames(small_log, features, surfaces=["feed"]):
@@ -146,13 +146,13 @@ def test_a_registered_channel_trains_and_serves_what_training_attached(custom_ru
 def test_a_request_at_ts_sees_no_output_written_at_or_after_ts(custom_run, small_log, tmp_path):
     """A user's published events e1 < e2 (e2 - e1 within retention): a request at e2's ts gets e1's
     code, one second later e2's. A `<=` in the as-of rule would serve e2 to the first request."""
+    from fxrec.run import Run
     from fxrec.serving.app import create_app
-    from fxrec.transfer.publish import publish_dir
 
     published = pl.concat(
         [
             pl.read_parquet(p, columns=["user_id", "ts", "loopfm"])
-            for p in publish_dir(custom_run, "fm", 0).glob("day=*.parquet")
+            for p in Run(custom_run).publish_dir("fm", 0).glob("day=*.parquet")
         ]
     ).sort("user_id", "ts", maintain_order=True)
     pairs = (

@@ -16,8 +16,8 @@ import pytest
 
 from fxrec.config import ExperimentConfig, RunConfig, VMConfig
 from fxrec.data.schema import DatasetSpec
+from fxrec.jobs.experiment import evaluate_experiment, model_name
 from fxrec.metrics import evaluate
-from fxrec.transfer.experiment import evaluate_experiment, model_name
 from fxrec.transfer.ratio import FM_NOT_BETTER
 
 DAYS = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]  # evaluation days; the last 2 are test
@@ -148,7 +148,7 @@ def test_ratio_is_undefined_when_the_fm_is_no_better_on_test_days(tmp_path, tiny
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no empty axes, no "no artists" legend warning
         assert transfer_ratio_plot(result["rows"]) is None
-        _, html_path = write_report(content, tmp_path, title="synthetic")
+        _, html_path = write_report(content, tmp_path / "report.json", tmp_path / "report.html", title="synthetic")
     html = html_path.read_text()
     assert FM_NOT_BETTER in html
     assert "transfer ratio per channel set" not in html  # the note stands in for the plot
@@ -162,7 +162,7 @@ def test_report_names_validation_and_test_days_and_marks_the_chosen_set(tmp_path
     config, run = _synthetic_run(tmp_path, tiny_fm_config, tiny_vm_args, QUALITY)
     result = evaluate_experiment(config, run, SPEC)
     content = _report_content(run, result)
-    json_path, html_path = write_report(content, tmp_path, title="synthetic")
+    json_path, html_path = write_report(content, tmp_path / "report.json", tmp_path / "report.html", title="synthetic")
     saved = json.loads(json_path.read_text())["transfer"]
     assert (saved["validation_days"], saved["test_days"]) == (VALIDATION, TEST)
     assert [r["channel_set"] for r in saved["rows"] if r["selected"]] == ["kd"]
@@ -175,7 +175,7 @@ def test_report_names_validation_and_test_days_and_marks_the_chosen_set(tmp_path
 
 @pytest.mark.slow
 def test_transfer_experiment_table(published_run, transfer_config, small_log):
-    from fxrec.transfer.experiment import run_transfer_experiment
+    from fxrec.jobs.experiment import run_transfer_experiment
 
     config = transfer_config.model_copy(
         update={

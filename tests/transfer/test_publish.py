@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 import yaml
 
-from fxrec.transfer.publish import publish_dir
+from fxrec.run import Run
 
 
 def _published(run, delay: int = 0) -> pl.DataFrame:
-    directory = publish_dir(run, "fm", delay)
+    directory = Run(run).publish_dir("fm", delay)
     return pl.concat([pl.read_parquet(p).with_columns(day=pl.lit(p.stem[4:])) for p in sorted(directory.glob("day=*.parquet"))])
 
 
@@ -37,7 +37,7 @@ def test_every_fm_output_comes_from_a_snapshot_trained_before_the_event(publishe
 def test_published_logits_match_the_fms_progressive_predictions(published_run):
     """Delay 0 is what the FM predicted online: the same snapshot on the same events."""
     frame = _published(published_run, 0)
-    predictions = pl.concat([pl.read_parquet(p) for p in sorted((published_run / "models/fm/predictions").glob("*.parquet"))])
+    predictions = pl.concat([pl.read_parquet(p) for p in sorted(Run(published_run).model("fm").predictions.glob("*.parquet"))])
     joined = frame.join(predictions, on="event_id", how="inner")
     assert joined.height == frame.height > 0
     probs = 1 / (1 + np.exp(-joined["logit_click"].to_numpy()))
@@ -45,7 +45,7 @@ def test_published_logits_match_the_fms_progressive_predictions(published_run):
 
 
 def test_publish_writes_widths_codes_and_the_store(published_run):
-    directory = publish_dir(published_run, "fm", 0)
+    directory = Run(published_run).publish_dir("fm", 0)
     meta = yaml.safe_load((directory / "publish.yaml").read_text())
     assert meta["dims"] == {"user": 12, "tae": 8, "loopfm": 8}
     frame = _published(published_run, 0)
@@ -54,7 +54,7 @@ def test_publish_writes_widths_codes_and_the_store(published_run):
     assert len(np.unique(codes)) > 4  # the codes carry information
     from fxrec.store import open_store
 
-    store = open_store(f"lmdb://{directory / 'store'}", dim=12, namespace="user")
+    store = open_store(f"lmdb://{Run(published_run).user_store('fm')}", dim=12, namespace="user")
     users = frame["user_id"].unique().to_numpy()
     read = store.get(users, now=int(frame["ts"].max()))
     assert read.found.all()
@@ -65,7 +65,7 @@ def test_publish_writes_widths_codes_and_the_store(published_run):
 
 
 def test_publish_fails_clearly_without_snapshots(tmp_path, transfer_config):
-    from fxrec.transfer.publish import publish
+    from fxrec.jobs.publish import publish
 
     config = transfer_config.model_copy(deep=True)
     with pytest.raises(FileNotFoundError, match="snapshots"):
@@ -78,9 +78,9 @@ def test_published_conversion_logits_come_from_snapshots_that_never_saw_a_later_
 ):
     """Day t+1's published conversion logits come from the snapshot trained through day t, and every
     conversion that snapshot's training read had happened before the end of day t."""
-    from fxrec.pipeline import train_model
+    from fxrec.jobs.publish import publish
+    from fxrec.jobs.train import train_model
     from fxrec.train import trainer as trainer_module
-    from fxrec.transfer.publish import publish
 
     raw = pl.from_arrow(small_log.read_all(["event_id", "ts", "conversion", "conversion_delay_s"]))
     conversion_time = dict(zip(raw["event_id"].to_list(), (raw["ts"] + raw["conversion_delay_s"].cast(pl.Float64)).to_list(), strict=True))

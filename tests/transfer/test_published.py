@@ -7,12 +7,12 @@ import polars as pl
 import pytest
 
 from fxrec.data.reader import iter_frames
-from fxrec.transfer.publish import publish_dir
+from fxrec.run import Run
 from fxrec.transfer.published import DAY_SECONDS, PublishedFM
 
 
 def _all_published(run) -> pl.DataFrame:
-    files = sorted(publish_dir(run, "fm", 0).glob("day=*.parquet"))
+    files = sorted(Run(run).publish_dir("fm", 0).glob("day=*.parquet"))
     return pl.concat([pl.read_parquet(p) for p in files]).with_row_index("row")
 
 
@@ -22,7 +22,7 @@ def _vm_frames(small_log, surfaces=("feed",)):
 
 
 def test_loopfm_sequences_are_the_users_earlier_events_only(published_run, small_log):
-    published = PublishedFM(publish_dir(published_run, "fm", 0))
+    published = PublishedFM(Run(published_run).publish_dir("fm", 0))
     everything = _all_published(published_run)
     by_user = {u: g.sort(["ts", "row"]) for (u,), g in everything.group_by("user_id")}
     checked = 0
@@ -48,7 +48,7 @@ def test_loopfm_sequences_are_the_users_earlier_events_only(published_run, small
 def _earlier_events(run, small_log, k: int, step: int):
     """For every `step`-th VM event with a published FM: the user embeddings the join gives (k last
     versions) and the user's published events strictly before it, for a brute-force comparison."""
-    published = PublishedFM(publish_dir(run, "fm", 0))
+    published = PublishedFM(Run(run).publish_dir("fm", 0))
     everything = _all_published(run)
     by_user = {u: g.sort(["ts", "row"]) for (u,), g in everything.group_by("user_id")}
     for _, frame in _vm_frames(small_log):
@@ -83,7 +83,7 @@ def test_stabilized_embedding_is_the_mean_over_the_last_versions(published_run, 
 
 
 def test_the_view_walks_forward_only(published_run, small_log):
-    published = PublishedFM(publish_dir(published_run, "fm", 0))
+    published = PublishedFM(Run(published_run).publish_dir("fm", 0))
     frames = list(_vm_frames(small_log))
     published.view(frames[-1][1])
     with pytest.raises(ValueError, match="forward"):

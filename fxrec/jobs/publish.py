@@ -2,7 +2,7 @@
 
 Events of day t get outputs from the FM snapshot trained through day t-1-delay only (`delay` > 0
 simulates a stale FM). The FM runs once per event, whatever the number of VMs that consume it (ExFM's
-data augmentation system), and writes per day `publish/<fm>[_delay<k>]/day=<t>.parquet`:
+data augmentation system), and writes per day `publish/<fm>[_delay<k>]/day=<t>.parquet` (`Run.publish_dir`):
 
     event_id, user_id, ts, fm_version      the snapshot used (int yyyymmdd of its last training day)
     logit_<task>                            FM logits (KD / ExFM targets)
@@ -27,15 +27,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
+from rich.console import Console
 from rich.progress import Progress
 
-from fxrec.config import ModelConfig, RunConfig, load_config
+from fxrec.config import ModelConfig, RunConfig
 from fxrec.data.batches import EventFrame
-from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.factory import build_model
+from fxrec.jobs import load_run_config
 from fxrec.models.checkpoint import load
 from fxrec.models.ranking import RankingModel
+from fxrec.run import USER_STORE, Run
 from fxrec.transfer.loopfm import MatryoshkaAutoencoder, quantize_int4
 from fxrec.transfer.published import PUBLISH_META, last_row_per_user
 
@@ -45,10 +47,6 @@ CHUNK = 4096
 def version_of(day: str) -> int:
     """FM version id of a snapshot: its last training day as yyyymmdd."""
     return int(day.replace("-", ""))
-
-
-def publish_dir(run: Path, fm: str, delay: int) -> Path:
-    return run / "publish" / (fm if delay == 0 else f"{fm}_delay{delay}")
 
 
 class _Hooks:
@@ -90,20 +88,19 @@ def publish(
     run: Path, config: RunConfig | None = None, fm_name: str | None = None, delay: int = 0, fresh: bool = False, progress: bool = True
 ) -> Path:
     """Publish the FM of `run` with `delay` extra days of staleness; returns the publish directory."""
-    run = Path(run)
-    config = config or load_config(run / "config.yaml")
+    run_dir = Run(run, config)
+    config = run_dir.config
     fm_config: ModelConfig = config.fm
     if fm_name is not None and fm_name != fm_config.name:
         raise ValueError(f"the run's FM is {fm_config.name!r}, not {fm_name!r}")
-    out = publish_dir(run, fm_config.name, delay)
+    out = run_dir.publish_dir(fm_config.name, delay)
     if (out / PUBLISH_META).exists() and not fresh:
         return out
-    events = Path(config.events) if config.events else run / "events"
-    log = EventLog(events)
-    snapshots = run / "models" / fm_config.name / "snapshots"
-    available = {p.name.removeprefix("day=").removesuffix(".pt") for p in snapshots.glob("day=*.pt")}
+    log = run_dir.event_log()
+    fm_dir = run_dir.model(fm_config.name)
+    available = set(fm_dir.snapshot_days())
     if not available:
-        raise FileNotFoundError(f"no FM snapshots in {snapshots}; train the FM with `keep_snapshots: true` first")
+        raise FileNotFoundError(f"no FM snapshots in {fm_dir.snapshots}; train the FM with `keep_snapshots: true` first")
     settings = config.publish
     torch.manual_seed(config.train.seed)
     torch.set_num_threads(config.train.threads)
@@ -135,7 +132,7 @@ def publish(
                 continue
             version_day = log.days[source]
             if version_day != loaded:
-                model.load_state_dict(load(snapshots / f"day={version_day}.pt"))
+                model.load_state_dict(load(fm_dir.snapshot(version_day)))
                 loaded = version_day
                 if autoencoder is None or settings.refit_autoencoder:
                     # The snapshot's own training day is always among the recent frames (delay + 2 of them).
@@ -174,11 +171,29 @@ def publish(
     return out
 
 
+def publish_delays(
+    run: Path,
+    config: Path | None = None,
+    delays: list[int] | None = None,
+    fresh: bool = False,
+    console: Console | None = None,
+) -> list[Path]:
+    """`fxrec publish`: the FM of `run` at each delay (default: the config's `publish.delays`); the config
+    comes from `config`, else the run's config.yaml (InputError when it is missing or bad)."""
+    run_config = load_run_config(config or Run(run).config_path)
+    console = console or Console()
+    outs = []
+    for days in delays or run_config.publish.delays:
+        outs.append(publish(run, run_config, delay=days, fresh=fresh))
+        console.print(f"published {run_config.fm.name} (delay {days}) -> {outs[-1]}")
+    return outs
+
+
 def _open_user_store(directory: Path, model: RankingModel):
     from fxrec.store import open_store
 
     assert model.user_tower is not None
-    return open_store(f"lmdb://{directory / 'store'}", dim=model.user_tower.dim, namespace="user")
+    return open_store(f"lmdb://{directory / USER_STORE}", dim=model.user_tower.dim, namespace="user")
 
 
 def _write_latest(store, columns: dict, user: np.ndarray, version: int) -> None:

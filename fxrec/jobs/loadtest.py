@@ -24,10 +24,8 @@ import httpx
 import numpy as np
 import polars as pl
 
-from fxrec.data.eventlog import EventLog
-from fxrec.pipeline import events_path
+from fxrec.run import Run
 from fxrec.serving.catalog import FeatureCatalog
-from fxrec.serving.models import load, run_config
 from fxrec.serving.server import ServerProcess
 from fxrec.serving.service import ServingConfig
 
@@ -60,10 +58,10 @@ def sample_payloads(
 ) -> list[dict]:
     """`count` score requests replayed from the log (see module docstring)."""
     rng = np.random.default_rng(seed)
-    settings = run_config(run)
-    log = EventLog(events_path(settings, run))
+    run_dir = Run(run)
+    log = run_dir.event_log()
     catalog = catalog or FeatureCatalog.from_log(log)
-    model = load(run, vm)
+    model = run_dir.load_model(vm)
     surface = (model.config.surfaces or log.spec.surfaces)[0]
     context_features = catalog.surface_context[surface]
     last = pl.from_arrow(log.read_day(log.days[-1])).filter(pl.col("surface") == surface)
@@ -263,7 +261,8 @@ def compare_modes(
     histograms: dict[str, dict[float, float]] = {}
     inside: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="fxrec-loadtest-") as tmp:
-        published = run / "publish" / run_config(run).fm.name / "store"
+        run_dir = Run(run)
+        published = run_dir.user_store(run_dir.config.fm.name)
         servers: dict[str, ServerProcess] = {}
         try:
             for mode in modes:

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fxrec.data.eventlog import EventLog
 from fxrec.data.inputs import VectorInput
 from fxrec.data.reader import iter_frames
 from fxrec.metrics.ranking import ne
 from fxrec.models.checkpoint import load as load_state
-from fxrec.pipeline import events_path
-from fxrec.serving.models import channel_names, load, run_config, trained_through
+from fxrec.run import Run
+from fxrec.serving.models import channel_names
+from fxrec.transfer.published import PublishedFM
 from fxrec.transfer.tae import TAEChannel
 
 _TS_BITS = 34
@@ -168,24 +168,21 @@ def _similar(previous: _Day, users: np.ndarray, queries: np.ndarray, k: int) -> 
 
 def solaris_report(run: Path, vm: str, settings: CoverageSettings | None = None) -> dict:
     """Coverage per tier and the VM's NE per scenario over the last `settings.days` days of the log."""
-    from fxrec.transfer.publish import publish_dir
-    from fxrec.transfer.published import PublishedFM
-
     settings = settings or CoverageSettings()
-    run = Path(run)
-    loaded = load(run, vm)
+    run_dir = Run(run)
+    loaded = run_dir.load_model(vm)
     if "tae" not in channel_names(loaded.config):
         raise ValueError(
             f"VM {vm!r} has no tae channel; SOLARIS coverage needs a VM that reads target-aware embeddings"
         )
     model = loaded.model
-    log = EventLog(events_path(run_config(run), run))
-    published = PublishedFM(publish_dir(run, loaded.config.fm, loaded.config.fm_delay))
+    log = run_dir.event_log()
+    published = PublishedFM(run_dir.publish_dir(loaded.config.fm, loaded.config.fm_delay))
     features = [log.spec.feature(f) for f in model.features]
     eval_days = log.days[-settings.days :]
-    snapshots = run / "models" / vm / "snapshots"
+    model_dir = run_dir.model(vm)
     rng = np.random.default_rng(settings.seed)
-    final = trained_through(run / "models" / vm)  # VMs without daily snapshots: only later days are fair
+    final = model_dir.trained_through()  # VMs without daily snapshots: only later days are fair
     evaluated: list[str] = []
     previous: _Day | None = None
     rows: dict[str, list[np.ndarray]] = {}
@@ -207,7 +204,7 @@ def solaris_report(run: Path, vm: str, settings: CoverageSettings | None = None)
             None if user_found is None else user_found.numpy(),
         )
         if day in eval_days and index > 0:
-            snapshot = snapshots / f"day={log.days[index - 1]}.pt"
+            snapshot = model_dir.snapshot(log.days[index - 1])
             if snapshot.exists():
                 model.load_state_dict(load_state(snapshot))
                 model.eval()

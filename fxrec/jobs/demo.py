@@ -1,5 +1,6 @@
-"""The demo's last step: serve a VM of the run, score a few requests, show a newcomer what came back.
+"""`fxrec demo`: simulate -> train the FM -> train one VM per surface -> evaluate -> report -> serve.
 
+The last step serves a VM of the run, scores a few requests and shows a newcomer what came back:
 `show_requests(run, vm)` starts the real HTTP server on a loopback port in a background thread (its
 stores are temporary copies, so the run is left as it was), sends requests replayed from the log --
 the same user twice, so the second answer shows the embedding SOAP refreshed in between -- and one
@@ -18,11 +19,42 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from fxrec.config import RunConfig
+from fxrec.data.eventlog import EventLog
+from fxrec.jobs.evaluate import evaluate_and_report
+from fxrec.jobs.experiment import model_name, run_transfer_experiment
+from fxrec.jobs.loadtest import sample_payloads
+from fxrec.jobs.train import check_models, planned_spec, prepare_events, train_model
+from fxrec.run import Run
 from fxrec.serving.guard import wait_until
-from fxrec.serving.loadtest import sample_payloads
-from fxrec.serving.models import run_config
 from fxrec.serving.server import BackgroundServer
 from fxrec.serving.service import Service, ServingConfig
+
+console = Console(width=160)
+
+
+def run_demo(config: RunConfig, run: Path, fresh: bool = False, serve: bool = True) -> dict:
+    spec = planned_spec(config, run, fresh)
+    check_models([config.fm, *config.expand_vms(spec.surfaces)], spec, run)
+    log = prepare_events(config, run, fresh=fresh)
+    train_model(config.fm, config, run, log, fresh=fresh)
+    for vm in config.expand_vms(log.spec.surfaces):
+        train_model(vm, config, run, log, fresh=fresh)
+    transfer = run_transfer_experiment(config, run, log, fresh=fresh) if config.experiment is not None else None
+    content = evaluate_and_report(config, run, log, transfer)
+    if serve:
+        show_serving(config, run, log, transfer)
+    return content
+
+
+def show_serving(config: RunConfig, run: Path, log: EventLog, transfer: dict | None) -> None:
+    """End of the demo: serve the best expert of the first surface and score a few requests."""
+    vm = config.expand_vms(log.spec.surfaces)[0]
+    name = vm.name
+    if transfer is not None and vm.name in transfer["best"] and config.experiment is not None:
+        name = model_name(vm.name, transfer["best"][vm.name]["channel_set"], 0, config.experiment.seeds[0])
+    console.rule(f"serving {name}: fxrec serve --run {run} --vm {name}")
+    show_requests(run, name, console=console)
 
 
 def show_requests(
@@ -33,7 +65,8 @@ def show_requests(
     console = console or Console(width=140)
     exchanges: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fxrec-demo-serve-") as tmp:
-        published = run / "publish" / run_config(run).fm.name / "store"
+        run_dir = Run(run)
+        published = run_dir.user_store(run_dir.config.fm.name)
         if published.exists():
             shutil.copytree(published, Path(tmp) / "store")
         config = ServingConfig(

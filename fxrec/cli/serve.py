@@ -1,7 +1,7 @@
 """`fxrec serve`, `fxrec loadtest`, `fxrec refresh-worker`: `register(app)` adds them to a Typer app.
 
-Every `ServingConfig` field is an option of `serve` (and `loadtest`), generated from the model so
-the CLI, the config and `ServerProcess` (which passes a config to a child server) cannot drift apart.
+Every `ServingConfig` field is an option of `serve`, generated from the model so the CLI and the
+config cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from fxrec.serving.service import ServingConfig
+from fxrec.jobs.serve import ServingConfig
 
 console = Console()
 
@@ -54,11 +54,9 @@ def _help(name: str) -> str:
 
 
 def _config(values: dict[str, Any]) -> ServingConfig:
-    from pydantic import ValidationError
-
     try:
         return ServingConfig(**{k: v for k, v in values.items() if k in ServingConfig.model_fields})
-    except ValidationError as error:
+    except ValueError as error:  # pydantic's ValidationError
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(code=2) from None
 
@@ -87,8 +85,8 @@ def register(app: typer.Typer) -> None:
         **options: Any,
     ) -> None:
         """Serve a VM over HTTP: POST /v1/score, GET /healthz, GET /metrics."""
-        from fxrec.serving.models import RunError
-        from fxrec.serving.server import serve as run_server
+        from fxrec.jobs.serve import RunError
+        from fxrec.jobs.serve import serve as run_server
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
@@ -115,7 +113,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="write the results as JSON here"),
     ) -> None:
         """Load-test the VM alone, with SOAP async refresh, and with the FM inline, side by side."""
-        from fxrec.serving.loadtest import LoadSettings, compare_modes, print_results
+        from fxrec.jobs.loadtest import LoadSettings, compare_modes, print_results
 
         settings = LoadSettings(
             requests=requests,
@@ -151,7 +149,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Consume the Redis refresh stream: FM user embeddings and pair embeddings into the stores."""
-        from fxrec.serving.worker import start_worker
+        from fxrec.jobs.serve import start_worker
 
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         processed = start_worker(

@@ -31,10 +31,12 @@ from rich.table import Table
 from fxrec.config import ModelConfig, RunConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.schema import DatasetSpec
+from fxrec.jobs.publish import publish
+from fxrec.jobs.train import train_model
 from fxrec.metrics import evaluate, relative_ne_change
 from fxrec.report.evaluate import ModelEntry, load_predictions, report_days
+from fxrec.run import Run
 from fxrec.store.stabilize import drift
-from fxrec.transfer.publish import publish, publish_dir
 from fxrec.transfer.ratio import paired_sign_flip_test, transfer_ratio_over_seeds
 from fxrec.transfer.selection import select_channel_set, split_days
 
@@ -59,8 +61,6 @@ def settings(config: RunConfig) -> list[tuple[str, int]]:
 
 def run_transfer_experiment(config: RunConfig, run: Path, log: EventLog, fresh: bool = False) -> dict:
     """Train the FM, publish it, train every VM variant, and return the experiment's table."""
-    from fxrec.pipeline import train_model
-
     experiment = config.experiment
     if experiment is None:
         raise ValueError("the config has no `experiment:` section (channel_sets, seeds, delays)")
@@ -121,7 +121,8 @@ def evaluate_experiment(config: RunConfig, run: Path, spec: DatasetSpec) -> dict
     experiment = config.experiment
     assert experiment is not None
     task = spec.tasks[0]
-    fm_frame = load_predictions(ModelEntry(config.fm.name, "fm", None, [], run / "models" / config.fm.name / "predictions"))
+    run_dir = Run(run, config)
+    fm_frame = load_predictions(ModelEntry(config.fm.name, "fm", None, [], run_dir.model(config.fm.name).predictions))
     days = report_days(fm_frame, config.train.report_days)
     validation_days, test_days = split_days(days, experiment.test_days)
     vms = config.expand_vms(spec.surfaces)
@@ -146,7 +147,7 @@ def evaluate_experiment(config: RunConfig, run: Path, spec: DatasetSpec) -> dict
     return {
         "dataset": spec.name,
         "task": task,
-        "drift": embedding_drift(publish_dir(run, config.fm.name, 0)),
+        "drift": embedding_drift(run_dir.publish_dir(config.fm.name, 0)),
         "eval_days": days,
         "validation_days": validation_days,
         "test_days": test_days,
@@ -177,7 +178,7 @@ def _vm_rows(
     fm_metrics: dict[str, float] | None = None  # the FM on those events
     for name, delay in settings(config):
         for seed in seeds:
-            directory = run / "models" / model_name(vm.name, name, delay, seed) / "predictions"
+            directory = Run(run).model(model_name(vm.name, name, delay, seed)).predictions
             frame = load_predictions(ModelEntry(name, "vm", vm.surfaces, [], directory))
             on_validation = frame.filter(pl.col("day").is_in(validation_days))
             on_test = frame.filter(pl.col("day").is_in(test_days))

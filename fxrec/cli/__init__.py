@@ -1,4 +1,4 @@
-"""The `fxrec` command line: one sub-command per pipeline stage."""
+"""The `fxrec` command line: one sub-command per job (`fxrec.jobs`); `serve` holds the serving commands."""
 
 from __future__ import annotations
 
@@ -53,30 +53,24 @@ def _fail(error: Exception) -> NoReturn:
 
 def _config(path: Path, events: Path | None = None):
     """A run config (InputError on a missing file, bad YAML or a bad key); `events` overrides its log."""
-    from fxrec.config import load_config
+    from fxrec.jobs import load_run_config
 
-    run_config = load_config(path)
-    return run_config if events is None else run_config.model_copy(update={"events": str(events)})
+    return load_run_config(path, events)
 
 
 @data_app.command("simulate")
 def simulate(config: Path = ConfigOption, out: Path = typer.Option(Path("runs/demo/events"), "--out", "-o")) -> None:
     """Simulate the ads world of a config's `simulator:` section into an event log."""
-    from fxrec.data.eventlog import EventLog
-    from fxrec.data.simulator import simulate_to
+    from fxrec.jobs import data
 
-    run_config = _config(config)
-    if run_config.simulator is None:
-        raise InputError(f"{config}: no `simulator:` section to simulate")
-    simulate_to(run_config.simulator, out)
-    log = EventLog(out)
+    log = data.simulate(_config(config), out, where=config)
     console.print(f"wrote {log.num_rows():,} events over {len(log.days)} days to {out}")
 
 
 @import_app.command("movielens-100k")
 def import_movielens(out: Path = typer.Option(Path("data/movielens-100k"), "--out", "-o")) -> None:
     """MovieLens-100K from the recbole wheel on PyPI (rating >= 4 is a click)."""
-    from fxrec.data.sources import import_movielens_100k
+    from fxrec.jobs.data import import_movielens_100k
 
     _report_import(lambda: import_movielens_100k(out), out)
 
@@ -88,7 +82,7 @@ def import_open_bandit(
     policies: str = typer.Option("random", help="comma-separated: random, bts"),
 ) -> None:
     """Open Bandit Dataset samples (CC BY 4.0) from the obp wheel on PyPI, merged into one log."""
-    from fxrec.data.sources import import_open_bandit as run_import
+    from fxrec.jobs.data import import_open_bandit as run_import
 
     def run() -> Path:
         return run_import(out, campaigns=campaigns.split(","), policies=policies.split(","))
@@ -103,21 +97,21 @@ def import_table(
     out: Path = typer.Option(..., "--out", "-o"),
 ) -> None:
     """Any CSV/Parquet table, with a column mapping onto the event log."""
-    from fxrec.data.sources import import_table as run_import
+    from fxrec.jobs.data import import_table as run_import
 
     _report_import(lambda: run_import(spec, list(files), out), out)
 
 
 def _report_import(run, out: Path) -> None:
-    from fxrec.data.eventlog import EventLog, EventLogError
+    from fxrec.jobs.data import EventLogError, open_log, print_profile
 
     try:
         run()
     except (EventLogError, FileNotFoundError, ValueError) as error:
         _fail(error)
-    log = EventLog(out)
+    log = open_log(out)
     console.print(f"wrote {log.num_rows():,} events over {len(log.days)} days to {out} (spec: {out / 'spec.yaml'})")
-    _print_profile(log)
+    print_profile(log, console)
 
 
 @data_app.command("profile")
@@ -128,42 +122,15 @@ def profile(
     """Events, users, items, days, label rates per day, cardinality and nulls per column, and warnings."""
     import json
 
-    from fxrec.data.eventlog import EventLog, EventLogError
+    from fxrec.jobs.data import EventLogError, open_log, print_profile
 
     try:
-        log = EventLog(events)
+        log = open_log(events)
     except EventLogError as error:
         _fail(error)
-    result = _print_profile(log)
+    result = print_profile(log, console)
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
-
-
-def _print_profile(log):
-    from rich.table import Table
-
-    from fxrec.data.profile import profile_log
-
-    result = profile_log(log)
-    console.print(
-        f"[bold]{result.path}[/]: {result.events:,} events, {result.users:,} users, {result.items:,} items, "
-        f"{len(result.days)} days ({result.days[0].day} .. {result.days[-1].day})"
-    )
-    days = Table("day", "events", *[f"{label} rate" for label in result.labels], title="per day")
-    shown = result.days if len(result.days) <= 14 else result.days[:7] + result.days[-7:]
-    for day in shown:
-        if len(result.days) > 14 and day is result.days[-7]:
-            days.add_row("...", "", *["" for _ in result.labels])
-        days.add_row(day.day, f"{day.events:,}", *[f"{day.label_rates[t]:.4f}" for t in result.labels])
-    console.print(days)
-    columns = Table("column", "cardinality", "null share", "ids seen once", title="columns")
-    for column in result.columns:
-        once = "" if column.one_off_share is None else f"{column.one_off_share:.1%}"
-        columns.add_row(column.name, f"{column.cardinality:,}", f"{column.null_share:.1%}", once)
-    console.print(columns)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
-    return result
 
 
 EventsOption = typer.Option(None, "--events", help="use this event log instead of the config's")
@@ -172,12 +139,9 @@ EventsOption = typer.Option(None, "--events", help="use this event log instead o
 @train_app.command("fm")
 def train_fm(config: Path = ConfigOption, run: Path = RunOption, events: Path | None = EventsOption, fresh: bool = FreshOption) -> None:
     """Train the foundation model progressively (resumes from its checkpoint)."""
-    from fxrec.pipeline import check_models, planned_spec, prepare_events, train_model
+    from fxrec.jobs.train import train_fm as run_job
 
-    run_config = _config(config, events)
-    check_models([run_config.fm], planned_spec(run_config, run), run, config)
-    log = prepare_events(run_config, run)
-    train_model(run_config.fm, run_config, run, log, fresh=fresh)
+    run_job(_config(config, events), run, where=config, fresh=fresh)
 
 
 @train_app.command("vm")
@@ -189,29 +153,17 @@ def train_vm(
     fresh: bool = FreshOption,
 ) -> None:
     """Train the expert models progressively."""
-    from fxrec.pipeline import check_models, planned_spec, prepare_events, train_model
+    from fxrec.jobs.train import train_vms
 
-    run_config = _config(config, events)
-    spec = planned_spec(run_config, run)
-    vms = run_config.expand_vms(spec.surfaces)
-    chosen = [v for v in vms if name is None or v.name == name]
-    if not chosen:
-        raise InputError(f"{config}: no VM named {name!r}; the config has {[v.name for v in vms]}")
-    check_models(chosen, spec, run, config)
-    log = prepare_events(run_config, run)
-    for vm in chosen:
-        train_model(vm, run_config, run, log, fresh=fresh)
+    train_vms(_config(config, events), run, name=name, where=config, fresh=fresh)
 
 
 @app.command("eval")
 def evaluate(config: Path = ConfigOption, run: Path = RunOption, events: Path | None = EventsOption) -> None:
     """NE, AUC, GAUC and calibration for every trained model; writes report.json and report.html."""
-    from fxrec.pipeline import entries, evaluate_and_report, planned_spec, prepare_events
+    from fxrec.jobs.evaluate import evaluate as run_job
 
-    run_config = _config(config, events)
-    if not entries(run_config, run, planned_spec(run_config, run).surfaces):
-        raise InputError(f"{run / 'models'}: no trained model of {config} to evaluate; train one first (`fxrec train fm`)")
-    evaluate_and_report(run_config, run, prepare_events(run_config, run))
+    run_job(_config(config, events), run, where=config)
 
 
 @app.command("publish")
@@ -222,13 +174,10 @@ def publish_fm(
     fresh: bool = FreshOption,
 ) -> None:
     """Run the FM's snapshots over the log as online: logits, user embeddings, LoopFM codes, TAEs."""
-    from fxrec.transfer.publish import publish
+    from fxrec.jobs.publish import publish_delays
 
-    run_config = _config(config or run / "config.yaml")
     try:
-        for days in delay or run_config.publish.delays:
-            out = publish(run, run_config, delay=days, fresh=fresh)
-            console.print(f"published {run_config.fm.name} (delay {days}) -> {out}")
+        publish_delays(run, config, delays=delay, fresh=fresh, console=console)
     except (FileNotFoundError, ValueError) as error:
         _fail(error)
 
@@ -240,8 +189,9 @@ def experiment_transfer(
     fresh: bool = FreshOption,
 ) -> None:
     """Every VM x channel set x seed: NE, AUC, transfer ratio, paired test vs KD; into the report."""
-    from fxrec.pipeline import evaluate_and_report, prepare_events
-    from fxrec.transfer.experiment import run_transfer_experiment
+    from fxrec.jobs.evaluate import evaluate_and_report
+    from fxrec.jobs.experiment import run_transfer_experiment
+    from fxrec.jobs.train import prepare_events
 
     run_config = _config(config)
     run = run or Path("runs") / run_config.name
@@ -256,18 +206,15 @@ def experiment_transfer(
 @app.command("demo")
 def demo(config: Path = ConfigOption, run: Path = RunOption, fresh: bool = FreshOption) -> None:
     """Simulate -> train FM -> train one VM per surface -> evaluate -> report."""
-    from fxrec.pipeline import run_demo
+    from fxrec.jobs.demo import run_demo
 
     run_demo(_config(config), run, fresh=fresh)
 
 
 def _register_serving() -> None:
-    from fxrec.serving.cli import register
+    from fxrec.cli.serve import register
 
     register(app)
 
 
 _register_serving()
-
-if __name__ == "__main__":
-    app()

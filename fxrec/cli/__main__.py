@@ -1,0 +1,5 @@
+"""`python -m fxrec.cli`: the `fxrec` command."""
+
+from fxrec.cli import app
+
+app()

@@ -1,0 +1,30 @@
+"""What each `fxrec` command does, one module per job, on a run directory (`fxrec.run.Run`):
+
+    data        simulate, import or profile an event log
+    train       the run's log, then the FM and the VMs (progressive training)
+    evaluate    NE, AUC, GAUC, calibration of the trained models -> report.json, report.html
+    publish     the FM's outputs over the log, as it would have served them online
+    experiment  every VM x channel set x seed: how much of the FM's gain each VM captures
+    demo        simulate -> train -> evaluate -> report -> serve a few requests
+    serve       the scoring server and the refresh worker
+    loadtest    three server configurations side by side on replayed requests
+    replay      SOLARIS coverage offline, on the log
+
+Jobs sit on top of fxrec: the CLI calls them, and no module of fxrec's other packages imports them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fxrec.config import RunConfig
+
+
+def load_run_config(path: Path | str, events: Path | str | None = None) -> RunConfig:
+    """A run config (InputError on a missing file, bad YAML or a bad key); `events` overrides its log."""
+    from fxrec.config import load_config
+
+    config = load_config(path)
+    return config if events is None else config.model_copy(update={"events": str(events)})

@@ -1,0 +1,65 @@
+"""`fxrec eval`: NE, AUC, GAUC and calibration of every trained model of a run, into its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fxrec.config import RunConfig
+from fxrec.data.eventlog import EventLog
+from fxrec.errors import InputError
+from fxrec.jobs.experiment import print_experiment
+from fxrec.jobs.train import planned_spec, prepare_events
+from fxrec.report.evaluate import ModelEntry, evaluate_run
+from fxrec.report.render import write_report
+from fxrec.run import Run
+
+console = Console(width=160)
+
+
+def entries(config: RunConfig, run: Path, surfaces: list[str]) -> list[ModelEntry]:
+    """The config's models that have predictions to evaluate (`surfaces`: the log's, for `vm_per_surface`)."""
+    run_dir = Run(run, config)
+    models = [config.fm, *config.expand_vms(surfaces)]
+    return [
+        ModelEntry(m.name, m.role, m.surfaces, [c["name"] for c in m.channel_specs()], run_dir.model(m.name).predictions)
+        for m in models
+        if run_dir.model(m.name).predictions.exists()
+    ]
+
+
+def evaluate_and_report(config: RunConfig, run: Path, log: EventLog, transfer: dict | None = None) -> dict:
+    run_dir = Run(run, config)
+    content = evaluate_run(log, entries(config, run, log.spec.surfaces), config.train.report_days)
+    if transfer is not None:
+        content["transfer"] = transfer
+    json_path, html_path = write_report(content, run_dir.report_json, run_dir.report_html, title=config.name)
+    print_summary(content)
+    if transfer is not None:
+        print_experiment(transfer)
+    console.print(f"report: {json_path} and {html_path}")
+    return content
+
+
+def evaluate(config: RunConfig, run: Path, where: Path | str | None = None) -> dict:
+    """`fxrec eval`: evaluate the trained models of `config` in `run` (InputError when there is none)."""
+    if not entries(config, run, planned_spec(config, run).surfaces):
+        raise InputError(f"{Run(run).models}: no trained model of {where} to evaluate; train one first (`fxrec train fm`)")
+    return evaluate_and_report(config, run, prepare_events(config, run))
+
+
+def print_summary(content: dict) -> None:
+    table = Table(title=f"{content['dataset']}: progressive evaluation over {len(content['eval_days'])} days")
+    for column in ("model", "role", "surface", "NE", "AUC", "GAUC", "calibration", "events", "FM NE on same events"):
+        table.add_column(column, justify="left" if column in ("model", "role", "surface") else "right")
+    fm_on = {c["vm"]: c for c in content["comparisons"]}
+    for m in content["models"]:
+        comparison = fm_on.get(m["name"])
+        fm_text = f"{comparison['fm_ne']:.4f} ({comparison['fm_ne_gain_pct']:+.2f}%)" if comparison else "-"
+        gauc = f"{m['gauc']:.4f}" if m.get("gauc") is not None else "-"
+        table.add_row(m["name"], m["role"], m["surface"], f"{m['ne']:.4f}", f"{m['auc']:.4f}", gauc, f"{m['calibration']:.3f}", f"{m['n_eval']:,}", fm_text)
+    console.print(table)
+    if "oracle" in content:
+        console.print(f"oracle (simulator ground truth) on all evaluation events: NE {content['oracle']['ne']:.4f}, AUC {content['oracle']['auc']:.4f}")
