@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fxrec.config import ModelConfig, RunConfig
+from fxrec.config import FMConfig, RunConfig
 from fxrec.run import ModelDir, Run, RunError, trained_through
 
 
 def _config(**update) -> RunConfig:
-    return RunConfig(name="t", fm=ModelConfig(name="fm", role="fm"), **update)
+    return RunConfig(name="t", fm=FMConfig(name="fm", role="fm"), **update)
 
 
 def test_the_configs_events_win_over_the_runs_own_log(tmp_path):
