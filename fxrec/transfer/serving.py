@@ -25,7 +25,7 @@ import torch
 from fxrec.data.inputs import ChannelInput
 
 if TYPE_CHECKING:
-    from fxrec.models.ranking import ModelOutput
+    from fxrec.models.output import ModelOutput
 
 
 class Source(StrEnum):
