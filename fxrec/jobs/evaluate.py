@@ -32,7 +32,9 @@ def entries(config: RunConfig, run: Path, surfaces: list[str]) -> list[ModelEntr
 
 def evaluate_and_report(config: RunConfig, run: Path, log: EventLog, transfer: dict | None = None) -> dict:
     run_dir = Run(run, config)
-    content = evaluate_run(log, entries(config, run, log.spec.surfaces), config.train.report_days)
+    content = evaluate_run(
+        log, entries(config, run, log.spec.surfaces), config.train.report_days, config.train.bias_warmup_events
+    )
     if transfer is not None:
         content["transfer"] = transfer
     json_path, html_path = write_report(content, run_dir.report_json, run_dir.report_html, title=config.name)
@@ -61,5 +63,10 @@ def print_summary(content: dict) -> None:
         gauc = f"{m['gauc']:.4f}" if m.get("gauc") is not None else "-"
         table.add_row(m["name"], m["role"], m["surface"], f"{m['ne']:.4f}", f"{m['auc']:.4f}", gauc, f"{m['calibration']:.3f}", f"{m['n_eval']:,}", fm_text)
     console.print(table)
+    if content.get("warmup_days"):
+        console.print(
+            f"not scored: {', '.join(content['warmup_days'])} (warm-up: the models had trained on fewer than "
+            f"{content['warmup_events']:,} events; train.bias_warmup_events sets the count)"
+        )
     if "oracle" in content:
         console.print(f"oracle (simulator ground truth) on all evaluation events: NE {content['oracle']['ne']:.4f}, AUC {content['oracle']['auc']:.4f}")

@@ -34,7 +34,7 @@ from fxrec.data.schema import DatasetSpec
 from fxrec.jobs.publish import publish
 from fxrec.jobs.train import train_model
 from fxrec.metrics import evaluate, relative_ne_change
-from fxrec.report.evaluate import ModelEntry, load_predictions, report_days
+from fxrec.report.evaluate import ModelEntry, load_predictions, report_days, warmup_days
 from fxrec.run import Run
 from fxrec.store.stabilize import drift
 from fxrec.transfer.ratio import paired_sign_flip_test, transfer_ratio_over_seeds
@@ -67,8 +67,10 @@ def run_transfer_experiment(config: RunConfig, run: Path, log: EventLog, fresh: 
     for required in (BASELINE,):
         if required not in experiment.channel_sets:
             raise ValueError(f"experiment.channel_sets needs a {required!r} set (the VM without transfer)")
-    # Every day after the first is an evaluation day (progressive); fail on a bad split before training.
-    evaluation_days = log.days[1:]
+    # Every day after the first and after the warm-up is an evaluation day (progressive); fail on a bad
+    # split before training.
+    warmup = warmup_days(log, config.train.bias_warmup_events)
+    evaluation_days = [d for d in log.days[1:] if d not in warmup]
     split_days(evaluation_days[-config.train.report_days :] if config.train.report_days else evaluation_days, experiment.test_days)
     train_model(config.fm, config, run, log, fresh=fresh)
     for delay in sorted({0, *experiment.delays}):
@@ -86,7 +88,7 @@ def run_transfer_experiment(config: RunConfig, run: Path, log: EventLog, fresh: 
             bar.update(task, description=variant.name)
             train_model(variant, seeded, run, log, fresh=fresh, quiet=True)
             bar.advance(task)
-    return evaluate_experiment(config, run, log.spec)
+    return evaluate_experiment(config, run, log.spec, warmup)
 
 
 def _log_loss_by_day(frame: pl.DataFrame, task: str) -> dict[str, float]:
@@ -109,7 +111,7 @@ def _progress() -> Progress:
     )
 
 
-def evaluate_experiment(config: RunConfig, run: Path, spec: DatasetSpec) -> dict:
+def evaluate_experiment(config: RunConfig, run: Path, spec: DatasetSpec, warmup: list[str] | None = None) -> dict:
     """The experiment's table from the predictions on disk: per VM, choose on validation days, report on test days.
 
     Every VM variant (channel set x delay x seed) and the FM are scored on the same events. The
@@ -123,7 +125,7 @@ def evaluate_experiment(config: RunConfig, run: Path, spec: DatasetSpec) -> dict
     task = spec.tasks[0]
     run_dir = Run(run, config)
     fm_frame = load_predictions(ModelEntry(config.fm.name, "fm", None, [], run_dir.model(config.fm.name).predictions))
-    days = report_days(fm_frame, config.train.report_days)
+    days = report_days(fm_frame, config.train.report_days, warmup)  # warm-up days (`warmup_days`) left out
     validation_days, test_days = split_days(days, experiment.test_days)
     vms = config.expand_vms(spec.surfaces)
     rows: list[dict] = []

@@ -52,19 +52,39 @@ def task_metrics(frame: pl.DataFrame, task: str) -> dict:
     return metrics
 
 
-def report_days(frame: pl.DataFrame, last: int | None) -> list[str]:
-    days = sorted(frame["day"].unique().to_list())
+def warmup_days(log: EventLog, events: int) -> list[str]:
+    """The log's first days, up to the first day with at least `events` events before it: their
+    predictions come from models that had trained on fewer events than that (after a one-event first
+    day, the next day is scored by a model that saw one event -- a prior, not a model)."""
+    import pyarrow.parquet as pq
+
+    days, seen = [], 0
+    for day in log.days:
+        if seen >= events:
+            break
+        days.append(day)
+        seen += sum(pq.ParquetFile(f).metadata.num_rows for f in log.day_files(day))
+    return days
+
+
+def report_days(frame: pl.DataFrame, last: int | None, skip: list[str] | None = None) -> list[str]:
+    """The days a report scores: the frame's prediction days less `skip` (warm-up days), the last `last`."""
+    skipped = set(skip or [])
+    days = sorted(d for d in frame["day"].unique().to_list() if d not in skipped)
     return days[-last:] if last else days
 
 
-def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None) -> dict:
+def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None, warmup_events: int = 0) -> dict:
     """The report's content: per-model metrics on every task, VM-vs-FM comparisons (first task), NE
-    over time (first task, see `fxrec.report.periods`), oracle."""
+    over time (first task, see `fxrec.report.periods`), oracle. Days before the models had trained on
+    `warmup_events` events are left out (`warmup_days` in the content)."""
     spec = log.spec
     tasks = spec.tasks
     predictions = {e.name: load_predictions(e) for e in entries}
     fm = next((e for e in entries if e.role == "fm"), None)
-    days = report_days(predictions[fm.name] if fm else next(iter(predictions.values())), last_days)
+    first = predictions[fm.name] if fm else next(iter(predictions.values()))
+    warmup = [d for d in warmup_days(log, warmup_events) if d in set(first["day"].unique().to_list())]
+    days = report_days(first, last_days, warmup)
     oracle = _oracle(log, days)
     models, comparisons, frames = [], [], {}
     for entry in entries:
@@ -101,6 +121,8 @@ def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None
         "dataset": spec.name,
         "tasks": tasks,
         "eval_days": days,
+        "warmup_days": warmup,
+        "warmup_events": warmup_events,
         "models": models,
         "comparisons": comparisons,
         "ne_over_time": ne_over_time(frames, tasks[0]),

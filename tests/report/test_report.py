@@ -219,3 +219,25 @@ def test_a_short_series_is_ticked_by_day_not_by_hour_or_year(n_points):
     assert 1 <= len(ticks) <= 3
     assert all(t.hour == 0 and t.minute == 0 for t in ticks)  # whole days only
     assert max(ticks) - min(ticks) <= dt.timedelta(days=2)  # not a span of years around one point
+
+
+def test_warmup_days_end_once_the_models_have_seen_enough_events(tmp_path):
+    """A day is scored once the log holds `events` events before it; a one-event first day leaves the
+    next day's predictions to a model that saw one event, so that day is not scored either."""
+    import numpy as np
+    import pyarrow as pa
+
+    from fxrec.data.eventlog import EventLog, write_events
+    from fxrec.data.schema import DatasetSpec, FeatureSpec
+    from fxrec.report.evaluate import warmup_days
+
+    spec = DatasetSpec(name="w", surfaces=["feed"], features=[FeatureSpec(name="item_id", kind="sparse", cardinality=8)])
+    sizes = [1, 5, 2000, 10, 10]
+    ts = np.concatenate([1_700_006_400 + d * 86_400 + np.arange(n) for d, n in enumerate(sizes)])
+    n = len(ts)
+    table = pa.table({"event_id": np.arange(n), "ts": ts, "user_id": np.arange(n) % 5, "item_id": np.arange(n) % 8,
+                      "surface": ["feed"] * n, "click": (np.arange(n) % 3 == 0).astype(np.float32)})  # fmt: skip
+    log = EventLog(write_events(table, spec, tmp_path / "events"))
+    assert warmup_days(log, 1000) == log.days[:3]  # 0, 1, 6 events before them; 2006 before the fourth
+    assert warmup_days(log, 6) == log.days[:2]
+    assert warmup_days(log, 0) == []
