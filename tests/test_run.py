@@ -77,7 +77,11 @@ def test_a_model_dir_is_a_path_like_and_only_finished_models_count_as_trained(tm
 
 def test_disk_usage_counts_the_run_folder_and_its_parts(tmp_path):
     run = Run(tmp_path / "run", _config())
-    for path, size in [("events/day=x/part-0.parquet", 10_000), ("models/fm/model.pt", 50_000), ("report.json", 100)]:
+    for path, size in [
+        ("events/day=x/part-0.parquet", 10_000),
+        ("models/fm/model.pt", 50_000),
+        ("report.json", 100),
+    ]:
         (run.root / path).parent.mkdir(parents=True, exist_ok=True)
         (run.root / path).write_bytes(os.urandom(size))
     usage = run.disk_usage()
