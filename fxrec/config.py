@@ -167,7 +167,18 @@ class TrainConfig(BaseModel):
     seed: int = 0
     passes_per_day: int = Field(default=1, ge=1)
     shuffle_within_day: bool = True
-    keep_snapshots: bool = True  # one model snapshot per trained day (FM versions for publishing)
+    # The FM's daily snapshots (its weights at the end of each trained day), which `fxrec publish` reads:
+    # day t's events get the snapshot of day t-1-delay. Training writes one per trained day whatever the
+    # policy; once `fxrec publish` has written every configured delay (`publish.delays`, and the
+    # experiment's), it prunes the ones the policy does not keep:
+    #   keep_last     only the newest (the default: a published run needs no other, and resuming
+    #                 training reads checkpoint.pt, never a snapshot);
+    #   every_k_days  the last trained day of every `snapshot_every_days` days of the log, plus the newest;
+    #   all           none pruned (to publish again later at another delay, or with `--fresh`);
+    #   none          none written (an FM that is never published; VMs always train this way).
+    # A publish that needs a pruned snapshot fails before writing anything.
+    snapshots: Literal["keep_last", "every_k_days", "all", "none"] = "keep_last"
+    snapshot_every_days: int = Field(default=7, ge=1)  # every_k_days only
     max_steps: int | None = None  # stop (resumably) after this many steps; for crash tests
     # Oracle comparison only: train day t on conversions that happen after day t (a leak no real system
     # has). Off, training sees labels as observed at the end of each day (fxrec.data.labels).
@@ -178,6 +189,20 @@ class TrainConfig(BaseModel):
     # start every model at p ~ 0 or ~ 1 (Trainer.start_at_base_rates).
     bias_prior_events: float = Field(default=2.0, ge=0.0)
     bias_warmup_events: int = Field(default=1000, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_snapshots_was_replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "keep_snapshots" in data:
+            was = bool(data["keep_snapshots"])
+            now = "`snapshots: none`"
+            if was:
+                now = "`snapshots: all` (every day kept) or `snapshots: keep_last` (the default)"
+            raise ValueError(
+                "keep_snapshots was replaced by `snapshots: keep_last | every_k_days | all | none`; "
+                f"for `keep_snapshots: {str(was).lower()}` write {now}"
+            )
+        return data
 
     @model_validator(mode="after")
     def _embedding_weight_decay_needs_adam(self) -> TrainConfig:

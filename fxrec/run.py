@@ -3,15 +3,17 @@
     runs/<name>/
       config.yaml                    the config the run used
       events/                        the event log (simulated there, or `events:` points elsewhere)
-      models/<model>/                model.yaml (card), model.pt, checkpoint.pt,
-                                     snapshots/day=*.pt, predictions/day=*.parquet
+      models/<model>/                model.yaml (card), model.pt, checkpoint.pt (resumes training),
+                                     snapshots/day=*.pt (the FM's; pruned per `train.snapshots`
+                                     once published), predictions/day=*.parquet
       publish/<fm>[_delay<k>]/       the FM's published outputs; store/ holds the latest user embeddings
       serving/store, serving/solaris the server's own stores when nothing was published
       report.json, report.html
 
 `Run(root)` reads config.yaml when asked for its config; `Run(root, config)` uses the given one (a
 run being made). `ModelDir` is one model's directory; a model's version is the last day it trained
-through. `Run.load_model` rebuilds a trained model for serving.
+through. `Run.load_model` rebuilds a trained model for serving; `Run.disk_usage` says how much of the
+disk the run folder takes, and where.
 """
 
 from __future__ import annotations
@@ -29,6 +31,35 @@ from fxrec.models.ranking import RankingModel
 
 WEIGHTS, CHECKPOINT = "model.pt", "checkpoint.pt"
 USER_STORE = "store"  # under a publish directory: the latest user embedding per user
+
+
+@dataclass
+class DiskUsage:
+    """Bytes on disk of a run folder and of its biggest parts (`str()`: one line for the end of a job)."""
+
+    root: Path
+    total: int
+    parts: dict[str, int]  # events (when the run holds its log), models, publish, serving, the rest
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{name} {_megabytes(size)}" for name, size in self.parts.items() if size)
+        return f"run folder {self.root}: {_megabytes(self.total)}" + (f" ({parts})" if parts else "")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def _bytes_on_disk(path: Path) -> int:
+    """What `du` counts: allocated blocks (an LMDB map is a sparse file), every file under `path`."""
+    if not path.exists():
+        return 0
+    files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    total = 0
+    for file in files:
+        stat = file.stat()
+        total += stat.st_blocks * 512 if hasattr(stat, "st_blocks") else stat.st_size
+    return total
 
 
 class RunError(ValueError):
@@ -242,6 +273,20 @@ class Run:
     def solaris_cache(self) -> Path:
         """The server's SOLARIS pair cache and aggregates."""
         return self.serving_dir / "solaris"
+
+    # -- disk -------------------------------------------------------------------------------------
+    def disk_usage(self) -> DiskUsage:
+        """The run folder's size on disk, with its events (when the log lives in the run), models,
+        published FM outputs and serving stores."""
+        total = _bytes_on_disk(self.root)
+        parts = {
+            "events": _bytes_on_disk(self.root / "events"),
+            "models": _bytes_on_disk(self.models),
+            "publish": _bytes_on_disk(self.publish_root),
+            "serving": _bytes_on_disk(self.serving_dir),
+        }
+        parts["other"] = max(total - sum(parts.values()), 0)
+        return DiskUsage(self.root, total, parts)
 
     # -- report -----------------------------------------------------------------------------------
     @property

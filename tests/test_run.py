@@ -73,3 +73,19 @@ def test_a_model_dir_is_a_path_like_and_only_finished_models_count_as_trained(tm
     assert run.trained_models() == ["vm"]
     with pytest.raises(RunError, match=r"no trained model 'fm'.*\['vm'\]"):
         run.load_model("fm")
+
+
+def test_disk_usage_counts_the_run_folder_and_its_parts(tmp_path):
+    run = Run(tmp_path / "run", _config())
+    for path, size in [
+        ("events/day=x/part-0.parquet", 10_000),
+        ("models/fm/model.pt", 50_000),
+        ("report.json", 100),
+    ]:
+        (run.root / path).parent.mkdir(parents=True, exist_ok=True)
+        (run.root / path).write_bytes(os.urandom(size))
+    usage = run.disk_usage()
+    assert usage.parts["models"] >= 50_000 and usage.parts["events"] >= 10_000 and usage.parts["publish"] == 0
+    assert usage.total == sum(usage.parts.values())
+    line = str(usage)
+    assert line.startswith(f"run folder {run.root}: ") and "models 0.1 MB" in line and "publish" not in line

@@ -189,6 +189,7 @@ def experiment_transfer(
     fresh: bool = FreshOption,
 ) -> None:
     """Every VM x channel set x seed: NE, AUC, transfer ratio, paired test vs KD; into the report."""
+    from fxrec.jobs import print_disk_usage
     from fxrec.jobs.evaluate import evaluate_and_report
     from fxrec.jobs.experiment import run_transfer_experiment
     from fxrec.jobs.train import prepare_events
@@ -201,6 +202,7 @@ def experiment_transfer(
     except (FileNotFoundError, ValueError) as error:
         _fail(error)
     evaluate_and_report(run_config, run, log, result)
+    print_disk_usage(run, console)
 
 
 @app.command("demo")

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from fxrec.config import RunConfig
 
 
@@ -28,3 +30,12 @@ def load_run_config(path: Path | str, events: Path | str | None = None) -> RunCo
 
     config = load_config(path)
     return config if events is None else config.model_copy(update={"events": str(events)})
+
+
+def print_disk_usage(run: Path | str, console: Console | None = None) -> None:
+    """The end of a job that filled a run folder: its size and its biggest parts, on one line."""
+    from rich.console import Console
+
+    from fxrec.run import Run
+
+    (console or Console()).print(str(Run(run).disk_usage()), highlight=False)

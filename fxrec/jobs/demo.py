@@ -21,6 +21,7 @@ from rich.table import Table
 
 from fxrec.config import RunConfig
 from fxrec.data.eventlog import EventLog
+from fxrec.jobs import print_disk_usage
 from fxrec.jobs.evaluate import evaluate_and_report
 from fxrec.jobs.experiment import model_name, run_transfer_experiment
 from fxrec.jobs.loadtest import sample_payloads
@@ -44,6 +45,7 @@ def run_demo(config: RunConfig, run: Path, fresh: bool = False, serve: bool = Tr
     content = evaluate_and_report(config, run, log, transfer)
     if serve:
         show_serving(config, run, log, transfer)
+    print_disk_usage(run, console)
     return content
 
 

@@ -14,6 +14,10 @@ plus `publish.yaml` (widths, tasks, versions) and, for serving, the latest user 
 embedding store (`store/`, namespace "user"). The LoopFM autoencoder is fitted on the first snapshot's
 own training day (events before any it encodes) and then kept fixed, so codes from different days stay
 comparable in one history (`refit_autoencoder: true` refits it on each new snapshot's training day).
+
+Day files are compact Parquet (`fxrec.data.compact_parquet`). Once every configured delay is published,
+the FM snapshots that `train.snapshots` does not keep are removed (`fxrec.jobs.snapshots`); a later
+publish that needs one of them fails before it writes anything.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 from rich.console import Console
@@ -32,12 +35,15 @@ from rich.progress import Progress
 
 from fxrec.config import ModelConfig, RunConfig
 from fxrec.data.batches import EventFrame
+from fxrec.data.compact_parquet import write_compact
 from fxrec.data.reader import iter_frames
 from fxrec.factory import build_model
-from fxrec.jobs import load_run_config
+from fxrec.jobs import load_run_config, print_disk_usage
+from fxrec.jobs.snapshots import check_snapshots, prune_snapshots
 from fxrec.models.checkpoint import load
 from fxrec.models.ranking import RankingModel
 from fxrec.run import USER_STORE, Run
+from fxrec.store.lmdb_store import compact
 from fxrec.transfer.loopfm import MatryoshkaAutoencoder, quantize_int4
 from fxrec.transfer.published import PUBLISH_META, last_row_per_user
 
@@ -94,13 +100,12 @@ def publish(
     if fm_name is not None and fm_name != fm_config.name:
         raise ValueError(f"the run's FM is {fm_config.name!r}, not {fm_name!r}")
     out = run_dir.publish_dir(fm_config.name, delay)
-    if (out / PUBLISH_META).exists() and not fresh:
-        return out
     log = run_dir.event_log()
+    if (out / PUBLISH_META).exists() and not fresh:
+        prune_snapshots(run_dir, log.days)
+        return out
+    check_snapshots(run_dir, log.days, delay)  # before anything is written
     fm_dir = run_dir.model(fm_config.name)
-    available = set(fm_dir.snapshot_days())
-    if not available:
-        raise FileNotFoundError(f"no FM snapshots in {fm_dir.snapshots}; train the FM with `keep_snapshots: true` first")
     settings = config.publish
     torch.manual_seed(config.train.seed)
     torch.set_num_threads(config.train.threads)
@@ -128,7 +133,7 @@ def publish(
             recent.append((day, frame))
             bar.advance(task)
             source = index - 1 - delay
-            if source < 0 or log.days[source] not in available:
+            if source < 0:
                 continue
             version_day = log.days[source]
             if version_day != loaded:
@@ -158,16 +163,18 @@ def publish(
                 codes = quantize_int4(autoencoder.encode(torch.from_numpy(outputs["representation"]))).numpy()
             columns["loopfm"] = _fixed_size(codes)
             dims["loopfm"] = codes.shape[1]
-            pq.write_table(pa.table(columns), tmp / f"day={day}.parquet")
+            write_compact(pa.table(columns), tmp / f"day={day}.parquet")
             versions[day] = version_of(version_day)
             if store is not None:
                 _write_latest(store, columns, outputs["user"], version_of(version_day))
     if store is not None:
         store.close()
+        compact(tmp / USER_STORE)  # written day by day, read only from now on: drop the replaced pages
     meta = {"fm": fm_config.name, "delay": delay, "tasks": list(model.tasks), "dims": dims, "versions": versions}
     (tmp / PUBLISH_META).write_text(yaml.safe_dump(meta, sort_keys=False))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
+    prune_snapshots(run_dir, log.days)
     return out
 
 
@@ -186,6 +193,7 @@ def publish_delays(
     for days in delays or run_config.publish.delays:
         outs.append(publish(run, run_config, delay=days, fresh=fresh))
         console.print(f"published {run_config.fm.name} (delay {days}) -> {outs[-1]}")
+    print_disk_usage(run, console)
     return outs
 
 

@@ -19,6 +19,7 @@ from fxrec.data.schema import DatasetSpec
 from fxrec.data.simulator import dataset_spec, simulate_to
 from fxrec.errors import InputError
 from fxrec.factory import build_model, save_model_card
+from fxrec.jobs import print_disk_usage
 from fxrec.run import ModelDir, Run
 from fxrec.train.trainer import Trainer
 from fxrec.transfer.loopfm import LoopFMChannel
@@ -126,7 +127,9 @@ def train_model(
             f"channels: {channels})"
         )
     # Only FM snapshots are ever read back (by `fxrec publish`); VMs skip writing one per day.
-    train = config.train if model_config.role == "fm" else config.train.model_copy(update={"keep_snapshots": False})
+    train = config.train
+    if model_config.role != "fm":
+        train = train.model_copy(update={"snapshots": "none"})
     Trainer(model, train, model_dir, progress=not quiet, published=published).fit(log, surfaces=model_config.surfaces)
     return model_dir
 
@@ -141,7 +144,9 @@ def train_fm(config: RunConfig, run: Path, where: Path | str | None = None, fres
     """`fxrec train fm`: check, prepare the log, train the FM progressively (resumes from its checkpoint)."""
     check_models([config.fm], planned_spec(config, run), run, where)
     log = prepare_events(config, run)
-    return train_model(config.fm, config, run, log, fresh=fresh)
+    model_dir = train_model(config.fm, config, run, log, fresh=fresh)
+    print_disk_usage(run, console)
+    return model_dir
 
 
 def train_vms(
@@ -155,4 +160,6 @@ def train_vms(
         raise InputError(f"{where}: no VM named {name!r}; the config has {[v.name for v in vms]}")
     check_models(chosen, spec, run, where)
     log = prepare_events(config, run)
-    return [train_model(vm, config, run, log, fresh=fresh) for vm in chosen]
+    model_dirs = [train_model(vm, config, run, log, fresh=fresh) for vm in chosen]
+    print_disk_usage(run, console)
+    return model_dirs

@@ -21,7 +21,9 @@ per key (~1 us at 1M keys on the 2-core dev box, mostly cache and TLB misses), w
 roughly 0.5-1M keys/s: see bench/store.py.
 
 The map is a large sparse reservation (the file grows with the data) and is grown when a write runs
-out of room; growing replaces the memory map, so it waits for running reads in this process.
+out of room; growing replaces the memory map, so it waits for running reads in this process. A store
+written once and then only read (`fxrec publish`'s) can be `compact`ed: LMDB's copy-on-write leaves
+the pages of every replaced version behind, a third of the file after a day-by-day publish.
 Processes: open the store in each process after forking (LMDB environments must not cross a fork).
 """
 
@@ -119,6 +121,32 @@ def _release_env(name: str) -> None:
         if shared.users <= 0:
             shared.env.close()
             del _ENVS[name]
+
+
+def compact(path: str | Path) -> int:
+    """Rewrite the LMDB folder `path` without its free pages (the same keys and records, lossless);
+    returns the bytes saved. The store must be closed in this process, and open in no other."""
+    path = Path(path)
+    name = os.path.realpath(path)
+    with _ENVS_LOCK:
+        if name in _ENVS:
+            raise RuntimeError(f"LMDB store {path} is open in this process; close it before compacting")
+    data = path / "data.mdb"
+    before = data.stat().st_size
+    tmp = path / ".compact"
+    tmp.mkdir(exist_ok=True)
+    try:
+        env = lmdb.open(name, readonly=True, lock=False, subdir=True, max_dbs=0)
+        try:
+            env.copy(str(tmp), compact=True)
+        finally:
+            env.close()
+        os.replace(tmp / "data.mdb", data)
+    finally:
+        for leftover in tmp.iterdir():
+            leftover.unlink()
+        tmp.rmdir()
+    return before - data.stat().st_size
 
 
 class LMDBStore(RecordStore):

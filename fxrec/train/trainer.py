@@ -4,13 +4,15 @@ For each day t in order: first predict day t with the model trained through day 
 predictions are the evaluation: the model never saw these events), then train one pass over day t.
 The last day is only evaluated. Training at the end of day t sees day t's labels as observed then
 (`fxrec.data.labels.observed_labels`: a conversion that happens after midnight is a negative);
-evaluation scores the matured labels. Predictions go to `<model_dir>/predictions/day=<t>.parquet`;
-metrics are computed from them afterwards, so any two models can be compared on the same events.
+evaluation scores the matured labels. Predictions go to `<model_dir>/predictions/day=<t>.parquet`
+(`fxrec.data.compact_parquet`); metrics are computed from them afterwards, so any two models can be
+compared on the same events.
 
 Embeddings are updated by the fused row-wise AdaGrad inside TorchRec's fused embedding bags, or by
 Adam on plain tables (`TrainConfig.embedding_optimizer`); dense parameters by Adam. A checkpoint every
 `checkpoint_every` steps holds everything needed to resume mid-day and reach the same result as an
-uninterrupted run.
+uninterrupted run; resuming never reads a daily snapshot (`TrainConfig.snapshots`), which only
+`fxrec publish` does.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 import torchrec.optim as trec_optim
@@ -29,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fxrec.config import TrainConfig
 from fxrec.data.batches import Batch, EventFrame
+from fxrec.data.compact_parquet import write_compact
 from fxrec.data.eventlog import EventLog
 from fxrec.data.labels import observed_frame, training_cutoff
 from fxrec.data.reader import iter_frames
@@ -276,7 +278,7 @@ class Trainer:
                             rate = examples / (time.perf_counter() - started)
                             bar.update(task, rate=f"{rate:,.0f}", ne=f"{running.value:.4f}")
                     self.trained_through = day
-                    if self.config.keep_snapshots:
+                    if self.config.snapshots != "none":
                         save_atomic(model_state(self.model), self.model_dir.snapshot(day))
                     self._checkpoint(day, -1, day_finished=True)
                 resume = None
@@ -333,5 +335,5 @@ class Trainer:
             columns[f"pred_{task}"] = probs.astype(np.float32)
         path = self.model_dir.prediction(day)
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(pa.table(columns), tmp)
+        write_compact(pa.table(columns), tmp)
         tmp.replace(path)

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import yaml
 
+from fxrec.errors import InputError
 from fxrec.run import Run
 
 
@@ -68,7 +69,7 @@ def test_publish_fails_clearly_without_snapshots(tmp_path, transfer_config):
     from fxrec.jobs.publish import publish
 
     config = transfer_config.model_copy(deep=True)
-    with pytest.raises(FileNotFoundError, match="snapshots"):
+    with pytest.raises(InputError, match="snapshots of .*the FM is not trained"):
         publish(tmp_path, config, progress=False)
 
 
