@@ -246,8 +246,8 @@ def embedding_drift(directory: Path, k: int = 3) -> list[dict]:
     history: dict[int, list[np.ndarray]] = {}
     changes = []
     for path in files:
-        frame = pl.read_parquet(path, columns=["user_id", "ts", "fm_version", "user"]).sort("ts")
-        last = frame.group_by("user_id").agg(pl.col("user").last(), pl.col("fm_version").last())
+        frame = pl.read_parquet(path, columns=["user_id", "ts", "fm_version", "user"]).sort("ts", maintain_order=True)
+        last = frame.group_by("user_id", maintain_order=True).agg(pl.col("user").last(), pl.col("fm_version").last())
         users, vectors = last["user_id"].to_numpy(), np.array(last["user"].to_list(), dtype=np.float32)
         both = [i for i, u in enumerate(users) if u in history]
         if both:

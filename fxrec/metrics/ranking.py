@@ -72,7 +72,7 @@ def gauc(labels: np.ndarray, probs: np.ndarray, users: np.ndarray) -> float:
     )
     per_user = (
         frame.with_columns(rank=pl.col("p").rank("average").over("user"))
-        .group_by("user")
+        .group_by("user", maintain_order=True)  # a fixed summation order: the same digits every run
         .agg(
             n=pl.len(),
             pos=pl.col("y").sum(),
