@@ -255,6 +255,16 @@ class RunConfig(BaseModel):
     publish: PublishConfig = PublishConfig()
     experiment: ExperimentConfig | None = None
 
+    @model_validator(mode="after")
+    def _experiment_needs_snapshots(self) -> RunConfig:
+        # The experiment publishes the FM from its daily snapshots; without them it would fail after training.
+        if self.experiment is not None and self.train.snapshots == "none":
+            raise ValueError(
+                "experiment: the transfer experiment publishes the FM from its daily snapshots, but "
+                "train.snapshots is none; use keep_last (the default: pruned once published), every_k_days or all"
+            )
+        return self
+
     def expand_vms(self, surfaces: list[str]) -> list[VMConfig]:
         vms = list(self.vms)
         if self.vm_per_surface and self.vm_template is not None:

@@ -272,3 +272,16 @@ def test_every_config_problem_is_reported_at_once_one_line_each(tmp_path: Path, 
     assert "'vm_a': surfaces ['webb']" in lines[0] and "'vm_a': features ['pricee']" in lines[1]
     assert "'vm_b': channels ['kd']" in lines[2] and "fxrec publish" in lines[2]
     assert not run.exists()
+
+
+def test_an_experiment_without_snapshots_is_refused_before_training(tmp_path):
+    from fxrec.config import load_config
+    from fxrec.errors import InputError
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "name: x\nfm: {name: fm, role: fm}\ntrain: {snapshots: none}\n"
+        "experiment: {channel_sets: {none: [], kd: [kd]}}\n"
+    )
+    with pytest.raises(InputError, match="train.snapshots is none"):
+        load_config(path)
