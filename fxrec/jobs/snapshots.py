@@ -43,14 +43,23 @@ def kept_days(snapshot_days: list[str], log_days: list[str], train: TrainConfig)
     return sorted(kept)
 
 
+def publishes(config: RunConfig) -> bool:
+    """Whether the run publishes its FM: the config has a transfer experiment, a VM with channels, or
+    says how to publish (a `publish:` section of its own)."""
+    vms = [*config.vms, *([config.vm_template] if config.vm_template is not None else [])]
+    return config.experiment is not None or "publish" in config.model_fields_set or any(vm.channels for vm in vms)
+
+
 def prune_snapshots(run: Run, log_days: list[str]) -> list[str]:
-    """Remove the FM snapshots the policy does not keep, once every delay of the run is published;
-    returns the days removed (none while a delay is still to publish)."""
+    """Remove the FM snapshots the policy does not keep: once every delay of the run is published, or
+    at once when nothing in the config reads the published FM (a later `fxrec publish` then stops in
+    `check_snapshots`). Returns the days removed (none while a delay is still to publish)."""
     from fxrec.transfer.published import PUBLISH_META
 
     config = run.config
     fm = config.fm.name
-    if not all((run.publish_dir(fm, delay) / PUBLISH_META).exists() for delay in published_delays(config)):
+    delays = published_delays(config) if publishes(config) else []
+    if not all((run.publish_dir(fm, delay) / PUBLISH_META).exists() for delay in delays):
         return []
     model = run.model(fm)
     days = model.snapshot_days()

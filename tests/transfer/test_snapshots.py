@@ -190,3 +190,18 @@ def test_a_publish_that_needs_a_pruned_snapshot_fails_before_writing_anything(bo
     # the run with every snapshot publishes a new delay
     publish(both_runs["all"].root, both_runs["all"].config, delay=2, progress=False)
     assert (both_runs["all"].publish_dir("fm", 2) / PUBLISH_META).exists()
+
+
+def test_an_fm_that_nothing_will_publish_keeps_only_its_newest_snapshot(tmp_path, small_log, tiny_fm_config):
+    """Train and evaluate only (no experiment, no VM channels, no `publish:`): keep_last prunes at once;
+    a config that will publish keeps every snapshot until it has."""
+    from fxrec.jobs.snapshots import publishes
+    from fxrec.jobs.train import train_model
+
+    train = {"batch_size": 512, "checkpoint_every": 1000}
+    alone = RunConfig(name="alone", simulator=None, events=str(small_log.path), fm=tiny_fm_config, train=train)
+    later = RunConfig.model_validate({**alone.model_dump(), "publish": {"delays": [0]}})
+    assert publishes(later) and not publishes(alone)
+    every = train_model(tiny_fm_config, later, tmp_path / "later", small_log, quiet=True).snapshot_days()
+    assert len(every) >= 3  # one per trained day, kept for the publish to come
+    assert train_model(tiny_fm_config, alone, tmp_path / "alone", small_log, quiet=True).snapshot_days() == every[-1:]
