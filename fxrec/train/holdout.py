@@ -164,8 +164,10 @@ def split_by_event_id(
     return split_by_mask(log, features, assign)
 
 
-def evaluate_frame(trainer: Trainer, frame: EventFrame, task: str = "click") -> dict[str, float]:
-    """AUC, log loss and NE of the trainer's model on every row of `frame`, against its (matured) labels."""
+def evaluate_frame(trainer: Trainer, frame: EventFrame, task: str | None = None) -> dict[str, float]:
+    """AUC, log loss and NE of the trainer's model on every row of `frame`, against its (matured) labels,
+    on `task` (default: the model's first task)."""
+    task = task or trainer.model.tasks[0]
     probs = trainer.predict(frame)[task]
     labels = frame.labels[task].numpy()
     return {
@@ -180,7 +182,7 @@ def fit_holdout(
     frames: SplitFrames,
     max_epochs: int = 10,
     patience: int = 2,
-    task: str = "click",
+    task: str | None = None,
     max_train_rows: int | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     score_test: bool = True,
@@ -190,7 +192,8 @@ def fit_holdout(
     Stops after `patience` epochs without a better validation AUC. The model ends with the best
     epoch's weights restored; `frames.test` is read exactly once, after training has finished, or
     not at all with `score_test=False` (a hyperparameter search's trials; `result.test` stays empty).
-    `max_train_rows` caps each epoch (a random subset), for quick runs.
+    `max_train_rows` caps each epoch (a random subset), for quick runs. Metrics are on `task` (default:
+    the model's first task).
     """
     if max_epochs < 1 or patience < 1:
         raise ValueError(f"need max_epochs >= 1 and patience >= 1, got {max_epochs}, {patience}")
