@@ -1,0 +1,26 @@
+"""Low-precision GEMMs for fxrec models, starting with LoKA's probe.
+
+`Probe` hooks every nn.Linear of a model and keeps running statistics of its inputs (`stats`); its
+`report()` scores each candidate format (`formats`: bf16, fp16, dynamic int8, fp8 e4m3/e5m2 tensorwise and
+rowwise) per layer by its error on the learned input distribution (`error`) and its kernel time on this
+machine (`timing`), as a `ProbeReport` (`report`): safe/unsafe, fast/slow, per layer.
+"""
+
+from fxrec.lowp.error import relative_error
+from fxrec.lowp.formats import FORMATS, Format
+from fxrec.lowp.probe import Probe
+from fxrec.lowp.report import FormatResult, LayerReport, ProbeReport
+from fxrec.lowp.stats import RunningMoments, WeightStats, weight_stats
+
+__all__ = [
+    "FORMATS",
+    "Format",
+    "FormatResult",
+    "LayerReport",
+    "Probe",
+    "ProbeReport",
+    "RunningMoments",
+    "WeightStats",
+    "relative_error",
+    "weight_stats",
+]
