@@ -12,6 +12,7 @@ from fxrec.config_types import DerivedBlocks, block_union, derive_block
 from fxrec.data.simulator import SimulatorConfig
 from fxrec.errors import InputError, describe_validation
 from fxrec.interactions.registry import INTERACTIONS
+from fxrec.lowp.mods import Mods
 from fxrec.models.heads import HEAD_KINDS, TaskHeads
 from fxrec.nn.target_attention import TargetAttention
 from fxrec.nn.user_tower import UserTower
@@ -51,6 +52,7 @@ UserTowerConfig = derive_block(
 TargetAttentionConfig = derive_block(
     TargetAttention, "target_attention", filled=("dim",), own={"query": (list[str], ["item_id"])}
 )
+ModsConfig = derive_block(Mods, "mods")
 InteractionConfig = block_union(INTERACTION_CONFIGS, "name", "interaction", moved=MOVED_INTERACTION_KEYS)
 HeadsConfig = block_union(HEADS_CONFIGS, "kind", "heads", default="shared_bottom")
 ChannelConfig = block_union(CHANNEL_CONFIGS, "name", "transfer channel", bare_string=True)
@@ -85,6 +87,8 @@ class ModelConfig(BaseModel):
     dense_layers: list[int] = [64]
     interaction: InteractionConfig = Field(default_factory=lambda: INTERACTION_CONFIGS["dcnv2"](num_layers=2, low_rank=32))
     heads: HeadsConfig = Field(default_factory=lambda: HEADS_CONFIGS["shared_bottom"](hidden=[128, 64]))
+    # LoKA's low-precision mods for the whole model: {bias, block_norm, activation} (fxrec.lowp.mods); all off.
+    mods: ModsConfig = Field(default_factory=ModsConfig)
 
     def __init__(self, **data: Any):
         if type(self) is ModelConfig:
@@ -106,6 +110,11 @@ class ModelConfig(BaseModel):
                 if key in data:
                     raise ValueError(message)
         return data
+
+    @model_validator(mode="after")
+    def _mods_valid(self) -> ModelConfig:
+        self.mods.target(**self.mods.kwargs())  # a block size < 1 is an error when the config is read
+        return self
 
     def channel_specs(self) -> list[dict[str, Any]]:
         """The transfer channels the model reads, each as {name, **arguments}; an FM reads none."""

@@ -8,6 +8,8 @@ which `load_model` rebuilds it.
 
 Parts are built in a fixed order (channels, sparse arch, user tower and its projection, target
 attention, dense arch, interaction, heads, channel heads), so the same seed gives the same weights.
+The config's low-precision `mods` (fxrec.lowp.mods) rewrite the built model last, drawing no random
+numbers: a model with mods has the weights of the same model without them, less the dropped biases.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fxrec.config import HEADS_CONFIGS, ModelConfig, VMConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.schema import DatasetSpec, FeatureKind
 from fxrec.interactions.registry import build_interaction
+from fxrec.lowp.mods import Mods
 from fxrec.models.checkpoint import load
 from fxrec.models.heads import TaskHeads
 from fxrec.models.ranking import DenseArch, RankingModel
@@ -120,7 +123,7 @@ def build_model(
     heads = TaskHeads(top_features, tasks, **(config.heads or HEADS_CONFIGS["shared_bottom"]()).kwargs())
     for channel in channels:
         channel.build(top_features)
-    return RankingModel(
+    model = RankingModel(
         features=[f.name for f in features],
         tasks=tasks,
         sparse_arch=sparse_arch,
@@ -137,6 +140,8 @@ def build_model(
         query_tokens=query_tokens,
         channels=channels,
     )
+    Mods(**config.mods.kwargs()).apply(model)  # after every part is built: no mods, no change
+    return model
 
 
 def save_model_card(

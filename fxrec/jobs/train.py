@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 
 from fxrec.config import ModelConfig, RunConfig, VMConfig
@@ -140,7 +141,12 @@ def train_model(
 def _same_config(model_dir: ModelDir, model_config: ModelConfig) -> bool:
     if not model_dir.card.exists():
         return False
-    return yaml.safe_load(model_dir.card.read_text())["config"] == model_config.model_dump(mode="json")
+    # Read back through ModelConfig: a card written before a key existed gets its default (mods: all off).
+    try:
+        trained = ModelConfig.model_validate(yaml.safe_load(model_dir.card.read_text())["config"])
+    except ValidationError:
+        return False
+    return trained.model_dump(mode="json") == model_config.model_dump(mode="json")
 
 
 def train_fm(config: RunConfig, run: Path, where: Path | str | None = None, fresh: bool = False) -> ModelDir:

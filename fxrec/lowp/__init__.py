@@ -4,10 +4,14 @@
 `report()` scores each candidate format (`formats`: bf16, fp16, dynamic int8, fp8 e4m3/e5m2 tensorwise and
 rowwise) per layer by its error on the learned input distribution (`error`) and its kernel time on this
 machine (`timing`), as a `ProbeReport` (`report`): safe/unsafe, fast/slow, per layer.
+
+`Mods` (`mods`) are LoKA's model changes, which a model config's `mods:` block switches on: no bias
+but the logits, BlockNorm on wide Linears, hard-swish for SiLU/GELU.
 """
 
 from fxrec.lowp.error import relative_error
 from fxrec.lowp.formats import FORMATS, Format
+from fxrec.lowp.mods import Mods
 from fxrec.lowp.probe import Probe
 from fxrec.lowp.report import FormatResult, LayerReport, ProbeReport
 from fxrec.lowp.stats import RunningMoments, WeightStats, weight_stats
@@ -17,6 +21,7 @@ __all__ = [
     "Format",
     "FormatResult",
     "LayerReport",
+    "Mods",
     "Probe",
     "ProbeReport",
     "RunningMoments",

@@ -73,6 +73,10 @@ class TaskHeads(nn.Module):
             width = sizes[-1]
         self.towers = nn.ModuleDict({task: _tower(width, hidden, activation, dropout) for task in self.tasks})
 
+    def output_layers(self) -> dict[str, nn.Linear]:
+        """{task: the Linear that outputs its logit}: the last layer of its tower, whose bias `init_bias` sets."""
+        return {task: tower[-1] for task, tower in self.towers.items()}
+
     @torch.no_grad()
     def init_bias(self, base_rates: dict[str, float]) -> None:
         """Start each task's logit at its base rate: rare labels (0.4% clicks) otherwise need many

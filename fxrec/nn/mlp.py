@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+# Activations by name, as configs choose them. "hardswish" is x * relu6(x + 3) / 6: swish's shape without
+# its exponential, safer in low precision (see fxrec.lowp.mods).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "hardswish": nn.Hardswish,
+}
 
 
 class MLP(nn.Module):
