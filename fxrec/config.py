@@ -172,6 +172,7 @@ class TrainConfig(BaseModel):
     task_weights: dict[str, float] = {}
     checkpoint_every: int = Field(default=200, ge=1)
     report_days: int | None = Field(default=None, ge=1)  # report metrics over the last N evaluation days
+    probe: bool = True  # the report's low-precision probe of the FM (fxrec.jobs.probe): seconds on CPU
     threads: int = 2
     seed: int = 0
     passes_per_day: int = Field(default=1, ge=1)

@@ -5,7 +5,8 @@
       events/                        the event log (simulated there, or `events:` points elsewhere)
       models/<model>/                model.yaml (card), model.pt, checkpoint.pt (resumes training),
                                      snapshots/day=*.pt (the FM's; pruned per `train.snapshots`
-                                     once published), predictions/day=*.parquet
+                                     once published), predictions/day=*.parquet, probe.json (the
+                                     low-precision probe, `fxrec probe`)
       publish/<fm>[_delay<k>]/       the FM's published outputs; store/ holds the latest user embeddings
       serving/store, serving/solaris the server's own stores when nothing was published
       report.json, report.html
@@ -128,6 +129,11 @@ class ModelDir:
     def prediction(self, day: str) -> Path:
         """The predictions for day `day`, made by the model trained through the day before."""
         return self.predictions / f"day={day}.parquet"
+
+    @property
+    def probe_json(self) -> Path:
+        """The low-precision probe of the trained model (`fxrec probe`, and the report's for the FM)."""
+        return self.root / "probe.json"
 
     def trained(self) -> bool:
         return self.weights.exists()

@@ -166,6 +166,20 @@ def evaluate(config: Path = ConfigOption, run: Path = RunOption, events: Path | 
     run_job(_config(config, events), run, where=config)
 
 
+@app.command("probe")
+def probe(
+    run: Path = RunOption,
+    model: str | None = typer.Option(None, "--model", "-m", help="the model to probe (default: the run's FM)"),
+) -> None:
+    """Low-precision probe: per Linear of a trained model, each format's error and speed-up, and its choice."""
+    from fxrec.jobs.probe import probe_model, write_probe
+
+    probed = probe_model(run, model)
+    path = write_probe(run, probed)
+    console.print(probed.to_table(), highlight=False, markup=False)
+    console.print(f"probe: {path}", highlight=False)
+
+
 @app.command("publish")
 def publish_fm(
     config: Path | None = typer.Option(None, "--config", "-c", help="run config (default: the run's config.yaml)"),

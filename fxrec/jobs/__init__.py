@@ -3,6 +3,7 @@
     data        simulate, import or profile an event log
     train       the run's log, then the FM and the VMs (progressive training)
     evaluate    NE, AUC, GAUC, calibration of the trained models -> report.json, report.html
+    probe       the low-precision probe (fxrec.lowp) of a trained model, the FM's into the report
     publish     the FM's outputs over the log, as it would have served them online
     experiment  every VM x channel set x seed: how much of the FM's gain each VM captures
     demo        simulate -> train -> evaluate -> report -> serve a few requests

@@ -1,4 +1,5 @@
-"""`fxrec eval`: NE, AUC, GAUC and calibration of every trained model of a run, into its report."""
+"""`fxrec eval`: NE, AUC, GAUC and calibration of every trained model of a run, into its report, with the
+low-precision probe of its FM (fxrec.jobs.probe)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fxrec.config import RunConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.errors import InputError
 from fxrec.jobs.experiment import print_experiment
+from fxrec.jobs.probe import probe_for_report
 from fxrec.jobs.train import planned_spec, prepare_events
 from fxrec.report.evaluate import ModelEntry, evaluate_run
 from fxrec.report.render import write_report
@@ -37,10 +39,18 @@ def evaluate_and_report(config: RunConfig, run: Path, log: EventLog, transfer: d
     )
     if transfer is not None:
         content["transfer"] = transfer
+    probe = probe_for_report(config, run, log)
+    if probe is not None:
+        content["probe"] = probe
     json_path, html_path = write_report(content, run_dir.report_json, run_dir.report_html, title=config.name)
     print_summary(content)
     if transfer is not None:
         print_experiment(transfer)
+    if probe is not None:
+        console.print(
+            f"low-precision probe of {probe['model']}: {len(probe['layers'])} Linear layers on {probe['events']:,} events "
+            f"in {probe['seconds']:.1f} s; per layer in the report (`fxrec probe --run {run}` prints it)"
+        )
     console.print(f"report: {json_path} and {html_path}")
     return content
 

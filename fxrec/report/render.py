@@ -17,6 +17,8 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from fxrec.report.probe_table import probe_table  # noqa: E402
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -155,6 +157,9 @@ def write_report(content: dict, json_path: Path, html_path: Path, title: str) ->
         ratio_plot = transfer_ratio_plot(content["transfer"]["rows"])
         if ratio_plot is not None:
             plots["transfer_ratio"] = ratio_plot
-    html = environment.get_template("report.html.j2").render(title=title, report=content, plots=plots, facts=_facts(content))
+    probe = probe_table(content["probe"]) if content.get("probe") else None
+    html = environment.get_template("report.html.j2").render(
+        title=title, report=content, plots=plots, facts=_facts(content), probe=probe
+    )
     html_path.write_text(html)
     return json_path, html_path
