@@ -1,7 +1,7 @@
 """Resumable parts for bench/quality_peers.py: a per-run result cache and a plan that splits the work.
 
 Every training run (one search trial, or one final seed of the selected setting) is one small JSON
-file, plus its test predictions for final runs, under `.cache/quality_peers/<protocol>/`, where
+file, plus its test predictions for final runs, under `bench/parts/quality_peers/<protocol>/`, where
 <protocol> is a digest of everything that makes runs comparable (search space, epochs, patience,
 shared architecture, datasets' configs). Parts run as separate processes, in any order, even side by
 side: each writes only its own files, atomically, and a part finds what earlier parts finished. A
@@ -9,7 +9,7 @@ changed protocol is a new folder, so stale runs are never mixed in.
 
 Example::
 
-    cache = RunCache(ROOT / ".cache" / "quality_peers", {"max_epochs": 6, ...})
+    cache = RunCache(ROOT / "bench" / "parts" / "quality_peers", {"max_epochs": 6, ...})
     cache.save(cache.trial_path("movielens", "fxrec_dcnv2", 0), {"valid_auc": 0.71})
     parts = plan_parts({("movielens", "fxrec_dcnv2"): 60.0}, trials=8, seeds=3, budget_s=2700)
 """

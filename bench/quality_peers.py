@@ -24,8 +24,9 @@ Protocol, identical for every model:
    AUC, with the paired, user-clustered bootstrap interval of fxrec.metrics.bootstrap (also fxrec
    DCNv2 minus each peer's DCN).
 
-Runs are cached per (dataset, model, trial or seed) under .cache/quality_peers/ (bench/_parts.py),
-so the work can run in parts, in any order; `--report` combines the cached runs into
+Runs are cached per (dataset, model, trial or seed) under bench/parts/quality_peers/ (bench/_parts.py;
+committed, so parts run in different sessions add up), so the work can run in parts, in any order;
+`--report` combines the cached runs into
 bench/results/quality_peers.json, the only result file.
 
     python bench/quality_peers.py --quick             # about a minute: a slice, 2 trials, 3 models
@@ -99,7 +100,8 @@ from fxrec.train.holdout import SplitFrames, fit_holdout, split_by_event_id, spl
 from fxrec.train.trainer import Trainer
 
 DATA = ROOT / ".cache" / "data"
-RUNS = ROOT / ".cache" / "quality_peers"
+RUNS = ROOT / "bench" / "parts" / "quality_peers"  # tracked: parts run in different sessions and checkouts
+QUICK_RUNS = ROOT / ".cache" / "quality_peers_quick"  # --quick slices: scratch, not kept
 DATASETS = ("movielens", "simulator", "open_bandit")
 FXREC_MODELS = {"fxrec_dcnv2": "dcnv2", "fxrec_dhen": "dhen", "fxrec_interformer": "interformer", "fxrec_kunlun": "kunlun"}  # fmt: skip
 MODELS = (*FXREC_MODELS, *PEER_MODELS)
@@ -517,10 +519,10 @@ def main() -> None:
     if args.quick:  # a slice, 2 trials, 1 seed, 2 epochs; written beside the cache, not over the results
         protocol = Protocol(trials=2, seeds=1, epochs=2, patience=1, threads=args.threads, resume=args.resume)
         if args.out == ROOT / "bench" / "results" / "quality_peers.json":
-            args.out = RUNS / "quick.json"
+            args.out = QUICK_RUNS / "quick.json"
     else:
         protocol = Protocol(args.trials, args.seeds, MAX_EPOCHS, PATIENCE, args.threads, args.resume)
-    cache = RunCache(RUNS, {
+    cache = RunCache(QUICK_RUNS if args.quick else RUNS, {
         "search_space": SEARCH_SPACE, "search_seed": SEARCH_SEED, "max_epochs": protocol.epochs,
         "patience": protocol.patience, "embedding_dim": EMBEDDING_DIM, "tower": TOWER, "sliced": args.quick,
         "simulator": SIMULATOR.model_dump(),
