@@ -71,7 +71,8 @@ def report_days(frame: pl.DataFrame, last: int | None, skip: list[str] | None = 
     """The days a report scores: the frame's prediction days less `skip` (warm-up days), the last `last`.
     A log shorter than its warm-up keeps every day (scored as they are, rather than nothing)."""
     all_days = sorted(frame["day"].unique().to_list())
-    days = [d for d in all_days if d not in set(skip or [])] or all_days
+    skipped = set(skip or [])
+    days = [d for d in all_days if d not in skipped] or all_days
     return days[-last:] if last else days
 
 
@@ -84,8 +85,10 @@ def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None
     predictions = {e.name: load_predictions(e) for e in entries}
     fm = next((e for e in entries if e.role == "fm"), None)
     first = predictions[fm.name] if fm else next(iter(predictions.values()))
-    days = report_days(first, last_days, warmup_days(log, warmup_events))
-    warmup = [d for d in warmup_days(log, warmup_events) if d in set(first["day"].unique().to_list()) and d not in days]
+    early = warmup_days(log, warmup_events)
+    days = report_days(first, last_days, early)
+    predicted = set(first["day"].unique().to_list())
+    warmup = [d for d in early if d in predicted and d not in days]
     oracle = _oracle(log, days)
     models, comparisons, frames = [], [], {}
     for entry in entries:
