@@ -189,6 +189,9 @@ class TrainConfig(BaseModel):
     # A publish that needs a pruned snapshot fails before writing anything.
     snapshots: Literal["keep_last", "every_k_days", "all", "none"] = "keep_last"
     snapshot_every_days: int = Field(default=7, ge=1)  # every_k_days only
+    # VMs keep a snapshot of every trained day too (none by default): what `fxrec quantize --monitor`
+    # re-checks, each day's quantized VM against its float32 twin.
+    vm_snapshots: bool = False
     max_steps: int | None = None  # stop (resumably) after this many steps; for crash tests
     # Oracle comparison only: train day t on conversions that happen after day t (a leak no real system
     # has). Off, training sees labels as observed at the end of each day (fxrec.data.labels).

@@ -24,6 +24,7 @@ from fxrec.data.eventlog import EventLog
 from fxrec.data.schema import DatasetSpec, FeatureKind
 from fxrec.interactions.registry import build_interaction
 from fxrec.lowp.mods import Mods
+from fxrec.lowp.quantize import QuantPlan, quantize
 from fxrec.models.checkpoint import load
 from fxrec.models.heads import TaskHeads
 from fxrec.models.ranking import DenseArch, RankingModel
@@ -167,7 +168,8 @@ def save_model_card(
 def load_model(
     model_dir: Path | str, weights: str = "model.pt"
 ) -> tuple[RankingModel, ModelConfig, DatasetSpec]:
-    """A trained model from its directory (runs/<run>/models/<name>), weights loaded, in eval mode."""
+    """A trained model from its directory (runs/<run>/models/<name>), weights loaded, in eval mode; a
+    quantized one (its card has a `quantization:` plan) is quantized before its weights load."""
     model_dir = Path(model_dir)
     card_path = model_dir / MODEL_CARD
     if not card_path.exists():
@@ -185,6 +187,8 @@ def load_model(
     weights_path = model_dir / weights
     if not weights_path.exists():
         raise FileNotFoundError(f"{weights_path} does not exist; has training finished?")
+    if "quantization" in card:  # `fxrec quantize` wrote it: quantized weights, for inference only
+        model = quantize(model, QuantPlan.from_dict(card["quantization"]))
     model.load_state_dict(load(weights_path))
     model.eval()
     return model, config, spec

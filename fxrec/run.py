@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from fxrec.config import ModelConfig, RunConfig, load_config
 from fxrec.data.schema import DatasetSpec
@@ -147,6 +148,8 @@ class ModelDir:
         if self.checkpoint.exists():
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
             return str(state.get("trained_through") or "") or None
+        if self.card.exists():  # a model derived from another (`fxrec quantize`) records its source's
+            return yaml.safe_load(self.card.read_text()).get("trained_through")
         return None
 
 

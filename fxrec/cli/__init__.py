@@ -180,6 +180,24 @@ def probe(
     console.print(f"probe: {path}", highlight=False)
 
 
+@app.command("quantize")
+def quantize(
+    run: Path = RunOption,
+    name: str = typer.Option(..., "--name", "-n", help="the trained model to quantize, e.g. vm_feed"),
+    budget: float = typer.Option(0.02, "--budget", help="largest relative NE change allowed, in percent (0.02 = 0.02%)"),
+    out: str | None = typer.Option(None, "--out", help="the quantized model's name (default: <name>_q)"),
+    monitor: bool = typer.Option(False, "--monitor", help="re-check a quantized model (--name) on each snapshot of its source"),
+) -> None:
+    """Quantize a model for serving: int8/int4 tables and int8/bf16 Linears within an NE budget."""
+    from fxrec.jobs.quantize import monitor as monitor_job
+    from fxrec.jobs.quantize import quantize_job
+
+    if monitor:
+        monitor_job(run, name)
+    else:
+        quantize_job(run, name, budget, out)
+
+
 @app.command("publish")
 def publish_fm(
     config: Path | None = typer.Option(None, "--config", "-c", help="run config (default: the run's config.yaml)"),

@@ -85,6 +85,20 @@ def prepare_events(config: RunConfig, run: Path, fresh: bool = False) -> EventLo
     return EventLog(path)
 
 
+def published_for(model_config: ModelConfig, run_dir: Run) -> PublishedFM | None:
+    """The published FM outputs a VM's transfer channels read (None for a model without channels)."""
+    blocks = model_config.channels if isinstance(model_config, VMConfig) else []
+    if not blocks:
+        return None
+    # The LoopFM history to keep per user: the longest any channel reading the published codes asks for.
+    lengths = [
+        getattr(c, "max_len", LoopFMChannel.default_max_len)
+        for c in blocks
+        if CHANNELS[c.name].published_output == "loopfm"
+    ]
+    return PublishedFM(run_dir.publish_dir(model_config.fm, model_config.fm_delay), loopfm_length=max(lengths, default=1))
+
+
 def train_model(
     model_config: ModelConfig, config: RunConfig, run: Path, log: EventLog, fresh: bool = False, quiet: bool = False
 ) -> ModelDir:
@@ -103,16 +117,7 @@ def train_model(
     if model_config.role == "fm":
         for stale in run_dir.publish_dirs(model_config.name):
             shutil.rmtree(stale)  # outputs of an earlier FM: publish again from the new snapshots
-    published = None
-    blocks = model_config.channels if isinstance(model_config, VMConfig) else []
-    if blocks:
-        # The LoopFM history to keep per user: the longest any channel reading the published codes asks for.
-        lengths = [
-            getattr(c, "max_len", LoopFMChannel.default_max_len)
-            for c in blocks
-            if CHANNELS[c.name].published_output == "loopfm"
-        ]
-        published = PublishedFM(run_dir.publish_dir(model_config.fm, model_config.fm_delay), loopfm_length=max(lengths, default=1))
+    published = published_for(model_config, run_dir)
     fm_dims = published.dims if published is not None else {}
     optimizer = config.train.embedding_optimizer
     torch.manual_seed(config.train.seed)  # the initial weights too come from the run's seed
@@ -128,10 +133,10 @@ def train_model(
             f"{len(model.features)} features, {parameters:,} parameters, surfaces: {model_config.surfaces or 'all'}, "
             f"channels: {channels})"
         )
-    # Only FM snapshots are ever read back (by `fxrec publish`); VMs skip writing one per day.
+    # FM snapshots are read back by `fxrec publish`; VMs write one per day only for the quantization monitor.
     train = config.train
     if model_config.role != "fm":
-        train = train.model_copy(update={"snapshots": "none"})
+        train = train.model_copy(update={"snapshots": "all" if train.vm_snapshots else "none"})
     Trainer(model, train, model_dir, progress=not quiet, published=published).fit(log, surfaces=model_config.surfaces)
     if model_config.role == "fm" and model_config.name == config.fm.name:
         prune_snapshots(Run(run, config), log.days)  # at once when nothing will publish this FM

@@ -41,7 +41,11 @@ def _absmax_scale(t: torch.Tensor, largest: float, rowwise: bool) -> torch.Tenso
 
 
 class Format:
-    """One candidate: `emulate(x, w)` always works; `kernel(w)` is a prepared real kernel or None."""
+    """One candidate: `emulate(x, w)` always works; `kernel(w)` is a prepared real kernel or None.
+
+    A kernel is `run(x, **prepare(w))`: `prepare` turns the weight into the tensors the kernel reads (cast,
+    quantized, scaled, laid out), once; `run` does the per-call work. A served model keeps only the
+    prepared tensors (`fxrec.lowp.dispatch.LowpLinear.freeze`)."""
 
     name: str = ""
     kernel_name: str = ""
@@ -49,18 +53,21 @@ class Format:
     def emulate(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _build(self, w: torch.Tensor) -> Kernel:
+    def prepare(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def run(self, x: torch.Tensor, **prepared: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def kernel(self, w: torch.Tensor) -> Kernel | None:
         """The real kernel with `w` prepared, or None where it does not run on w's device and shape
         (checked with one call on a few zero rows)."""
         try:
-            fn = self._build(w)
-            fn(torch.zeros(16, w.shape[1], device=w.device))
+            prepared = self.prepare(w)
+            self.run(torch.zeros(16, w.shape[1], device=w.device), **prepared)
         except (RuntimeError, NotImplementedError, TypeError, AttributeError):
             return None
-        return fn
+        return lambda x: self.run(x, **prepared)
 
     def __repr__(self) -> str:
         return f"Format({self.name})"
@@ -73,9 +80,11 @@ class Fp32(Format):
     def emulate(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x.float() @ w.float().T
 
-    def _build(self, w: torch.Tensor) -> Kernel:
-        wt = w.float().T
-        return lambda x: torch.mm(x, wt)
+    def prepare(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"wt": w.float().T}
+
+    def run(self, x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+        return torch.mm(x, wt)
 
 
 class FloatCast(Format):
@@ -90,10 +99,11 @@ class FloatCast(Format):
     def emulate(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x.to(self.dtype).float() @ w.to(self.dtype).float().T
 
-    def _build(self, w: torch.Tensor) -> Kernel:
-        wt = w.to(self.dtype).T
-        dtype = self.dtype
-        return lambda x: torch.mm(x.to(dtype), wt).float()
+    def prepare(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"wt": w.to(self.dtype).T}
+
+    def run(self, x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+        return torch.mm(x.to(self.dtype), wt).float()
 
 
 def quantize_int8(t: torch.Tensor, rowwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,16 +128,13 @@ class Int8(Format):
         acc = (qx.double() @ qw.double().T).float()  # exact integers, rounded to float32 as int32 would be
         return acc * sx * _per_output(sw)
 
-    def _build(self, w: torch.Tensor) -> Kernel:
+    def prepare(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         qw, sw = quantize_int8(w, self.rowwise)
-        qwt, swt = qw.T, _per_output(sw)
-        rowwise = self.rowwise
+        return {"qwt": qw.T, "swt": _per_output(sw)}
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            qx, sx = quantize_int8(x, rowwise)
-            return torch._int_mm(qx, qwt).float() * sx * swt
-
-        return run
+    def run(self, x: torch.Tensor, qwt: torch.Tensor, swt: torch.Tensor) -> torch.Tensor:
+        qx, sx = quantize_int8(x, self.rowwise)
+        return torch._int_mm(qx, qwt).float() * sx * swt
 
 
 class Fp8(Format):
@@ -152,15 +159,13 @@ class Fp8(Format):
         qw, sw = self.quantize(w)
         return (qx.float() * sx) @ (qw.float() * sw).T  # sw (N, 1) scales W's rows
 
-    def _build(self, w: torch.Tensor) -> Kernel:
+    def prepare(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         qw, sw = self.quantize(w)
-        qwt, swt = qw.T, _per_output(sw)  # column-major (K, N), as _scaled_mm wants its second operand
+        return {"qwt": qw.T, "swt": _per_output(sw)}  # column-major (K, N), as _scaled_mm wants it
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            qx, sx = self.quantize(x)
-            return torch._scaled_mm(qx, qwt, scale_a=sx, scale_b=swt, out_dtype=torch.float32)
-
-        return run
+    def run(self, x: torch.Tensor, qwt: torch.Tensor, swt: torch.Tensor) -> torch.Tensor:
+        qx, sx = self.quantize(x)
+        return torch._scaled_mm(qx, qwt, scale_a=sx, scale_b=swt, out_dtype=torch.float32)
 
 
 def _formats() -> dict[str, Format]:
