@@ -316,9 +316,9 @@ class Dispatch:
     ) -> None:
         if plan not in PLANS and plan not in FORMATS:
             raise ValueError(f"dispatch: plan is none, auto or a format ({', '.join(FORMATS)}), got {plan!r}")
-        if threshold < 0 or min_speedup <= 0:
+        if threshold < 0 or min_speedup < 0:
             raise ValueError(
-                f"dispatch: threshold >= 0 and min_speedup > 0, got {threshold} and {min_speedup}"
+                f"dispatch: threshold and min_speedup are >= 0, got {threshold} and {min_speedup}"
             )
         self.plan = plan
         self.threshold = threshold
