@@ -157,6 +157,11 @@ class LowpLinear(nn.Linear):
             _check_backward(value)  # type: ignore[arg-type]
         super().__setattr__(name, value)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_prepared"] = None  # a prepared kernel is a closure: prepared again after unpickling
+        return state
+
     def _kernel(self, weight: torch.Tensor) -> Kernel | None:
         """The format's real kernel with `weight` prepared, or None: use the emulation."""
         fmt = FORMATS[self.format]
@@ -303,7 +308,9 @@ class Dispatch:
     - `plan`: "none" (the default: plain Linears, nothing changes), a format name of FORMATS (every
       Linear but the logit layers in it from the first step: `uniform_plan`), or "auto" (the trainer
       probes the first training day, then applies `plan_from_probe` for the rest of training).
-    - `threshold`, `min_speedup`: the filters of `auto` (LoKA's 0.2 MERE and 1.05x).
+    - `threshold`, `min_speedup`: the filters of `auto` (LoKA's 0.2 MERE and 1.05x). The probe's speed-up
+      is the forward GEMM's with its weight prepared (as in inference); in training each step also pays
+      the weight's preparation and the backward GEMMs (2/3 of the FLOPs, fp32 unless `backward: bf16`).
     - `backward`: the format of the backward GEMMs of every dispatched Linear, fp32 or bf16.
     """
 

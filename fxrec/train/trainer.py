@@ -255,6 +255,7 @@ class Trainer:
         """Choose and apply `auto`'s plan from the day's probe; returns a line saying what it chose."""
         probe.detach()
         report = probe.report(samples=min(self.config.batch_size, 4096))
+        self.model_dir.root.mkdir(parents=True, exist_ok=True)
         self.model_dir.dispatch_probe_json.write_text(json.dumps({"day": day, **report.to_dict()}, indent=2))
         plan = self.dispatch.choose(report)
         apply_plan(self.model, plan, self.dispatch.backward)

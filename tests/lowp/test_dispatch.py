@@ -257,9 +257,10 @@ def test_apply_plan_keeps_state_dict_keys_and_parameter_objects():
     plan = uniform_plan(model, "bf16")
     logits = {f"heads.towers.{t}.1" for t in ("click", "conv")}
     assert set(plan) == {n for n, m in model.named_modules() if isinstance(m, nn.Linear)} - logits
-    changed = apply_plan(model, {**plan, "heads.towers.click.0.layers.0": "fp32"})
-    assert "heads.towers.click.0.layers.0" not in changed and set(changed) == set(plan) - {"heads.towers.click.0.layers.0"}
-    assert type(model.get_submodule("heads.towers.click.0.layers.0")) is nn.Linear  # fp32 entries stay plain
+    kept = "heads.towers.click.0.layers.0"
+    changed = apply_plan(model, {**plan, kept: "fp32"})
+    assert kept not in changed and set(changed) == set(plan) - {kept}
+    assert type(model.get_submodule(kept)) is nn.Linear  # fp32 entries stay plain
     assert all(type(model.get_submodule(n)) is nn.Linear for n in logits)
     assert list(model.state_dict()) == keys
     assert all(p is params[n] for n, p in model.named_parameters())
@@ -314,6 +315,19 @@ def test_dispatch_block_defaults_to_none_and_accepts_a_bare_plan():
         ModelConfig.model_validate({**base, "dispatch": "int4"})
     with pytest.raises(ValidationError, match="accepted keys: plan, threshold, min_speedup, backward"):
         ModelConfig.model_validate({**base, "dispatch": {"plna": "bf16"}})
+
+
+def test_a_model_trained_before_the_option_is_not_retrained_for_it(tmp_path):
+    from fxrec.jobs.train import _same_config
+    from fxrec.run import ModelDir
+
+    card = _tiny_fm().model_dump(mode="json")
+    del card["dispatch"]  # as written before `dispatch` existed
+    model_dir = ModelDir(tmp_path / "fm")
+    model_dir.root.mkdir()
+    model_dir.card.write_text(yaml.safe_dump({"config": card}))
+    assert _same_config(model_dir, _tiny_fm())
+    assert not _same_config(model_dir, _tiny_fm("bf16"))
 
 
 def _tiny_fm(dispatch=None) -> FMConfig:
@@ -373,6 +387,15 @@ def test_dispatch_none_trains_and_loads_plain_linears_and_write_plan_adds_one(tm
     again, _, _ = load_model(model_dir)
     assert yaml.safe_load(model_dir.card.read_text())["dispatch_plan"] == plan
     assert current_plan(again) == {n: f for n, f in plan.items() if f != "fp32"}
+    # the same from the command line
+    from typer.testing import CliRunner
+
+    from fxrec.cli import app
+
+    result = CliRunner().invoke(app, ["probe", "--run", str(run), "--model", "fm", "--write-plan"])
+    assert result.exit_code == 0, result.output
+    assert "dispatch plan for fm" in result.output
+    assert set(yaml.safe_load(model_dir.card.read_text())["dispatch_plan"]) == set(plan)
 
 
 def test_auto_probes_the_first_day_and_keeps_the_plan_in_the_checkpoint(tmp_path, small_log):
