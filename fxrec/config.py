@@ -6,12 +6,21 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fxrec.config_types import DerivedBlocks, block_union, derive_block
 from fxrec.data.simulator import SimulatorConfig
 from fxrec.errors import InputError, describe_validation
 from fxrec.interactions.registry import INTERACTIONS
+from fxrec.lowp.dispatch import Dispatch
 from fxrec.lowp.mods import Mods
 from fxrec.models.heads import HEAD_KINDS, TaskHeads
 from fxrec.nn.target_attention import TargetAttention
@@ -53,6 +62,7 @@ TargetAttentionConfig = derive_block(
     TargetAttention, "target_attention", filled=("dim",), own={"query": (list[str], ["item_id"])}
 )
 ModsConfig = derive_block(Mods, "mods")
+DispatchConfig = derive_block(Dispatch, "dispatch")
 InteractionConfig = block_union(INTERACTION_CONFIGS, "name", "interaction", moved=MOVED_INTERACTION_KEYS)
 HeadsConfig = block_union(HEADS_CONFIGS, "kind", "heads", default="shared_bottom")
 ChannelConfig = block_union(CHANNEL_CONFIGS, "name", "transfer channel", bare_string=True)
@@ -89,6 +99,9 @@ class ModelConfig(BaseModel):
     heads: HeadsConfig = Field(default_factory=lambda: HEADS_CONFIGS["shared_bottom"](hidden=[128, 64]))
     # LoKA's low-precision mods for the whole model: {bias, block_norm, activation} (fxrec.lowp.mods); all off.
     mods: ModsConfig = Field(default_factory=ModsConfig)
+    # LoKA's dispatch, the number format of each Linear's GEMM: {plan: none | auto | <format>, threshold,
+    # min_speedup, backward} (fxrec.lowp.dispatch), or the plan alone (`dispatch: bf16`); none: plain Linears.
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
 
     def __init__(self, **data: Any):
         if type(self) is ModelConfig:
@@ -111,9 +124,17 @@ class ModelConfig(BaseModel):
                     raise ValueError(message)
         return data
 
+    @field_validator("dispatch", mode="before")
+    @classmethod
+    def _dispatch_plan_alone(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        return {"plan": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _mods_valid(self) -> ModelConfig:
         self.mods.target(**self.mods.kwargs())  # a block size < 1 is an error when the config is read
+        self.dispatch.target(**self.dispatch.kwargs())  # so is an unknown plan or backward
         return self
 
     def channel_specs(self) -> list[dict[str, Any]]:

@@ -3,13 +3,15 @@
 `build_model(config, spec)` is the one way fxrec turns a ModelConfig into a RankingModel: it selects
 the features, builds the sparse arch, the optional FM parts (user tower, target attention), the dense
 arch, the transfer channels, the interaction and the heads, and hands them to the model. A trained
-model's directory holds a model card (`model.yaml`: config, the log's spec location, FM widths), from
-which `load_model` rebuilds it.
+model's directory holds a model card (`model.yaml`: config, the log's spec location, FM widths, and the
+low-precision dispatch plan training ended with, `dispatch_plan`), from which `load_model` rebuilds it.
 
 Parts are built in a fixed order (channels, sparse arch, user tower and its projection, target
 attention, dense arch, interaction, heads, channel heads), so the same seed gives the same weights.
 The config's low-precision `mods` (fxrec.lowp.mods) rewrite the built model last, drawing no random
 numbers: a model with mods has the weights of the same model without them, less the dropped biases.
+The dispatch plan (fxrec.lowp.dispatch) is not part of building: the trainer applies the config's, and
+`load_model` the card's, after the weights are loaded, so inference runs the plan training ended with.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fxrec.config import HEADS_CONFIGS, ModelConfig, VMConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.schema import DatasetSpec, FeatureKind
 from fxrec.interactions.registry import build_interaction
+from fxrec.lowp.dispatch import apply_plan
 from fxrec.lowp.mods import Mods
 from fxrec.lowp.quantize import QuantPlan, quantize
 from fxrec.models.checkpoint import load
@@ -34,6 +37,7 @@ from fxrec.nn.user_tower import UserTower
 from fxrec.transfer.registry import build_channels
 
 MODEL_CARD = "model.yaml"
+DISPATCH_PLAN = "dispatch_plan"  # the card's key: {Linear path: format}
 
 
 def build_model(
@@ -165,11 +169,24 @@ def save_model_card(
     (model_dir / MODEL_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
 
 
+def save_dispatch_plan(model_dir: Path | str, plan: dict[str, str]) -> None:
+    """Keep `plan` ({Linear path: format}, fxrec.lowp.dispatch) in the model card, for `load_model`."""
+    card_path = Path(model_dir) / MODEL_CARD
+    if not card_path.exists():
+        raise FileNotFoundError(f"{model_dir} has no {MODEL_CARD}; is it a model trained by fxrec?")
+    card = yaml.safe_load(card_path.read_text())
+    card[DISPATCH_PLAN] = dict(plan)
+    tmp = card_path.with_name(f".{card_path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(card, sort_keys=False))
+    tmp.replace(card_path)
+
+
 def load_model(
     model_dir: Path | str, weights: str = "model.pt"
 ) -> tuple[RankingModel, ModelConfig, DatasetSpec]:
-    """A trained model from its directory (runs/<run>/models/<name>), weights loaded, in eval mode; a
-    quantized one (its card has a `quantization:` plan) is quantized before its weights load."""
+    """A trained model from its directory (runs/<run>/models/<name>), weights loaded, its dispatch plan
+    applied, in eval mode; a quantized one (`fxrec quantize`: its card has a `quantization:` plan) is
+    quantized before its weights load."""
     model_dir = Path(model_dir)
     card_path = model_dir / MODEL_CARD
     if not card_path.exists():
@@ -189,6 +206,9 @@ def load_model(
         raise FileNotFoundError(f"{weights_path} does not exist; has training finished?")
     if "quantization" in card:  # `fxrec quantize` wrote it: quantized weights, for inference only
         model = quantize(model, QuantPlan.from_dict(card["quantization"]))
-    model.load_state_dict(load(weights_path))
+        model.load_state_dict(load(weights_path))
+    else:
+        model.load_state_dict(load(weights_path))
+        apply_plan(model, card.get(DISPATCH_PLAN) or {})  # the plan training ended with (cards before it: none)
     model.eval()
     return model, config, spec

@@ -136,6 +136,11 @@ class ModelDir:
         """The low-precision probe of the trained model (`fxrec probe`, and the report's for the FM)."""
         return self.root / "probe.json"
 
+    @property
+    def dispatch_probe_json(self) -> Path:
+        """The probe `dispatch: {plan: auto}` chose the model's plan from, on its first training day."""
+        return self.root / "dispatch_probe.json"
+
     def trained(self) -> bool:
         return self.weights.exists()
 

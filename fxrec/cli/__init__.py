@@ -170,14 +170,23 @@ def evaluate(config: Path = ConfigOption, run: Path = RunOption, events: Path | 
 def probe(
     run: Path = RunOption,
     model: str | None = typer.Option(None, "--model", "-m", help="the model to probe (default: the run's FM)"),
+    write_plan: bool = typer.Option(
+        False, "--write-plan", help="write the dispatch plan the probe chooses into the model's card (used on every load)"
+    ),
 ) -> None:
     """Low-precision probe: per Linear of a trained model, each format's error and speed-up, and its choice."""
     from fxrec.jobs.probe import probe_model, write_probe
+    from fxrec.jobs.probe import write_plan as write_dispatch_plan
 
     probed = probe_model(run, model)
     path = write_probe(run, probed)
     console.print(probed.to_table(), highlight=False, markup=False)
     console.print(f"probe: {path}", highlight=False)
+    if write_plan:
+        plan = write_dispatch_plan(run, probed)
+        low = {name: format for name, format in plan.items() if format != "fp32"}
+        chosen = ", ".join(f"{name}: {format}" for name, format in low.items()) or "every Linear stays fp32"
+        console.print(f"dispatch plan for {probed.model} ({len(low)} of {len(plan)} Linears): {chosen}", highlight=False)
 
 
 @app.command("quantize")

@@ -5,7 +5,10 @@ the model in eval mode over a seeded sample of the log's last day (at most `even
 surfaces, batched as training predicts them), and scores each Linear's candidate formats on the input
 statistics it saw, with few samples and timing repeats: seconds on CPU, for a model of the demo's size.
 `write_probe` keeps the result beside the model (`ModelDir.probe_json`); `probe_for_report` is the step
-`evaluate_and_report` runs for the run's FM (`train.probe: false` skips it).
+`evaluate_and_report` runs for the run's FM (`train.probe: false` skips it). `write_plan`
+(`fxrec probe --write-plan`) turns the probe into a dispatch plan (fxrec.lowp.dispatch, with the
+thresholds of the model config's `dispatch:` block; the heads' logit layers stay fp32) and writes it into
+the trained model's card, which every later load applies.
 
 The timings are of this machine, at `samples` rows per GEMM: they rank formats here, not in serving.
 """
@@ -14,16 +17,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
-from fxrec.config import RunConfig
+from fxrec.config import ModelConfig, RunConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.errors import InputError
+from fxrec.factory import save_dispatch_plan
 from fxrec.lowp import Probe, ProbeReport
+from fxrec.lowp.dispatch import Dispatch, dispatchable
 from fxrec.run import Run, RunError
 
 EVENTS = 4096  # events of the last day the model runs over: enough for stable means and covariances
@@ -41,6 +47,7 @@ class ProbedModel:
     events: int
     seconds: float
     report: ProbeReport
+    plannable: list[str] = field(default_factory=list)  # the Linears a dispatch plan may name
 
     def to_dict(self) -> dict:
         return {
@@ -98,7 +105,7 @@ def probe_model(
         for start in range(0, len(rows), BATCH):
             model(frame.take(rows[start : start + BATCH]))
     report = probe.report(samples=samples, repeats=repeats, seed=seed)
-    return ProbedModel(name, day, len(rows), time.perf_counter() - started, report)
+    return ProbedModel(name, day, len(rows), time.perf_counter() - started, report, list(dispatchable(model)))
 
 
 def write_probe(run: Path | str, probed: ProbedModel) -> Path:
@@ -106,6 +113,19 @@ def write_probe(run: Path | str, probed: ProbedModel) -> Path:
     path = Run(run).model(probed.model).probe_json
     path.write_text(json.dumps(probed.to_dict(), indent=2))
     return path
+
+
+def write_plan(run: Path | str, probed: ProbedModel) -> dict[str, str]:
+    """The dispatch plan of the probe, written into the model's card; returns it ({Linear: format})."""
+    model_dir = Run(run).model(probed.model)
+    if not model_dir.card.exists():
+        raise InputError(f"{model_dir.root}: no model card to write a dispatch plan into; train the model again")
+    card = yaml.safe_load(model_dir.card.read_text())
+    dispatch = Dispatch(**ModelConfig.model_validate(card["config"]).dispatch.kwargs())
+    keep = set(probed.plannable)
+    plan = {name: format for name, format in dispatch.choose(probed.report).items() if name in keep}
+    save_dispatch_plan(model_dir.root, plan)
+    return plan
 
 
 def probe_for_report(config: RunConfig, run: Path, log: EventLog) -> dict | None:

@@ -32,7 +32,7 @@ from fxrec.data.batches import EventFrame
 from fxrec.data.eventlog import EventLog
 from fxrec.data.reader import iter_frames
 from fxrec.errors import InputError
-from fxrec.factory import MODEL_CARD, load_model
+from fxrec.factory import DISPATCH_PLAN, MODEL_CARD, load_model
 from fxrec.jobs.train import published_for
 from fxrec.lowp.budget import DEFAULT_BUDGET, BudgetResult, relative_changes, search
 from fxrec.lowp.quantize import QuantPlan, model_bytes, quantize
@@ -158,6 +158,7 @@ def quantize_model(
         shutil.rmtree(target.root)
     target.root.mkdir(parents=True)
     card = yaml.safe_load(run_dir.model(name).card.read_text())
+    card.pop(DISPATCH_PLAN, None)  # the quantization plan names every Linear's format
     card.update(quantization=result.plan.to_dict(), quantized_from=name, trained_through=loaded.version)
     (target.root / MODEL_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
     save_atomic(model_state(quantized), target.weights)

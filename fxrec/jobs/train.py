@@ -22,6 +22,7 @@ from fxrec.errors import InputError
 from fxrec.factory import build_model, save_model_card
 from fxrec.jobs import print_disk_usage
 from fxrec.jobs.snapshots import prune_snapshots
+from fxrec.lowp.dispatch import Dispatch
 from fxrec.run import ModelDir, Run
 from fxrec.train.trainer import Trainer
 from fxrec.transfer.loopfm import LoopFMChannel
@@ -137,7 +138,9 @@ def train_model(
     train = config.train
     if model_config.role != "fm":
         train = train.model_copy(update={"snapshots": "all" if train.vm_snapshots else "none"})
-    Trainer(model, train, model_dir, progress=not quiet, published=published).fit(log, surfaces=model_config.surfaces)
+    dispatch = Dispatch(**model_config.dispatch.kwargs())
+    trainer = Trainer(model, train, model_dir, progress=not quiet, published=published, dispatch=dispatch)
+    trainer.fit(log, surfaces=model_config.surfaces)
     if model_config.role == "fm" and model_config.name == config.fm.name:
         prune_snapshots(Run(run, config), log.days)  # at once when nothing will publish this FM
     return model_dir

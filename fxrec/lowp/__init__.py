@@ -7,8 +7,13 @@ machine (`timing`), as a `ProbeReport` (`report`): safe/unsafe, fast/slow, per l
 
 `Mods` (`mods`) are LoKA's model changes, which a model config's `mods:` block switches on: no bias
 but the logits, BlockNorm on wide Linears, hard-swish for SiLU/GELU.
+
+Dispatch (`dispatch`) runs each Linear in its own format: `LowpLinear` (forward and backward routed
+separately), plans from a probe (`plan_from_probe`) or one format for all (`uniform_plan`), put in place
+by `apply_plan`; a model config's `dispatch:` block (`Dispatch`) trains with one.
 """
 
+from fxrec.lowp.dispatch import Dispatch, LowpLinear, apply_plan, current_plan, plan_from_probe, uniform_plan
 from fxrec.lowp.error import relative_error
 from fxrec.lowp.formats import FORMATS, Format
 from fxrec.lowp.mods import Mods
@@ -18,14 +23,20 @@ from fxrec.lowp.stats import RunningMoments, WeightStats, weight_stats
 
 __all__ = [
     "FORMATS",
+    "Dispatch",
     "Format",
     "FormatResult",
     "LayerReport",
+    "LowpLinear",
     "Mods",
     "Probe",
     "ProbeReport",
     "RunningMoments",
     "WeightStats",
+    "apply_plan",
+    "current_plan",
+    "plan_from_probe",
     "relative_error",
+    "uniform_plan",
     "weight_stats",
 ]

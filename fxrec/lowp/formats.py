@@ -59,15 +59,20 @@ class Format:
     def run(self, x: torch.Tensor, **prepared: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def build(self, w: torch.Tensor) -> Kernel:
+        """The real kernel with `w` prepared, unchecked."""
+        prepared = self.prepare(w)
+        return lambda x: self.run(x, **prepared)
+
     def kernel(self, w: torch.Tensor) -> Kernel | None:
         """The real kernel with `w` prepared, or None where it does not run on w's device and shape
         (checked with one call on a few zero rows)."""
         try:
-            prepared = self.prepare(w)
-            self.run(torch.zeros(16, w.shape[1], device=w.device), **prepared)
+            fn = self.build(w)
+            fn(torch.zeros(16, w.shape[1], device=w.device))
         except (RuntimeError, NotImplementedError, TypeError, AttributeError):
             return None
-        return lambda x: self.run(x, **prepared)
+        return fn
 
     def __repr__(self) -> str:
         return f"Format({self.name})"

@@ -6,8 +6,10 @@ A `QuantPlan` names a format for every part of a model that can be quantized:
   row, in fp16, beside the row's codes). The tables become TorchRec's quantized collection
   (`torchrec.quant` EmbeddingBagCollection / EmbeddingCollection), which looks rows up with FBGEMM's
   IntNBit TBE kernels and dequantizes to float32 in the pooling;
-- each nn.Linear (`linears`, by its dotted path): a name of `fxrec.lowp.formats.FORMATS` (`fp32`, `bf16`,
-  `int8_rowwise`, ...), run by `fxrec.lowp.dispatch.LowpLinear` with its weight prepared once.
+- each nn.Linear (`linears`, by its dotted path, `fxrec.lowp.dispatch.linears`; the heads' logit layers
+  included): a name of `fxrec.lowp.formats.FORMATS` (`fp32`, `bf16`, `int8_rowwise`, ...), run by
+  `fxrec.lowp.dispatch.LowpLinear`, frozen: it keeps the prepared weight (int8 codes and scales, bf16
+  values) instead of the float32 one.
 
 `quantize(model, plan)` returns a quantized copy for inference (the original is untouched). Frequency
 admission (`fxrec.nn.admission`) is folded into the tables first: a row that training never admitted
@@ -34,7 +36,7 @@ from torchrec.modules.embedding_configs import QuantConfig
 from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 
-from fxrec.lowp.dispatch import LowpLinear, apply_plan
+from fxrec.lowp.dispatch import LowpLinear, apply_plan, linears
 from fxrec.lowp.formats import FORMATS
 from fxrec.nn.embeddings import SparseArch
 
@@ -65,7 +67,7 @@ class QuantPlan:
     @classmethod
     def for_model(cls, model: nn.Module, table: str = "fp32", linear: str = "fp32") -> QuantPlan:
         """Every table of the model in `table`, every Linear in `linear`."""
-        return cls({name: table for name in table_names(model)}, {path: linear for path in linear_paths(model)})
+        return cls({name: table for name in table_names(model)}, {path: linear for path in linears(model)})
 
     def parts(self) -> list[tuple[str, str]]:
         """("table", name) and ("linear", path) for every part the plan names."""
@@ -106,11 +108,6 @@ def _table_configs(arch: SparseArch) -> list[EmbeddingBagConfig] | list[Embeddin
 def table_names(model: nn.Module) -> list[str]:
     """The model's embedding tables, in TorchRec's order."""
     return [config.name for config in _table_configs(_sparse_arch(model))]
-
-
-def linear_paths(model: nn.Module) -> list[str]:
-    """Dotted paths of every nn.Linear (LowpLinear included), in module order."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
 
 def _table_weights(arch: SparseArch) -> dict[str, torch.Tensor]:

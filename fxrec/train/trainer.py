@@ -13,11 +13,20 @@ Adam on plain tables (`TrainConfig.embedding_optimizer`); dense parameters by Ad
 `checkpoint_every` steps holds everything needed to resume mid-day and reach the same result as an
 uninterrupted run; resuming never reads a daily snapshot (`TrainConfig.snapshots`), which only
 `fxrec publish` does.
+
+Low-precision dispatch (fxrec.lowp.dispatch, the model config's `dispatch:` block, handed in as a
+`Dispatch`): a format plan is applied before the first step; `auto` hooks a `Probe` on the model's
+Linears for the first day this fit trains, then applies `plan_from_probe` of it before the next day's
+predictions, for the rest of training (the probe goes to `ModelDir.dispatch_probe_json`). The plan in
+force is part of the checkpoint, so a resumed run keeps it, and the one training ends with goes into the
+model card (`fxrec.factory.save_dispatch_plan`), which `load_model` applies.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +43,9 @@ from fxrec.data.compact_parquet import write_compact
 from fxrec.data.eventlog import EventLog
 from fxrec.data.labels import observed_frame, training_cutoff
 from fxrec.data.reader import iter_frames
+from fxrec.factory import save_dispatch_plan
+from fxrec.lowp.dispatch import Dispatch, apply_plan, current_plan, dispatchable
+from fxrec.lowp.probe import Probe
 from fxrec.models.checkpoint import load, model_state, save_atomic
 from fxrec.models.ranking import RankingModel
 from fxrec.run import ModelDir
@@ -90,6 +102,7 @@ class Trainer:
         model_dir: ModelDir | Path,
         progress: bool = True,
         published: PublishedFM | None = None,
+        dispatch: Dispatch | None = None,
     ):
         if len(model.channels) and published is None:
             names = [c.name for c in model.channels]
@@ -120,6 +133,8 @@ class Trainer:
         self.embedding_optimizer = fused or self._unfused_embedding_optimizer(embedding_params, config)
         self.step = 0
         self.trained_through: str | None = None  # the last day this model has finished training on
+        self.dispatch = dispatch or Dispatch()
+        self.planned = False  # whether the dispatch plan is in force (auto: once the probe chose it)
 
     @staticmethod
     def _unfused_embedding_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -193,6 +208,7 @@ class Trainer:
                 "trained_through": self.trained_through or "",
                 "rng": torch.get_rng_state(),
                 "channel_optimizers": [c.optimizer_state() for c in self.model.channels],
+                **({"dispatch_plan": current_plan(self.model)} if self.planned else {}),
             },
             self.model_dir.checkpoint,
         )
@@ -210,7 +226,46 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         for channel, optimizer_state in zip(self.model.channels, state.get("channel_optimizers", []), strict=False):
             channel.load_optimizer_state(optimizer_state)
+        if "dispatch_plan" in state:  # the plan the interrupted run had chosen (auto) or applied
+            apply_plan(self.model, state["dispatch_plan"], self.dispatch.backward)
+            self.planned = True
         return state["day"], int(state["batches_done"]), bool(state["day_finished"])
+
+    # -- low-precision dispatch --------------------------------------------------------------
+    @property
+    def dispatch_plan(self) -> dict[str, str] | None:
+        """The plan in force ({Linear path: format}, the model card's `dispatch_plan`); None without one."""
+        return current_plan(self.model) if self.planned else None
+
+    def _start_dispatch(self) -> None:
+        """A format plan from the first step (a resumed run has its checkpoint's already)."""
+        if self.planned or not self.dispatch.active or self.dispatch.auto:
+            return
+        apply_plan(self.model, self.dispatch.initial_plan(self.model), self.dispatch.backward)
+        self.planned = True
+
+    def _day_probe(self) -> Probe | None:
+        """`auto` before its plan: a Probe on the Linears a plan can name, for this training day."""
+        if not self.dispatch.auto or self.planned:
+            return None
+        names = set(dispatchable(self.model))
+        return Probe(self.model, include=lambda name, _: name in names).attach()
+
+    def _plan_from(self, probe: Probe, day: str) -> str:
+        """Choose and apply `auto`'s plan from the day's probe; returns a line saying what it chose."""
+        probe.detach()
+        report = probe.report(samples=min(self.config.batch_size, 4096))
+        self.model_dir.root.mkdir(parents=True, exist_ok=True)
+        self.model_dir.dispatch_probe_json.write_text(json.dumps({"day": day, **report.to_dict()}, indent=2))
+        plan = self.dispatch.choose(report)
+        apply_plan(self.model, plan, self.dispatch.backward)
+        self.planned = True
+        low = Counter(f for f in plan.values() if f != "fp32")
+        chosen = ", ".join(f"{f} {n}" for f, n in low.most_common()) or "none"
+        return (
+            f"{self.model_dir.name}: dispatch plan from the probe of day {day}: "
+            f"{sum(low.values())} of {len(plan)} Linears in low precision ({chosen})"
+        )
 
     # -- the progressive loop ---------------------------------------------------------------
     def fit(self, log: EventLog, surfaces: list[str] | None = None) -> Path:
@@ -219,6 +274,7 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         features = [log.spec.feature(n) for n in self.model.features]
         resume = self._restore()
+        self._start_dispatch()
         predictions_dir = self.model_dir.predictions
         predictions_dir.mkdir(parents=True, exist_ok=True)
         running = self.running_ne = RunningNE(self.model.tasks[0])  # this fit's examples
@@ -263,26 +319,39 @@ class Trainer:
                             bar.console.print(note)
                     else:
                         seen.add(train_frame)
-                    for batches_done, batch in enumerate(self._batches(train_frame, index), start=1):
-                        if batches_done <= skip:
-                            continue
-                        logits = self.train_step(batch)
-                        running.update(logits[running.task].detach(), batch.labels[running.task])
-                        examples += batch.size
-                        if self.step % self.config.checkpoint_every == 0:
-                            self._checkpoint(day, batches_done, day_finished=False)
-                        if self.config.max_steps is not None and self.step >= self.config.max_steps:
-                            self._checkpoint(day, batches_done, day_finished=False)
-                            raise TrainingInterrupted(f"stopped after {self.step} steps (max_steps); run again to resume")
-                        if batches_done % 20 == 0:
-                            rate = examples / (time.perf_counter() - started)
-                            bar.update(task, rate=f"{rate:,.0f}", ne=f"{running.value:.4f}")
+                    probe = self._day_probe()
+                    try:
+                        for batches_done, batch in enumerate(self._batches(train_frame, index), start=1):
+                            if batches_done <= skip:
+                                continue
+                            logits = self.train_step(batch)
+                            running.update(logits[running.task].detach(), batch.labels[running.task])
+                            examples += batch.size
+                            if self.step % self.config.checkpoint_every == 0:
+                                self._checkpoint(day, batches_done, day_finished=False)
+                            if self.config.max_steps is not None and self.step >= self.config.max_steps:
+                                self._checkpoint(day, batches_done, day_finished=False)
+                                raise TrainingInterrupted(
+                                    f"stopped after {self.step} steps (max_steps); run again to resume"
+                                )
+                            if batches_done % 20 == 0:
+                                rate = examples / (time.perf_counter() - started)
+                                bar.update(task, rate=f"{rate:,.0f}", ne=f"{running.value:.4f}")
+                    finally:
+                        if probe is not None:
+                            probe.detach()
+                    if probe is not None:
+                        note = self._plan_from(probe, day)
+                        if self.progress:
+                            bar.console.print(note)
                     self.trained_through = day
                     if self.config.snapshots != "none":
                         save_atomic(model_state(self.model), self.model_dir.snapshot(day))
                     self._checkpoint(day, -1, day_finished=True)
                 resume = None
                 bar.advance(task)
+        if self.planned and self.model_dir.card.exists():  # before the weights, whose presence means "trained"
+            save_dispatch_plan(self.model_dir.root, current_plan(self.model))
         save_atomic(model_state(self.model), self.model_dir.weights)
         return predictions_dir
 
