@@ -13,6 +13,7 @@ from fxrec.data.simulator import SimulatorConfig
 from fxrec.errors import InputError, describe_validation
 from fxrec.interactions.registry import INTERACTIONS
 from fxrec.lowp.mods import Mods
+from fxrec.lowp.pruning import Pruner
 from fxrec.models.heads import HEAD_KINDS, TaskHeads
 from fxrec.nn.target_attention import TargetAttention
 from fxrec.nn.user_tower import UserTower
@@ -53,6 +54,7 @@ TargetAttentionConfig = derive_block(
     TargetAttention, "target_attention", filled=("dim",), own={"query": (list[str], ["item_id"])}
 )
 ModsConfig = derive_block(Mods, "mods")
+PruneConfig = derive_block(Pruner, "prune")
 InteractionConfig = block_union(INTERACTION_CONFIGS, "name", "interaction", moved=MOVED_INTERACTION_KEYS)
 HeadsConfig = block_union(HEADS_CONFIGS, "kind", "heads", default="shared_bottom")
 ChannelConfig = block_union(CHANNEL_CONFIGS, "name", "transfer channel", bare_string=True)
@@ -89,6 +91,9 @@ class ModelConfig(BaseModel):
     heads: HeadsConfig = Field(default_factory=lambda: HEADS_CONFIGS["shared_bottom"](hidden=[128, 64]))
     # LoKA's low-precision mods for the whole model: {bias, block_norm, activation} (fxrec.lowp.mods); all off.
     mods: ModsConfig = Field(default_factory=ModsConfig)
+    # Magnitude pruning of the dense Linears while training over the stream, one-shot or D2S:
+    # {sparsity, schedule, start_day, ramp_days, refresh_days, scope} (fxrec.lowp.pruning); null: none.
+    prune: PruneConfig | None = None
 
     def __init__(self, **data: Any):
         if type(self) is ModelConfig:
@@ -114,6 +119,8 @@ class ModelConfig(BaseModel):
     @model_validator(mode="after")
     def _mods_valid(self) -> ModelConfig:
         self.mods.target(**self.mods.kwargs())  # a block size < 1 is an error when the config is read
+        if self.prune is not None:
+            self.prune.target(**self.prune.kwargs())  # so is a sparsity outside [0, 1)
         return self
 
     def channel_specs(self) -> list[dict[str, Any]]:

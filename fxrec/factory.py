@@ -24,6 +24,7 @@ from fxrec.data.eventlog import EventLog
 from fxrec.data.schema import DatasetSpec, FeatureKind
 from fxrec.interactions.registry import build_interaction
 from fxrec.lowp.mods import Mods
+from fxrec.lowp.pruning import Pruner
 from fxrec.models.checkpoint import load
 from fxrec.models.heads import TaskHeads
 from fxrec.models.ranking import DenseArch, RankingModel
@@ -141,6 +142,8 @@ def build_model(
         channels=channels,
     )
     Mods(**config.mods.kwargs()).apply(model)  # after every part is built: no mods, no change
+    if config.prune is not None:  # after the mods: it masks the weights they leave (fxrec.lowp.pruning)
+        Pruner(**config.prune.kwargs()).attach(model)
     return model
 
 

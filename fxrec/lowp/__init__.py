@@ -7,12 +7,16 @@ machine (`timing`), as a `ProbeReport` (`report`): safe/unsafe, fast/slow, per l
 
 `Mods` (`mods`) are LoKA's model changes, which a model config's `mods:` block switches on: no bias
 but the logits, BlockNorm on wide Linears, hard-swish for SiLU/GELU.
+
+`Pruner` (`pruning`) prunes a model's dense Linears by magnitude while it trains over the stream, one-shot
+or dense-to-sparse (D2S): a model config's `prune:` block.
 """
 
 from fxrec.lowp.error import relative_error
 from fxrec.lowp.formats import FORMATS, Format
 from fxrec.lowp.mods import Mods
 from fxrec.lowp.probe import Probe
+from fxrec.lowp.pruning import Pruner
 from fxrec.lowp.report import FormatResult, LayerReport, ProbeReport
 from fxrec.lowp.stats import RunningMoments, WeightStats, weight_stats
 
@@ -24,6 +28,7 @@ __all__ = [
     "Mods",
     "Probe",
     "ProbeReport",
+    "Pruner",
     "RunningMoments",
     "WeightStats",
     "relative_error",

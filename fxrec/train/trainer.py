@@ -34,6 +34,7 @@ from fxrec.data.compact_parquet import write_compact
 from fxrec.data.eventlog import EventLog
 from fxrec.data.labels import observed_frame, training_cutoff
 from fxrec.data.reader import iter_frames
+from fxrec.lowp.pruning import Pruner
 from fxrec.models.checkpoint import load, model_state, save_atomic
 from fxrec.models.ranking import RankingModel
 from fxrec.run import ModelDir
@@ -120,6 +121,7 @@ class Trainer:
         self.embedding_optimizer = fused or self._unfused_embedding_optimizer(embedding_params, config)
         self.step = 0
         self.trained_through: str | None = None  # the last day this model has finished training on
+        self.pruner = Pruner.of(model)  # a model config's `prune:` block; None without one
 
     @staticmethod
     def _unfused_embedding_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -158,6 +160,8 @@ class Trainer:
         for group in self.dense_optimizer.param_groups:  # from self.step, so a resumed run continues it
             group["lr"] = self.dense_lr(self.step)
         self.dense_optimizer.step()
+        if self.pruner is not None:
+            self.pruner.after_step()  # one-shot pruned weights stay zero
         self.embedding_optimizer.step()  # a no-op for the fused optimizer: backward already applied it
         self.step += 1
         return logits
@@ -263,6 +267,8 @@ class Trainer:
                             bar.console.print(note)
                     else:
                         seen.add(train_frame)
+                    if skip == 0 and self.pruner is not None:
+                        self.pruner.begin_day(index)  # a new mask when the schedule says (resumed: restored)
                     for batches_done, batch in enumerate(self._batches(train_frame, index), start=1):
                         if batches_done <= skip:
                             continue
