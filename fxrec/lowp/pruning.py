@@ -37,6 +37,8 @@ the dense weights (`...parametrizations.weight.original`): a state_dict saves an
 The trainer (`fxrec.train.trainer.Trainer`) finds the model's `Pruner` with `Pruner.of(model)` and calls
 `begin_day(days_trained)` before training each day (after that day's predictions are written: a new
 mask is fine-tuned for a day before it predicts), and `after_step()` after each dense optimizer step.
+Holdout training (`fxrec.train.holdout`, epochs over a split, no days) runs `after_step()` through
+`Trainer.train_step` but no day boundary: there the caller prunes (`begin_day` / `prune_to`) itself.
 """
 
 from __future__ import annotations

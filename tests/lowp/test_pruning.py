@@ -17,7 +17,7 @@ from fxrec.factory import build_model
 from fxrec.lowp.pruning import Pruner
 from fxrec.models.checkpoint import model_state
 from fxrec.run import ModelDir
-from fxrec.train.trainer import Trainer
+from fxrec.train.trainer import Trainer, TrainingInterrupted
 
 
 def _config(tiny_vm_args, prune=None, **extra) -> ModelConfig:
@@ -226,3 +226,23 @@ def test_a_state_dict_round_trip_keeps_masks_and_the_served_weights(small_log, t
 def test_bad_prune_blocks_are_rejected(tiny_vm_args, prune, message):
     with pytest.raises(ValidationError, match=message):
         _config(tiny_vm_args, prune)
+
+
+def test_an_interrupted_run_resumes_with_its_masks_to_the_same_predictions(small_log, tiny_vm_args, tmp_path):
+    config = _config(tiny_vm_args, {"sparsity": 0.8, "schedule": "d2s", "start_day": 1, "ramp_days": 2})
+    train = TrainConfig(batch_size=256, snapshots="none", checkpoint_every=3)
+    Trainer(_build(config, small_log.spec), train, tmp_path / "whole", progress=False).fit(
+        small_log, surfaces=["feed"]
+    )
+    stopped = train.model_copy(update={"max_steps": 10})  # mid-way through day 1, after its first mask
+    with pytest.raises(TrainingInterrupted):
+        Trainer(_build(config, small_log.spec), stopped, tmp_path / "resumed", progress=False).fit(
+            small_log, surfaces=["feed"]
+        )
+    model = _build(config, small_log.spec, seed=7)  # other initial weights: the checkpoint replaces them
+    Trainer(model, train, tmp_path / "resumed", progress=False).fit(small_log, surfaces=["feed"])
+    for day in small_log.days[1:]:
+        whole = pq.read_table(ModelDir(tmp_path / "whole").prediction(day)).drop(["trained_through"])
+        resumed = pq.read_table(ModelDir(tmp_path / "resumed").prediction(day)).drop(["trained_through"])
+        assert whole.equals(resumed), day
+    assert Pruner.of(model).sparsity() == pytest.approx(0.8, abs=0.01)
