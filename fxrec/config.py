@@ -22,6 +22,7 @@ from fxrec.errors import InputError, describe_validation
 from fxrec.interactions.registry import INTERACTIONS
 from fxrec.lowp.dispatch import Dispatch
 from fxrec.lowp.mods import Mods
+from fxrec.lowp.pruning import Pruner
 from fxrec.models.heads import HEAD_KINDS, TaskHeads
 from fxrec.nn.target_attention import TargetAttention
 from fxrec.nn.user_tower import UserTower
@@ -63,6 +64,7 @@ TargetAttentionConfig = derive_block(
 )
 ModsConfig = derive_block(Mods, "mods")
 DispatchConfig = derive_block(Dispatch, "dispatch")
+PruneConfig = derive_block(Pruner, "prune")
 InteractionConfig = block_union(INTERACTION_CONFIGS, "name", "interaction", moved=MOVED_INTERACTION_KEYS)
 HeadsConfig = block_union(HEADS_CONFIGS, "kind", "heads", default="shared_bottom")
 ChannelConfig = block_union(CHANNEL_CONFIGS, "name", "transfer channel", bare_string=True)
@@ -102,6 +104,9 @@ class ModelConfig(BaseModel):
     # LoKA's dispatch, the number format of each Linear's GEMM: {plan: none | auto | <format>, threshold,
     # min_speedup, backward} (fxrec.lowp.dispatch), or the plan alone (`dispatch: bf16`); none: plain Linears.
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    # Magnitude pruning of the dense Linears while training over the stream, one-shot or D2S:
+    # {sparsity, schedule, start_day, ramp_days, refresh_days, scope} (fxrec.lowp.pruning); null: none.
+    prune: PruneConfig | None = None
 
     def __init__(self, **data: Any):
         if type(self) is ModelConfig:
@@ -135,6 +140,14 @@ class ModelConfig(BaseModel):
     def _mods_valid(self) -> ModelConfig:
         self.mods.target(**self.mods.kwargs())  # a block size < 1 is an error when the config is read
         self.dispatch.target(**self.dispatch.kwargs())  # so is an unknown plan or backward
+        if self.prune is not None:
+            self.prune.target(**self.prune.kwargs())  # so is a sparsity outside [0, 1)
+            if self.dispatch.plan != "none":
+                raise ValueError(
+                    "prune: and dispatch: together are not supported: a pruned Linear's weight is its mask's "
+                    "product, which a LowpLinear cannot take over; quantize the pruned model for serving "
+                    "instead (`fxrec quantize`)"
+                )
         return self
 
     def channel_specs(self) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from fxrec.data.schema import DatasetSpec, FeatureKind
 from fxrec.interactions.registry import build_interaction
 from fxrec.lowp.dispatch import apply_plan
 from fxrec.lowp.mods import Mods
+from fxrec.lowp.pruning import Pruner
 from fxrec.lowp.quantize import QuantPlan, quantize
 from fxrec.models.checkpoint import load
 from fxrec.models.heads import TaskHeads
@@ -146,6 +147,8 @@ def build_model(
         channels=channels,
     )
     Mods(**config.mods.kwargs()).apply(model)  # after every part is built: no mods, no change
+    if config.prune is not None:  # after the mods: it masks the weights they leave (fxrec.lowp.pruning)
+        Pruner(**config.prune.kwargs()).attach(model)
     return model
 
 

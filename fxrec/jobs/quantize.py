@@ -56,7 +56,7 @@ def frame_ne(model: torch.nn.Module, frame: EventFrame) -> dict[str, float]:
         for batch in frame.batches(BATCH):
             for task, logits in model(batch).logits.items():
                 probs.setdefault(task, []).append(torch.sigmoid(logits).double().numpy())
-    return {task: ne(frame.labels[task].numpy(), np.concatenate(p)) for task, p in probs.items()}
+    return {task: float(ne(frame.labels[task].numpy(), np.concatenate(p))) for task, p in probs.items()}
 
 
 @dataclass

@@ -11,6 +11,8 @@ but the logits, BlockNorm on wide Linears, hard-swish for SiLU/GELU.
 Dispatch (`dispatch`) runs each Linear in its own format: `LowpLinear` (forward and backward routed
 separately), plans from a probe (`plan_from_probe`) or one format for all (`uniform_plan`), put in place
 by `apply_plan`; a model config's `dispatch:` block (`Dispatch`) trains with one.
+`Pruner` (`pruning`) prunes a model's dense Linears by magnitude while it trains over the stream, one-shot
+or dense-to-sparse (D2S): a model config's `prune:` block.
 """
 
 from fxrec.lowp.dispatch import Dispatch, LowpLinear, apply_plan, current_plan, plan_from_probe, uniform_plan
@@ -18,6 +20,7 @@ from fxrec.lowp.error import relative_error
 from fxrec.lowp.formats import FORMATS, Format
 from fxrec.lowp.mods import Mods
 from fxrec.lowp.probe import Probe
+from fxrec.lowp.pruning import Pruner
 from fxrec.lowp.report import FormatResult, LayerReport, ProbeReport
 from fxrec.lowp.stats import RunningMoments, WeightStats, weight_stats
 
@@ -31,6 +34,7 @@ __all__ = [
     "Mods",
     "Probe",
     "ProbeReport",
+    "Pruner",
     "RunningMoments",
     "WeightStats",
     "apply_plan",

@@ -76,7 +76,7 @@ class BudgetResult:
             "reference_ne": self.reference_ne,
             "ne": self.ne,
             "relative_ne_change": self.changes,
-            "within_budget": self.within_budget,
+            "within_budget": bool(self.within_budget),
             "bytes_fp32": self.bytes_fp32,
             "bytes": self.bytes,
             "costs_alone": self.costs,

@@ -11,7 +11,8 @@ A `QuantPlan` names a format for every part of a model that can be quantized:
   `fxrec.lowp.dispatch.LowpLinear`, frozen: it keeps the prepared weight (int8 codes and scales, bf16
   values) instead of the float32 one.
 
-`quantize(model, plan)` returns a quantized copy for inference (the original is untouched). Frequency
+`quantize(model, plan)` returns a quantized copy for inference (the original is untouched); a pruned
+model's masks are folded into its weights first (`Pruner.fold`). Frequency
 admission (`fxrec.nn.admission`) is folded into the tables first: a row that training never admitted
 is looked up as row 0, so it is given row 0's values and the per-row counts are dropped (when any table
 is quantized); the copy scores every id as the original does, with 4 bytes less per row.
@@ -38,6 +39,7 @@ from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddi
 
 from fxrec.lowp.dispatch import LowpLinear, apply_plan, linears
 from fxrec.lowp.formats import FORMATS
+from fxrec.lowp.pruning import Pruner
 from fxrec.nn.embeddings import SparseArch
 
 TABLE_FORMATS: dict[str, torch.dtype] = {
@@ -158,7 +160,7 @@ def quantize(model: nn.Module, plan: QuantPlan) -> nn.Module:
     unknown_tables = sorted(set(plan.tables) - set(table_names(model)))
     if unknown_tables:
         raise ValueError(f"the plan names tables {unknown_tables}; the model has {table_names(model)}")
-    quantized = copy.deepcopy(model)
+    quantized = Pruner.fold(copy.deepcopy(model))
     _quantize_tables(_sparse_arch(quantized), plan.tables)
     lowered = {path: f for path, f in plan.linears.items() if f != "fp32"}
     if lowered:

@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchrec.tensor_types import UInt2Tensor, UInt4Tensor
+
+# TorchRec's packed int4 / int2 rows (a quantized model's tables, `fxrec quantize`): plain uint8 bytes in a
+# wrapper that weights-only loading must be told about.
+_PACKED = [UInt4Tensor, UInt2Tensor]
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -17,7 +22,8 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(_PACKED):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ from fxrec.data.reader import iter_frames
 from fxrec.factory import save_dispatch_plan
 from fxrec.lowp.dispatch import Dispatch, apply_plan, current_plan, dispatchable
 from fxrec.lowp.probe import Probe
+from fxrec.lowp.pruning import Pruner
 from fxrec.models.checkpoint import load, model_state, save_atomic
 from fxrec.models.ranking import RankingModel
 from fxrec.run import ModelDir
@@ -135,6 +136,7 @@ class Trainer:
         self.trained_through: str | None = None  # the last day this model has finished training on
         self.dispatch = dispatch or Dispatch()
         self.planned = False  # whether the dispatch plan is in force (auto: once the probe chose it)
+        self.pruner = Pruner.of(model)  # a model config's `prune:` block; None without one
 
     @staticmethod
     def _unfused_embedding_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -173,6 +175,8 @@ class Trainer:
         for group in self.dense_optimizer.param_groups:  # from self.step, so a resumed run continues it
             group["lr"] = self.dense_lr(self.step)
         self.dense_optimizer.step()
+        if self.pruner is not None:
+            self.pruner.after_step()  # one-shot pruned weights stay zero
         self.embedding_optimizer.step()  # a no-op for the fused optimizer: backward already applied it
         self.step += 1
         return logits
@@ -319,6 +323,8 @@ class Trainer:
                             bar.console.print(note)
                     else:
                         seen.add(train_frame)
+                    if skip == 0 and self.pruner is not None:
+                        self.pruner.begin_day(index)  # a new mask when the schedule says (resumed: restored)
                     probe = self._day_probe()
                     try:
                         for batches_done, batch in enumerate(self._batches(train_frame, index), start=1):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fxrec.config import FMConfig, VMConfig
+from fxrec.config import VMConfig
 from fxrec.data.reader import iter_frames
 from fxrec.factory import build_model
 from fxrec.lowp.budget import LINEAR_LADDER, TABLE_LADDER, search
@@ -52,7 +52,7 @@ def test_fp32_plan_is_the_model_itself(vm):
     model, frame = vm
     batch = next(iter(frame.batches(700)))
     quantized = quantize(model, QuantPlan.for_model(model))
-    assert all(torch.equal(a, b) for a, b in zip(_logits(model, batch).values(), _logits(quantized, batch).values()))
+    assert all(torch.equal(a, b) for a, b in zip(_logits(model, batch).values(), _logits(quantized, batch).values(), strict=True))
     assert model_bytes(quantized) == model_bytes(model)
 
 
@@ -157,3 +157,17 @@ def test_search_raises_the_most_sensitive_part_first(vm):
         first = result.steps[0].part
         worst = max(result.costs, key=result.costs.get)
         assert f"{first[0]}:{first[1]}" == worst
+
+
+def test_a_pruned_model_quantizes_with_its_masks_folded(small_log):
+    model, frame = _trained_like(_vm(prune={"sparsity": 0.5, "schedule": "oneshot", "start_day": 0}), small_log)
+    from fxrec.lowp.pruning import Pruner
+
+    Pruner.of(model).prune_to(0.5)
+    batch = next(iter(frame.batches(500)))
+    quantized = quantize(model, QuantPlan.for_model(model, linear="bf16"))
+    assert Pruner.of(quantized) is None and Pruner.of(model) is not None  # folded in the copy only
+    pruned = [m for m in quantized.modules() if isinstance(m, LowpLinear) and m.frozen]
+    assert pruned and sum(int((m.weight_wt == 0).sum()) for m in pruned) > 0  # the zeros survive
+    ref = _logits(model, batch)
+    assert max(float((_logits(quantized, batch)[t] - ref[t]).abs().max()) for t in ref) < 0.02
