@@ -83,10 +83,14 @@ class EvalDays:
 
 def _check_quantizable(run_dir: Run, name: str) -> None:
     if not run_dir.model(name).trained():
-        raise InputError(f"{run_dir.root}: no trained model {name!r}; trained models: {run_dir.trained_models()}")
+        raise InputError(
+            f"{run_dir.root}: no trained model {name!r}; trained models: {run_dir.trained_models()}"
+        )
     log = run_dir.event_log()
     if len(log.days) < 2:
-        raise InputError(f"{run_dir.events} has {len(log.days)} day(s); quantizing needs a trained day and a held-out one")
+        raise InputError(
+            f"{run_dir.events} has {len(log.days)} day(s); quantizing needs a trained day and a held-out one"
+        )
 
 
 @dataclass
@@ -139,7 +143,9 @@ def quantize_model(
     search_frame = days.frame(search_day, events)
     say = console.print if progress else None
     if say is not None:
-        say(f"{name}: searching a plan within {budget:.4%} NE on {search_frame.num_rows:,} events of {search_day}")
+        say(
+            f"{name}: searching a plan within {budget:.4%} NE on {search_frame.num_rows:,} events of {search_day}"
+        )
     result = search(loaded.model, lambda m: frame_ne(m, search_frame), budget, progress=say)
     held_out = days.frame(held_out_day)
     quantized = quantize(loaded.model, result.plan)
@@ -193,10 +199,14 @@ def monitor(run: Path | str, name: str, progress: bool = True) -> dict:
     run_dir = Run(run)
     target = run_dir.model(name)
     if not target.card.exists():
-        raise InputError(f"{run_dir.root}: no model {name!r}; quantize one first (`fxrec quantize --run {run} --name VM`)")
+        raise InputError(
+            f"{run_dir.root}: no model {name!r}; quantize one first (`fxrec quantize --run {run} --name VM`)"
+        )
     card = yaml.safe_load(target.card.read_text())
     if "quantization" not in card:
-        raise InputError(f"model {name!r} is not quantized (its card has no plan); quantize it with `fxrec quantize`")
+        raise InputError(
+            f"model {name!r} is not quantized (its card has no plan); quantize it with `fxrec quantize`"
+        )
     source = card["quantized_from"]
     plan = QuantPlan.from_dict(card["quantization"])
     budget = json.loads((target.root / QUANTIZE_JSON).read_text())["search"]["budget"]
@@ -216,13 +226,29 @@ def monitor(run: Path | str, name: str, progress: bool = True) -> dict:
         fp32, quantized = frame_ne(model, frame), frame_ne(quantize(model, plan), frame)
         changes = relative_changes(quantized, fp32)
         worst = max(abs(c) for c in changes.values())
-        rows.append({"trained_through": day, "scored_on": scored_on, "ne_fp32": fp32, "ne": quantized,
-                     "relative_ne_change": changes, "drifted": worst > budget})
+        rows.append(
+            {
+                "trained_through": day,
+                "scored_on": scored_on,
+                "ne_fp32": fp32,
+                "ne": quantized,
+                "relative_ne_change": changes,
+                "drifted": worst > budget,
+            }
+        )
         if progress:
             flag = "DRIFT" if worst > budget else "ok"
-            console.print(f"{name}: model of {day} on {scored_on}: NE change {worst:+.4%} ({flag})", highlight=False)
-    summary = {"model": name, "source": source, "budget": budget, "plan_bytes": model_bytes(quantize(model, plan)),
-               "days": rows, "drifted_days": [r["trained_through"] for r in rows if r["drifted"]]}
+            console.print(
+                f"{name}: model of {day} on {scored_on}: NE change {worst:+.4%} ({flag})", highlight=False
+            )
+    summary = {
+        "model": name,
+        "source": source,
+        "budget": budget,
+        "plan_bytes": model_bytes(quantize(model, plan)),
+        "days": rows,
+        "drifted_days": [r["trained_through"] for r in rows if r["drifted"]],
+    }
     (target.root / MONITOR_JSON).write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -230,8 +256,12 @@ def monitor(run: Path | str, name: str, progress: bool = True) -> dict:
 def quantize_job(run: Path, name: str, budget_percent: float, out: str | None) -> QuantizedModel:
     """The CLI's entry: budget in percent (0.02 = 0.02%)."""
     if budget_percent < 0:
-        raise InputError(f"--budget is a relative NE change in percent >= 0 (0.02 = 0.02%), got {budget_percent}")
+        raise InputError(
+            f"--budget is a relative NE change in percent >= 0 (0.02 = 0.02%), got {budget_percent}"
+        )
     record = quantize_model(run, name, budget_percent / 100.0, out=out)
     print_quantized(record)
-    console.print(f"quantized model: {Run(run).model(record.name).root} (serve it with `fxrec serve --vm {record.name}`)")
+    console.print(
+        f"quantized model: {Run(run).model(record.name).root} (serve it with `fxrec serve --vm {record.name}`)"
+    )
     return record

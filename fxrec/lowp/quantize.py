@@ -96,7 +96,9 @@ class QuantPlan:
 def _sparse_arch(model: nn.Module) -> SparseArch:
     arch = getattr(model, "sparse_arch", None)
     if not isinstance(arch, SparseArch):
-        raise ValueError(f"{type(model).__name__} has no SparseArch (`sparse_arch`): not an fxrec RankingModel")
+        raise ValueError(
+            f"{type(model).__name__} has no SparseArch (`sparse_arch`): not an fxrec RankingModel"
+        )
     return arch
 
 
@@ -141,7 +143,9 @@ def _quantize_tables(arch: SparseArch, formats: Mapping[str, str]) -> None:
     weights = _fold_admission(arch, _table_weights(arch))
     configs = [copy.copy(config) for config in _table_configs(arch)]
     jagged = isinstance(arch.collection, EmbeddingCollection)
-    plain: nn.Module = EmbeddingCollection(tables=configs) if jagged else EmbeddingBagCollection(tables=configs)
+    plain: nn.Module = (
+        EmbeddingCollection(tables=configs) if jagged else EmbeddingBagCollection(tables=configs)
+    )
     prefix = "embeddings" if jagged else "embedding_bags"
     plain.load_state_dict({f"{prefix}.{name}.weight": w for name, w in weights.items()})
     plain.qconfig = QuantConfig(

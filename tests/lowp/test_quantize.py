@@ -17,8 +17,14 @@ from fxrec.metrics.ranking import ne
 
 def _vm(**overrides):
     args = dict(
-        name="vm", role="vm", surfaces=["feed"], embedding_dim=16, dense_layers=[16], min_count=2,
-        interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 8}, heads={"hidden": [16]},
+        name="vm",
+        role="vm",
+        surfaces=["feed"],
+        embedding_dim=16,
+        dense_layers=[16],
+        min_count=2,
+        interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 8},
+        heads={"hidden": [16]},
     )
     return VMConfig(**{**args, **overrides})
 
@@ -52,7 +58,10 @@ def test_fp32_plan_is_the_model_itself(vm):
     model, frame = vm
     batch = next(iter(frame.batches(700)))
     quantized = quantize(model, QuantPlan.for_model(model))
-    assert all(torch.equal(a, b) for a, b in zip(_logits(model, batch).values(), _logits(quantized, batch).values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(_logits(model, batch).values(), _logits(quantized, batch).values(), strict=True)
+    )
     assert model_bytes(quantized) == model_bytes(model)
 
 
@@ -72,7 +81,11 @@ def test_admission_folded_into_the_tables_scores_every_id_as_before(vm, small_lo
     with torch.no_grad():
         before, _ = model.sparse_arch(batch.sparse, batch.sequences, batch.sequence_ages)
         after, _ = quantized.sparse_arch(batch.sparse, batch.sequences, batch.sequence_ages)
-    exact = [i for i, f in enumerate(model.sparse_arch.token_names) if small_log.spec.feature(f).table_name != quantized_table]
+    exact = [
+        i
+        for i, f in enumerate(model.sparse_arch.token_names)
+        if small_log.spec.feature(f).table_name != quantized_table
+    ]
     assert exact and torch.allclose(before[:, exact], after[:, exact], atol=1e-6, rtol=0)
     other = [i for i in range(before.shape[1]) if i not in exact]
     assert (before[:, other] - after[:, other]).abs().max() > 0  # the int8 table really is quantized
@@ -160,7 +173,9 @@ def test_search_raises_the_most_sensitive_part_first(vm):
 
 
 def test_a_pruned_model_quantizes_with_its_masks_folded(small_log):
-    model, frame = _trained_like(_vm(prune={"sparsity": 0.5, "schedule": "oneshot", "start_day": 0}), small_log)
+    model, frame = _trained_like(
+        _vm(prune={"sparsity": 0.5, "schedule": "oneshot", "start_day": 0}), small_log
+    )
     from fxrec.lowp.pruning import Pruner
 
     Pruner.of(model).prune_to(0.5)
