@@ -80,3 +80,36 @@ def test_bad_input_exits_2_and_writes_nothing(served_run, argv, message):
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert sorted(p.name for p in Run(served_run).models.iterdir()) == before
+
+
+def test_monitor_checks_every_snapshot_on_the_day_after_it(served_run, quantized, tmp_path):
+    """With daily snapshots (`train.vm_snapshots: true`), each day's model is quantized with the same plan
+    and scored on the next day; a snapshot of the last day (nothing after it to score) is skipped."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(served_run, copy)
+    run = Run(copy)
+    days = run.event_log().days
+    source = run.model("vm_transfer")
+    source.snapshots.mkdir(exist_ok=True)
+    for day in days[1:]:
+        shutil.copy(source.weights, source.snapshot(day))
+    summary = monitor(copy, "vm_transfer_q", progress=False)
+    assert [d["trained_through"] for d in summary["days"]] == days[1:-1]
+    assert [d["scored_on"] for d in summary["days"]] == days[2:]
+    assert (run.model("vm_transfer_q").root / "monitor.json").exists()
+
+
+def test_vm_snapshots_keeps_a_vm_snapshot_per_trained_day(serving_config, small_log, tmp_path):
+    from fxrec.jobs.train import train_model
+
+    vm = serving_config.vms[0]
+    for keep in (False, True):
+        config = serving_config.model_copy(
+            update={"train": serving_config.train.model_copy(update={"vm_snapshots": keep})}
+        )
+        run = tmp_path / f"run-{keep}"
+        Run(run, config).write_config()
+        model_dir = train_model(vm, config, run, small_log, quiet=True)
+        assert model_dir.snapshot_days() == (small_log.days[:-1] if keep else [])
