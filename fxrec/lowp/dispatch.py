@@ -172,7 +172,9 @@ class LowpLinear(nn.Linear):
     def __setattr__(self, name: str, value: object) -> None:
         if name == "format":
             if self.__dict__.get("frozen"):
-                raise ValueError(f"a frozen LowpLinear keeps its format ({self.format}); quantize the float32 model again")
+                raise ValueError(
+                    f"a frozen LowpLinear keeps its format ({self.format}); quantize the float32 model again"
+                )
             _check_format(value)  # type: ignore[arg-type]
             self.__dict__["_prepared"] = None
         elif name == "backward":
