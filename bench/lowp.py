@@ -31,6 +31,10 @@ must clear before it means anything). Examples/s:
 interleaved rounds of `STEPS` training steps of each variant from the same initial weights on the same
 batches (the dispatch variant with the plan its own training ended with).
 
+LoKA's mods, one at a time on the FM (`mods: {bias: false}`, `{block_norm: 256}`, `{activation: hardswish}`):
+how many modules each changes in the demo FM and the held-out NE change of training with it, against fp32
+(beside the reseeded noise floor).
+
 Goals (issue 25): a quantized VM >= 2x fp32 inference throughput at <= 1/3 of its bytes within 0.02%
 relative NE; FM training >= 1.3x fp32 within 0.02%. The JSON says what was reached.
 
@@ -60,6 +64,7 @@ from fxrec.jobs.quantize import EvalDays, frame_ne, quantize_model
 from fxrec.jobs.train import prepare_events, train_model
 from fxrec.lowp.budget import DEFAULT_BUDGET, relative_changes
 from fxrec.lowp.dispatch import apply_plan, current_plan, plan_from_probe
+from fxrec.lowp.mods import Mods
 from fxrec.lowp.quantize import QuantPlan, model_bytes, quantize
 from fxrec.metrics.ranking import ne
 from fxrec.run import Run
@@ -70,6 +75,11 @@ BATCH = 512  # candidates scored per call: a ranking request's size
 STEPS = 20  # training steps per variant per round
 VM_VARIANTS = ("fp32", "all_bf16", "all_int8", "dispatch", "budget")
 FM_VARIANTS = {"fp32": "none", "all_bf16": "bf16", "dispatch": "auto"}
+MODS = {
+    "no_bias": {"bias": False},
+    "block_norm_256": {"block_norm": 256},
+    "hardswish": {"activation": "hardswish"},
+}
 
 
 def _config(quick: bool):
@@ -235,12 +245,35 @@ def fm_rows(config, run: Path, log, rounds: int) -> tuple[list[dict], dict]:
         )
     plans = {name: current_plan(run_dir.load_model(fm.name).model) for name, fm in models.items()}
     noise = {f"ne_change_{t}_pct": 100 * c for t, c in seed_change.items()}
-    return rows, {
+    mods = mods_rows(config, run, log, ne_by["fp32"])
+    meta = {
         "held_out_day": held_out_day,
         "threads": config.train.threads,
         "plans": plans,
         "fp32_other_seed": noise,
     }
+    return rows, {**meta, "mods": mods}
+
+
+def mods_rows(config, run: Path, log, reference: dict[str, float]) -> list[dict]:
+    """LoKA's mods, one at a time on the FM: the NE change of training with it, and what it changed."""
+    run_dir = Run(run, config)
+    rows = []
+    for name, block in MODS.items():
+        changed = Mods(**block).apply(build_model(config.fm, log.spec))
+        fm = _with(config.fm, name=f"fm_mods_{name}", mods=block)
+        torch.set_num_threads(config.train.threads)
+        train_model(fm, config, run, log, quiet=True)
+        changes = relative_changes(_held_out_ne(run_dir.model(fm.name), log.days[-1]), reference)
+        rows.append(
+            {
+                "mod": name,
+                "block": block,
+                "modules_changed": sum(len(v) for v in changed.values()),
+                **{f"ne_change_{t}_pct": 100 * c for t, c in changes.items()},
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -264,6 +297,7 @@ def main() -> None:
     fm_table, fm_meta = fm_rows(config, run, log, rounds)
     print_table("FM training", fm_table)
     print(f"fp32 FM trained with another seed: NE change {fm_meta['fp32_other_seed']} (the noise floor)")
+    print_table("LoKA mods on the FM, one at a time (NE change against fp32 without mods)", fm_meta["mods"])
     quantized = [r for r in vm_table if r["variant"] == "budget"]
     goals = {
         "vm_quantized_2x_at_third_bytes_within_budget": all(
