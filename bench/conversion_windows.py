@@ -61,7 +61,9 @@ from fxrec.run import ModelDir
 from fxrec.train.trainer import Trainer
 
 DAY_S = 86_400
-SIMULATOR = SimulatorConfig(seed=31, days=22, impressions_per_day=600_000, users=20_000, new_users_per_day=500)
+SIMULATOR = SimulatorConfig(
+    seed=31, days=22, impressions_per_day=600_000, users=20_000, new_users_per_day=500
+)
 QUICK = {"days": 12, "impressions_per_day": 300_000, "users": 8_000, "new_users_per_day": 300}
 MODEL = {
     "name": "cvr",
