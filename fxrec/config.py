@@ -26,6 +26,8 @@ from fxrec.lowp.pruning import Pruner
 from fxrec.models.heads import HEAD_KINDS, TaskHeads
 from fxrec.nn.target_attention import TargetAttention
 from fxrec.nn.user_tower import UserTower
+from fxrec.objectives.feedback import DelayedFeedback
+from fxrec.objectives.windows import ConversionWindows
 from fxrec.transfer.registry import CHANNELS
 
 # Keys that left a block, with where they went (an old config is told where to put them).
@@ -65,6 +67,8 @@ TargetAttentionConfig = derive_block(
 ModsConfig = derive_block(Mods, "mods")
 DispatchConfig = derive_block(Dispatch, "dispatch")
 PruneConfig = derive_block(Pruner, "prune")
+WindowsConfig = derive_block(ConversionWindows, "windows")
+DelayedFeedbackConfig = derive_block(DelayedFeedback, "delayed_feedback")
 InteractionConfig = block_union(INTERACTION_CONFIGS, "name", "interaction", moved=MOVED_INTERACTION_KEYS)
 HeadsConfig = block_union(HEADS_CONFIGS, "kind", "heads", default="shared_bottom")
 ChannelConfig = block_union(CHANNEL_CONFIGS, "name", "transfer channel", bare_string=True)
@@ -107,6 +111,9 @@ class ModelConfig(BaseModel):
     # Magnitude pruning of the dense Linears while training over the stream, one-shot or D2S:
     # {sparsity, schedule, start_day, ramp_days, refresh_days, scope} (fxrec.lowp.pruning); null: none.
     prune: PruneConfig | None = None
+    # Fixed-window conversion heads, one per window, added to the tasks as <label>_<days>d, each
+    # trained only on events whose window has closed: {label, days} (fxrec.objectives.windows); null: none.
+    windows: WindowsConfig | None = None
 
     def __init__(self, **data: Any):
         if type(self) is ModelConfig:
@@ -140,6 +147,11 @@ class ModelConfig(BaseModel):
     def _mods_valid(self) -> ModelConfig:
         self.mods.target(**self.mods.kwargs())  # a block size < 1 is an error when the config is read
         self.dispatch.target(**self.dispatch.kwargs())  # so is an unknown plan or backward
+        if self.windows is not None:
+            windows = self.windows.target(**self.windows.kwargs())  # so are bad days
+            clash = [t for t in windows.tasks if t in (self.tasks or [])]
+            if clash:
+                raise ValueError(f"windows adds the tasks {clash}: leave them out of `tasks`")
         if self.prune is not None:
             self.prune.target(**self.prune.kwargs())  # so is a sparsity outside [0, 1)
             if self.dispatch.plan != "none":
@@ -230,6 +242,12 @@ class TrainConfig(BaseModel):
     # Oracle comparison only: train day t on conversions that happen after day t (a leak no real system
     # has). Off, training sees labels as observed at the end of each day (fxrec.data.labels).
     train_on_matured_labels: bool = False
+    # What the loop trains conversions on before they have all happened (fxrec.objectives.feedback):
+    # {mode: observed | maturity | corrected, label, wait_days, window_days, group, prior_events}, or the
+    # mode alone (`delayed_feedback: corrected`). observed (the default): each day at its end, as seen
+    # then; maturity: each day `wait_days` later, labels final; corrected: fresh, with the elapsed-time
+    # likelihood of a per-advertiser delay model.
+    delayed_feedback: DelayedFeedbackConfig = Field(default_factory=DelayedFeedbackConfig)
     # The heads' output bias starts at the label rate of the data trained on so far, shrunk toward 0.5
     # by `bias_prior_events` pseudo-events (2: Laplace's rule), reset before each day until
     # `bias_warmup_events` have been trained on: a tiny first day (one non-click, three clicks) cannot
@@ -250,6 +268,18 @@ class TrainConfig(BaseModel):
                 f"for `keep_snapshots: {str(was).lower()}` write {now}"
             )
         return data
+
+    @field_validator("delayed_feedback", mode="before")
+    @classmethod
+    def _feedback_mode_alone(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        return {"mode": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _feedback_valid(self) -> TrainConfig:
+        self.delayed_feedback.target(**self.delayed_feedback.kwargs())  # a bad mode or wait is an error here
+        return self
 
     @model_validator(mode="after")
     def _embedding_weight_decay_needs_adam(self) -> TrainConfig:

@@ -35,6 +35,7 @@ from fxrec.models.ranking import DenseArch, RankingModel
 from fxrec.nn.embeddings import SparseArch
 from fxrec.nn.target_attention import TargetAttention
 from fxrec.nn.user_tower import UserTower
+from fxrec.objectives.windows import ConversionWindows
 from fxrec.transfer.registry import build_channels
 
 MODEL_CARD = "model.yaml"
@@ -54,7 +55,11 @@ def build_model(
     anything else (Adam) needs plain tables whose rows the trainer's optimizer updates.
     """
     features = spec.select(config.features, config.role)
-    tasks = config.tasks or spec.tasks
+    windows = ConversionWindows(**config.windows.kwargs()) if config.windows is not None else None
+    # `tasks: []` with windows: only the window heads
+    tasks = list(config.tasks if config.tasks is not None and (config.tasks or windows) else spec.tasks)
+    if windows is not None:
+        tasks += list(windows.tasks)
     dim = config.embedding_dim
     vm = isinstance(config, VMConfig)
     channels = build_channels(config.channels if vm else [], dim, tasks, fm_dims or {})
@@ -149,6 +154,8 @@ def build_model(
     Mods(**config.mods.kwargs()).apply(model)  # after every part is built: no mods, no change
     if config.prune is not None:  # after the mods: it masks the weights they leave (fxrec.lowp.pruning)
         Pruner(**config.prune.kwargs()).attach(model)
+    if windows is not None:  # the trainer reads them (fxrec.objectives.schedule)
+        windows.attach(model)
     return model
 
 

@@ -36,6 +36,9 @@ class Batch:
     meta:       {"event_id", "user_id", "item_id", "ts", "surface": (B,) int64}; surface is the index
                 into DatasetSpec.surfaces
     inputs:     {key: ChannelInput} what transfer channels attach (FM logits, user embeddings, ...)
+    label_weights: {task: (B,) float32} per-example loss weights (0: not trained on); absent: all 1
+    label_observed: {task: (B,) float32} P(a positive has been observed by the training cutoff), for
+                the delayed-feedback likelihood (fxrec.objectives.feedback); absent: plain BCE
     """
 
     dense: torch.Tensor
@@ -45,6 +48,8 @@ class Batch:
     labels: dict[str, torch.Tensor]
     meta: dict[str, torch.Tensor]
     inputs: dict[str, ChannelInput] = field(default_factory=dict)
+    label_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    label_observed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -61,6 +66,8 @@ class Batch:
             labels={k: v.to(device) for k, v in self.labels.items()},
             meta={k: v.to(device) for k, v in self.meta.items()},
             inputs={k: v.to(device) for k, v in self.inputs.items()},
+            label_weights={k: v.to(device) for k, v in self.label_weights.items()},
+            label_observed={k: v.to(device) for k, v in self.label_observed.items()},
         )
 
 
@@ -117,6 +124,7 @@ class EventFrame:
         spec: DatasetSpec,
         features: list[FeatureSpec],
         history: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        meta: tuple[str, ...] = (),
     ):
         self.spec = spec
         self.num_rows = table.num_rows
@@ -173,7 +181,14 @@ class EventFrame:
             for t in spec.tasks
             if delay_column(t) in table.column_names
         }
+        # `meta`: more integer columns an objective groups events by (e.g. advertiser_id), raw, not hashed.
         self.meta = {c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64)) for c in META_COLUMNS}
+        for c in meta:
+            if c not in self.meta:
+                self.meta[c] = torch.from_numpy(table.column(c).fill_null(-1).to_numpy().astype(np.int64))
+        # Per-task loss weights and observation shares of a training frame (fxrec.objectives.schedule).
+        self.label_weights: dict[str, torch.Tensor] = {}
+        self.label_observed: dict[str, torch.Tensor] = {}
         surface_index = {s: i for i, s in enumerate(spec.surfaces)}
         surfaces = table.column("surface").to_pylist() if self.num_rows < 64 else None
         if surfaces is None:
@@ -183,12 +198,28 @@ class EventFrame:
         else:
             self.meta["surface"] = torch.tensor([surface_index[s] for s in surfaces], dtype=torch.int64)
 
-    def with_labels(self, labels: dict[str, torch.Tensor]) -> EventFrame:
-        """The same events with other labels ({task: (N,)}), e.g. as observed at a training cutoff."""
-        if labels.keys() != self.labels.keys() or any(v.shape != (self.num_rows,) for v in labels.values()):
+    def with_labels(
+        self, labels: dict[str, torch.Tensor], delays: dict[str, torch.Tensor] | None = None
+    ) -> EventFrame:
+        """The same events with other labels ({task: (N,)}), e.g. as observed at a training cutoff.
+
+        `labels` holds every task of the frame and may add derived ones (a windowed conversion label,
+        fxrec.objectives.windows); `delays` replaces `label_delays` (a derived delayed label's too)."""
+        if not self.labels.keys() <= labels.keys() or any(v.shape != (self.num_rows,) for v in labels.values()):
             raise ValueError(f"with_labels needs {{task: ({self.num_rows},)}} for tasks {list(self.labels)}")
         frame = copy.copy(self)  # shares every tensor; only the labels dict is new
         frame.labels = labels
+        if delays is not None:
+            frame.label_delays = delays
+        return frame
+
+    def with_label_weights(
+        self, weights: dict[str, torch.Tensor], observed: dict[str, torch.Tensor] | None = None
+    ) -> EventFrame:
+        """The same events with per-task loss weights and observation shares ({task: (N,)} each)."""
+        frame = copy.copy(self)
+        frame.label_weights = weights
+        frame.label_observed = observed or {}
         return frame
 
     def batch(self, start: int, end: int) -> Batch:
@@ -248,6 +279,8 @@ class EventFrame:
             labels={k: pick(v) for k, v in self.labels.items()},
             meta={k: pick(v) for k, v in self.meta.items()},
             inputs=inputs,
+            label_weights={k: pick(v) for k, v in self.label_weights.items()},
+            label_observed={k: pick(v) for k, v in self.label_observed.items()},
         )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:

@@ -26,11 +26,13 @@ def iter_frames(
     features: list[FeatureSpec],
     days: list[str] | None = None,
     surfaces: list[str] | None = None,
+    meta: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, EventFrame]]:
     """Yield (day, EventFrame) in time order for `days` (default: all), optionally one surface's rows.
 
     Histories are built from every earlier day and every surface, so a VM on one surface still sees
-    the user's clicks elsewhere if its features include the history.
+    the user's clicks elsewhere if its features include the history. `meta`: more raw integer
+    columns for `EventFrame.meta` (an objective's grouping column, e.g. advertiser_id).
     """
     spec = log.spec
     wanted = set(days or log.days)
@@ -38,7 +40,7 @@ def iter_frames(
     sequence_sources = sorted({f.source for f in features if f.kind is FeatureKind.sequence and f.source})
     tracker = HistoryTracker(spec.history_length, sequence_sources, spec.history_label) if sequence_sources else None
     available = _columns_of(log)
-    needed = [c for c in _model_columns(spec, features) if c in available]
+    needed = [c for c in _model_columns(spec, features, meta) if c in available]
     for day in log.days:
         if day > last:
             break
@@ -56,16 +58,17 @@ def iter_frames(
                 history = {k: _take_jagged(o, v, rows) for k, (o, v) in history.items()}
         if table.num_rows == 0:
             continue
-        frame = EventFrame(table, spec, features, history)
+        frame = EventFrame(table, spec, features, history, meta=meta)
         frame.day = day
         yield day, frame
 
 
-def _model_columns(spec, features: list[FeatureSpec]) -> list[str]:
+def _model_columns(spec, features: list[FeatureSpec], meta: tuple[str, ...] = ()) -> list[str]:
     """Only what this model reads: core columns, labels (with their delays), its features and its histories' sources."""
     columns = ["event_id", "ts", "user_id", "item_id", "surface", *spec.tasks, spec.history_label, *delay_columns(spec)]
     columns += [f.name for f in features if f.kind is not FeatureKind.sequence]
     columns += [f.source for f in features if f.kind is FeatureKind.sequence and f.source]
+    columns += list(meta)
     return list(dict.fromkeys(columns))
 
 

@@ -4,7 +4,11 @@ For each day t in order: first predict day t with the model trained through day 
 predictions are the evaluation: the model never saw these events), then train one pass over day t.
 The last day is only evaluated. Training at the end of day t sees day t's labels as observed then
 (`fxrec.data.labels.observed_labels`: a conversion that happens after midnight is a negative);
-evaluation scores the matured labels. Predictions go to `<model_dir>/predictions/day=<t>.parquet`
+evaluation scores the matured labels. Delayed feedback and fixed-window conversion heads
+(`TrainConfig.delayed_feedback`, a model config's `windows:`; fxrec.objectives) change what each day
+trains: older days' events whose labels have matured or whose windows have closed, per-task loss
+weights, an elapsed-time likelihood (`fxrec.objectives.schedule`); without them a day is one pass over
+its own events. Predictions go to `<model_dir>/predictions/day=<t>.parquet`
 (`fxrec.data.compact_parquet`); metrics are computed from them afterwards, so any two models can be
 compared on the same events.
 
@@ -41,7 +45,7 @@ from fxrec.config import TrainConfig
 from fxrec.data.batches import Batch, EventFrame
 from fxrec.data.compact_parquet import write_compact
 from fxrec.data.eventlog import EventLog
-from fxrec.data.labels import observed_frame, training_cutoff
+from fxrec.data.labels import training_cutoff
 from fxrec.data.reader import iter_frames
 from fxrec.factory import save_dispatch_plan
 from fxrec.lowp.dispatch import Dispatch, apply_plan, current_plan, dispatchable
@@ -49,6 +53,9 @@ from fxrec.lowp.probe import Probe
 from fxrec.lowp.pruning import Pruner
 from fxrec.models.checkpoint import load, model_state, save_atomic
 from fxrec.models.ranking import RankingModel
+from fxrec.objectives.feedback import DelayedFeedback, label_loss
+from fxrec.objectives.schedule import LabelSchedule, TrainingUnit
+from fxrec.objectives.windows import ConversionWindows
 from fxrec.run import ModelDir
 from fxrec.transfer.published import PublishedFM
 
@@ -80,16 +87,32 @@ class RunningNE:
 
 
 class LabelTally:
-    """Events and positives per task over the frames added so far."""
+    """Events, and per task the examples trained (by loss weight) and their positives, so far."""
 
     def __init__(self, tasks: list[str]):
         self.events = 0
         self.positives = dict.fromkeys(tasks, 0.0)
+        self.counts = dict.fromkeys(tasks, 0.0)
 
-    def add(self, frame: EventFrame) -> LabelTally:
-        self.events += frame.num_rows
+    def add(self, frame: EventFrame, rows: torch.Tensor | None = None) -> LabelTally:
+        size = frame.num_rows if rows is None else len(rows)
+        self.events += size
         for task in self.positives:
-            self.positives[task] += float(frame.labels[task].sum())
+            labels, weights = frame.labels[task], frame.label_weights.get(task)
+            if rows is not None:
+                labels = labels[rows]
+                weights = weights[rows] if weights is not None else None
+            if weights is None:
+                self.positives[task] += float(labels.sum())
+                self.counts[task] += size
+            else:
+                self.positives[task] += float((labels * weights).sum())
+                self.counts[task] += float(weights.sum())
+        return self
+
+    def add_units(self, units: list[TrainingUnit]) -> LabelTally:
+        for unit in units:
+            self.add(unit.frame, unit.rows)
         return self
 
 
@@ -137,6 +160,9 @@ class Trainer:
         self.dispatch = dispatch or Dispatch()
         self.planned = False  # whether the dispatch plan is in force (auto: once the probe chose it)
         self.pruner = Pruner.of(model)  # a model config's `prune:` block; None without one
+        # fxrec.objectives: delayed feedback (TrainConfig) and window heads (the model config's `windows:`)
+        self.feedback = DelayedFeedback(**config.delayed_feedback.kwargs())
+        self.windows = ConversionWindows.of(model)
 
     @staticmethod
     def _unfused_embedding_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -155,7 +181,9 @@ class Trainer:
         output = self.model(batch)
         total: torch.Tensor | None = None
         for task, weight in self.task_weights.items():
-            task_loss = F.binary_cross_entropy_with_logits(output.logits[task], batch.labels[task])
+            task_loss = label_loss(  # plain BCE unless an objective set weights or observation shares
+                output.logits[task], batch.labels[task], batch.label_weights.get(task), batch.label_observed.get(task)
+            )
             task_loss = task_loss if weight == 1.0 else weight * task_loss  # x * 1.0 == x: skip the op
             total = task_loss if total is None else total + task_loss
         for channel in self.model.channels:
@@ -293,41 +321,49 @@ class Trainer:
         ) as bar:
             task = bar.add_task(self.model_dir.name, total=len(log.days), rate="-", ne="-")
             seen = LabelTally(self.model.tasks)  # labels trained on so far (for the starting bias)
-            for index, (day, frame) in enumerate(iter_frames(log, features, surfaces=surfaces)):
+            schedule = LabelSchedule(self.model.tasks, self.feedback, self.windows)
+            frames = iter_frames(log, features, surfaces=surfaces, meta=schedule.meta)
+            for index, (day, frame) in enumerate(frames):
                 # Day t is trained at its end: its labels as observed then (predictions are scored on
-                # the matured ones).
+                # the matured ones); delayed feedback and window heads may train earlier days then too.
                 matured = self.config.train_on_matured_labels
-                train_frame = frame if matured else observed_frame(frame, training_cutoff(day))
+                frame = schedule.prepare(frame)
+                if self.published is not None and not schedule.plain:  # a later day may train this one
+                    for channel in self.model.channels:
+                        channel.attach(frame, self.published)
+                units = schedule.units(frame, training_cutoff(day), matured) if day != log.days[-1] else []
                 if resume is not None and day < resume[0]:
-                    seen.add(train_frame)
+                    seen.add_units(units)
                     bar.advance(task)
                     continue
                 skip = 0
                 if resume is not None and day == resume[0]:
                     if resume[2]:
-                        seen.add(train_frame)
+                        seen.add_units(units)
                         resume = None
                         bar.advance(task)
                         continue
                     skip = resume[1]
-                if self.published is not None:
+                if self.published is not None and schedule.plain:
                     for channel in self.model.channels:
                         channel.attach(frame, self.published)
                 if index > 0 and not self.model_dir.prediction(day).exists():
                     self._write_predictions(frame, day)
                 if day != log.days[-1]:
-                    if skip == 0 and seen.events < self.config.bias_warmup_events:
-                        seen.add(train_frame)
-                        note = self.start_at_base_rates(seen, f"the {seen.events:,} events through day {day}")
+                    warm = [t for t in self.model.tasks if seen.counts[t] < self.config.bias_warmup_events]
+                    before = dict(seen.counts)
+                    seen.add_units(units)
+                    warm = [t for t in warm if seen.counts[t] > before[t]]  # only tasks this day trains
+                    if skip == 0 and warm:
+                        source = f"the {seen.events:,} events through day {day}"
+                        note = self.start_at_base_rates(seen, source, warm if warm != self.model.tasks else None)
                         if self.progress:
                             bar.console.print(note)
-                    else:
-                        seen.add(train_frame)
                     if skip == 0 and self.pruner is not None:
                         self.pruner.begin_day(index)  # a new mask when the schedule says (resumed: restored)
                     probe = self._day_probe()
                     try:
-                        for batches_done, batch in enumerate(self._batches(train_frame, index), start=1):
+                        for batches_done, batch in enumerate(self._unit_batches(units, index), start=1):
                             if batches_done <= skip:
                                 continue
                             logits = self.train_step(batch)
@@ -361,37 +397,53 @@ class Trainer:
         save_atomic(model_state(self.model), self.model_dir.weights)
         return predictions_dir
 
-    def start_at_base_rates(self, seen: LabelTally, source: str) -> str:
+    def start_at_base_rates(self, seen: LabelTally, source: str, tasks: list[str] | None = None) -> str:
         """Set every head's output bias (and the channels' own heads) to the label rate of the data
         trained on so far, with Laplace's rule of succession: (positives + 1) / (events + 2) for
         `bias_prior_events` = 2 (in general, shrunk toward 0.5 by that many pseudo-events). Rare labels
         (0.4% clicks) otherwise need thousands of steps just to leave p = 0.5. The progressive loop
         calls this before each day until `bias_warmup_events` have been trained on, so a tiny first day
         (one non-click, three clicks) sets a mild start that the next days replace, and the rate only
-        ever comes from days already trained (never a later day's labels). Returns what was chosen."""
+        ever comes from days already trained (never a later day's labels). `tasks`: only these (a window
+        head starts training days after the others); None: every task. Returns what was chosen."""
         k = self.config.bias_prior_events
-        rates = {t: (seen.positives[t] + k / 2) / (seen.events + k) if seen.events + k > 0 else 0.5 for t in self.model.tasks}
+        tasks = self.model.tasks if tasks is None else tasks
+        counts = seen.counts
+        rates = {t: (seen.positives[t] + k / 2) / (counts[t] + k) if counts[t] + k > 0 else 0.5 for t in tasks}
         self.model.heads.init_bias(rates)
         for channel in self.model.channels:
             channel.init_bias(rates)
-        raw = {t: seen.positives[t] / seen.events if seen.events else float("nan") for t in self.model.tasks}
-        chosen = ", ".join(f"{t} {raw[t]:.4f} -> {rates[t]:.4f}" for t in self.model.tasks)
+        raw = {t: seen.positives[t] / counts[t] if counts[t] else float("nan") for t in tasks}
+        chosen = ", ".join(f"{t} {raw[t]:.4f} -> {rates[t]:.4f}" for t in tasks)
         return f"{self.model_dir.name}: output bias from the label rate of {source} (prior {k:g} events): {chosen}"
 
-    def _batches(self, frame: EventFrame, day_index: int):
+    def _unit_batches(self, units: list[TrainingUnit], day_index: int):
+        """Every training pass of the day, one after another (counted as one day's batches)."""
+        for number, unit in enumerate(units):
+            yield from self._batches(unit.frame, day_index, unit.rows, number)
+
+    def _batches(self, frame: EventFrame, day_index: int, rows: torch.Tensor | None = None, unit: int = 0):
         """A day's training batches; shuffled within the day (seeded per day, so resume is exact).
+        `rows`: only these rows of the frame; `unit`: which of the day's passes (its own seed).
 
         Shuffling inside the training day leaks nothing: every event's features are as of its own
         ts, and the model trained on day t is only evaluated on day t+1.
         """
         size = self.config.batch_size
+        count = frame.num_rows if rows is None else len(rows)
         for repeat in range(self.config.passes_per_day):
             if not self.config.shuffle_within_day:
-                yield from frame.batches(size)
+                if rows is None:
+                    yield from frame.batches(size)
+                else:
+                    for start in range(0, count, size):
+                        yield frame.take(rows[start : start + size])
                 continue
-            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + day_index * 101 + repeat)
-            order = torch.randperm(frame.num_rows, generator=generator)
-            for start in range(0, frame.num_rows, size):
+            seed = self.config.seed * 1_000_003 + day_index * 101 + repeat + unit * 7_919
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+            if rows is not None:
+                order = rows[order]
+            for start in range(0, count, size):
                 yield frame.take(order[start : start + size])
 
     def _write_predictions(self, frame: EventFrame, day: str) -> None:

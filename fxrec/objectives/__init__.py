@@ -1,0 +1,12 @@
+"""What an ads model is trained on: labels as the ads system sees them, and conversions at any window.
+
+- `delays`: per-advertiser conversion-delay rates (an exponential fit to the delays observed before a
+  cutoff, each truncated at what could have been observed, shrunk toward the global rate).
+- `interpolation`: Personalized Interpolation, a conversion probability for any window from a short and
+  a long fixed-window head, and the global-rate baseline.
+- `windows`: fixed-window conversion heads (`windows:` in a model config), each trained only on
+  examples whose window has closed by the training cutoff.
+- `feedback`: delayed feedback (`train.delayed_feedback`): observed-so-far, wait-for-maturity, or a
+  fresh model corrected for conversions that have not happened yet.
+- `schedule`: what the progressive trainer trains at the end of each day under those options.
+"""
