@@ -48,6 +48,7 @@ from fxrec.lowp.dispatch import Dispatch, apply_plan, current_plan, dispatchable
 from fxrec.lowp.probe import Probe
 from fxrec.lowp.pruning import Pruner
 from fxrec.models.checkpoint import load, model_state, save_atomic
+from fxrec.models.output import ModelOutput
 from fxrec.models.ranking import RankingModel
 from fxrec.run import ModelDir
 from fxrec.transfer.published import PublishedFM
@@ -152,7 +153,7 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        output = self.model(batch)
+        output = self.forward(batch)
         total: torch.Tensor | None = None
         for task, weight in self.task_weights.items():
             task_loss = F.binary_cross_entropy_with_logits(output.logits[task], batch.labels[task])
@@ -163,6 +164,10 @@ class Trainer:
             if extra is not None:
                 total = extra if total is None else total + extra
         return (total if total is not None else torch.zeros(())), output.logits
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """The training forward (a sharded trainer runs it through its DistributedModelParallel)."""
+        return self.model(batch)
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.model.train()
@@ -352,14 +357,18 @@ class Trainer:
                             bar.console.print(note)
                     self.trained_through = day
                     if self.config.snapshots != "none":
-                        save_atomic(model_state(self.model), self.model_dir.snapshot(day))
+                        self._save_weights(self.model_dir.snapshot(day))
                     self._checkpoint(day, -1, day_finished=True)
                 resume = None
                 bar.advance(task)
         if self.planned and self.model_dir.card.exists():  # before the weights, whose presence means "trained"
             save_dispatch_plan(self.model_dir.root, current_plan(self.model))
-        save_atomic(model_state(self.model), self.model_dir.weights)
+        self._save_weights(self.model_dir.weights)
         return predictions_dir
+
+    def _save_weights(self, path: Path) -> None:
+        """The model's weights as one process holds them (a snapshot, or model.pt at the end)."""
+        save_atomic(model_state(self.model), path)
 
     def start_at_base_rates(self, seen: LabelTally, source: str) -> str:
         """Set every head's output bias (and the channels' own heads) to the label rate of the data
@@ -389,10 +398,14 @@ class Trainer:
             if not self.config.shuffle_within_day:
                 yield from frame.batches(size)
                 continue
-            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + day_index * 101 + repeat)
-            order = torch.randperm(frame.num_rows, generator=generator)
+            order = self.day_order(frame, day_index, repeat)
             for start in range(0, frame.num_rows, size):
                 yield frame.take(order[start : start + size])
+
+    def day_order(self, frame: EventFrame, day_index: int, repeat: int) -> torch.Tensor:
+        """The shuffled order of a day's events for one pass (seeded per day and pass)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + day_index * 101 + repeat)
+        return torch.randperm(frame.num_rows, generator=generator)
 
     def _write_predictions(self, frame: EventFrame, day: str) -> None:
         predictions = self.predict(frame)
