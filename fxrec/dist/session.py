@@ -84,6 +84,15 @@ def start(backend: str = "auto") -> Session:
     return session
 
 
+def broadcast(value: Any) -> Any:
+    """Rank 0's `value` on every rank (itself without a process group)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
