@@ -316,6 +316,31 @@ class ExperimentConfig(BaseModel):
     test_days: int | None = Field(default=None, ge=1)
 
 
+class TableShardingConfig(BaseModel):
+    """Planner constraints for one embedding table when training on several ranks (TorchRec's
+    `ParameterConstraints`); None leaves the choice to the planner."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # data_parallel, table_wise, column_wise, table_column_wise (CPU/gloo and CUDA); row_wise,
+    # table_row_wise (CUDA only)
+    sharding_types: list[
+        Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"]
+    ] | None = None
+    compute_kernels: list[Literal["fused", "dense"]] | None = None  # data_parallel needs dense
+    min_partition: int | None = Field(default=None, ge=1)  # narrowest column-wise shard
+
+
+class ShardingConfig(BaseModel):
+    """`sharding:` how `fxrec train --nproc N` (or torchrun) spreads the tables over the ranks
+    (fxrec.dist). `tables` maps a table name, or `*` for every other table, to its constraints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: NCCL on CUDA, else gloo
+    tables: dict[str, TableShardingConfig] = {}
+
+
 class RunConfig(BaseModel):
     """What `fxrec demo` runs: a log (simulated or imported), one FM and a list of VMs."""
 
@@ -331,6 +356,7 @@ class RunConfig(BaseModel):
     vm_template: VMConfig | None = None
     publish: PublishConfig = PublishConfig()
     experiment: ExperimentConfig | None = None
+    sharding: ShardingConfig = ShardingConfig()  # several ranks only (fxrec.dist)
 
     @model_validator(mode="after")
     def _experiment_needs_snapshots(self) -> RunConfig:

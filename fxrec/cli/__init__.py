@@ -136,12 +136,23 @@ def profile(
 EventsOption = typer.Option(None, "--events", help="use this event log instead of the config's")
 
 
+NprocOption = typer.Option(
+    1, "--nproc", min=1, help="train on this many local ranks, tables sharded as the config's `sharding:` says"
+)
+
+
 @train_app.command("fm")
-def train_fm(config: Path = ConfigOption, run: Path = RunOption, events: Path | None = EventsOption, fresh: bool = FreshOption) -> None:
+def train_fm(
+    config: Path = ConfigOption,
+    run: Path = RunOption,
+    events: Path | None = EventsOption,
+    fresh: bool = FreshOption,
+    nproc: int = NprocOption,
+) -> None:
     """Train the foundation model progressively (resumes from its checkpoint)."""
     from fxrec.jobs.train import train_fm as run_job
 
-    run_job(_config(config, events), run, where=config, fresh=fresh)
+    run_job(_config(config, events), run, where=config, fresh=fresh, nproc=nproc)
 
 
 @train_app.command("vm")
@@ -151,11 +162,12 @@ def train_vm(
     name: str | None = typer.Option(None, "--name", help="one VM by name (default: all)"),
     events: Path | None = EventsOption,
     fresh: bool = FreshOption,
+    nproc: int = NprocOption,
 ) -> None:
     """Train the expert models progressively."""
     from fxrec.jobs.train import train_vms
 
-    train_vms(_config(config, events), run, name=name, where=config, fresh=fresh)
+    train_vms(_config(config, events), run, name=name, where=config, fresh=fresh, nproc=nproc)
 
 
 @app.command("eval")

@@ -18,6 +18,9 @@ from fxrec.config import ModelConfig, RunConfig, VMConfig
 from fxrec.data.eventlog import SPEC_FILE, EventLog
 from fxrec.data.schema import DatasetSpec
 from fxrec.data.simulator import dataset_spec, simulate_to
+from fxrec.dist import checkpoint as sharded_checkpoint
+from fxrec.dist import session as ranks
+from fxrec.dist.trainer import ShardedTrainer
 from fxrec.errors import InputError
 from fxrec.factory import build_model, save_model_card
 from fxrec.jobs import print_disk_usage
@@ -103,6 +106,51 @@ def published_for(model_config: ModelConfig, run_dir: Run) -> PublishedFM | None
 def train_model(
     model_config: ModelConfig, config: RunConfig, run: Path, log: EventLog, fresh: bool = False, quiet: bool = False
 ) -> ModelDir:
+    """Train one model (skipped when trained with this config). On several ranks (torchrun, or `launch`):
+    rank 0 alone prepares the model directory, then every rank trains its share (fxrec.dist)."""
+    session = ranks.current()
+    if session is None and sharded_checkpoint.exists(Run(run).model(model_config.name)):
+        session = ranks.start(config.sharding.backend)  # a sharded run's checkpoint: resume it on this one rank
+    if session is None or session.main:
+        model_dir, todo = _prepare_model(model_config, config, run, log, fresh, quiet)
+        todo = ranks.broadcast(todo)
+    else:
+        model_dir, todo = Run(run, config).model(model_config.name), ranks.broadcast(None)
+    if not todo:
+        return model_dir
+    published = published_for(model_config, Run(run, config))
+    fm_dims = published.dims if published is not None else {}
+    optimizer = config.train.embedding_optimizer
+    torch.manual_seed(config.train.seed)  # the initial weights too come from the run's seed
+    model = build_model(
+        model_config, log.spec, embedding_lr=config.train.embedding_lr, fm_dims=fm_dims, embedding_optimizer=optimizer
+    )
+    # FM snapshots are read back by `fxrec publish`; VMs write one per day only for the quantization monitor.
+    train = config.train
+    if model_config.role != "fm":
+        train = train.model_copy(update={"snapshots": "all" if train.vm_snapshots else "none"})
+    dispatch = Dispatch(**model_config.dispatch.kwargs())
+    if session is None:
+        trainer = Trainer(model, train, model_dir, progress=not quiet, published=published, dispatch=dispatch)
+    else:
+        trainer = ShardedTrainer(
+            model, train, model_dir, session, config.sharding, progress=not quiet, published=published, dispatch=dispatch
+        )
+    trainer.fit(log, surfaces=model_config.surfaces)
+    if session is not None:
+        session.barrier()
+        if session.main:
+            sharded_checkpoint.clear(model_dir)  # model.pt is written: nothing left to resume
+    if (session is None or session.main) and model_config.role == "fm" and model_config.name == config.fm.name:
+        prune_snapshots(Run(run, config), log.days)  # at once when nothing will publish this FM
+    return model_dir
+
+
+def _prepare_model(
+    model_config: ModelConfig, config: RunConfig, run: Path, log: EventLog, fresh: bool, quiet: bool
+) -> tuple[ModelDir, bool]:
+    """The model's directory, emptied when `fresh` or its config changed, with its card; and whether it
+    still needs training (False: already trained with this config)."""
     run_dir = Run(run, config)
     model_dir = run_dir.model(model_config.name)
     if fresh and model_dir.root.exists():
@@ -113,7 +161,7 @@ def train_model(
     if model_dir.trained():
         if not quiet:
             console.print(f"{model_config.name}: already trained ({model_dir.root}); skipping")
-        return model_dir
+        return model_dir, False
     check_models([model_config], log.spec, run)
     if model_config.role == "fm":
         for stale in run_dir.publish_dirs(model_config.name):
@@ -134,16 +182,7 @@ def train_model(
             f"{len(model.features)} features, {parameters:,} parameters, surfaces: {model_config.surfaces or 'all'}, "
             f"channels: {channels})"
         )
-    # FM snapshots are read back by `fxrec publish`; VMs write one per day only for the quantization monitor.
-    train = config.train
-    if model_config.role != "fm":
-        train = train.model_copy(update={"snapshots": "all" if train.vm_snapshots else "none"})
-    dispatch = Dispatch(**model_config.dispatch.kwargs())
-    trainer = Trainer(model, train, model_dir, progress=not quiet, published=published, dispatch=dispatch)
-    trainer.fit(log, surfaces=model_config.surfaces)
-    if model_config.role == "fm" and model_config.name == config.fm.name:
-        prune_snapshots(Run(run, config), log.days)  # at once when nothing will publish this FM
-    return model_dir
+    return model_dir, True
 
 
 def _same_config(model_dir: ModelDir, model_config: ModelConfig) -> bool:
@@ -157,17 +196,50 @@ def _same_config(model_dir: ModelDir, model_config: ModelConfig) -> bool:
     return trained.model_dump(mode="json") == model_config.model_dump(mode="json")
 
 
-def train_fm(config: RunConfig, run: Path, where: Path | str | None = None, fresh: bool = False) -> ModelDir:
-    """`fxrec train fm`: check, prepare the log, train the FM progressively (resumes from its checkpoint)."""
+def train_fm(
+    config: RunConfig, run: Path, where: Path | str | None = None, fresh: bool = False, nproc: int = 1
+) -> ModelDir:
+    """`fxrec train fm`: check, prepare the log, train the FM progressively (resumes from its checkpoint).
+    `nproc` > 1: on that many local ranks, sharded (fxrec.dist); under torchrun, on torchrun's ranks."""
     check_models([config.fm], planned_spec(config, run), run, where)
-    log = prepare_events(config, run)
+    if nproc > 1 and not ranks.in_launched_rank():
+        prepare_events(config, run)
+        ranks.launch(nproc, _on_rank, "fm", config.model_dump(mode="json"), run, where, fresh, None)  # rank 0 reports
+        return Run(run, config).model(config.fm.name)
+    log = _events_on_ranks(config, run)
     model_dir = train_model(config.fm, config, run, log, fresh=fresh)
-    print_disk_usage(run, console)
+    if ranks.current() is None or ranks.current().main:  # type: ignore[union-attr]
+        print_disk_usage(run, console)
     return model_dir
 
 
+def _on_rank(role: str, raw: dict, run: Path, where: Path | str | None, fresh: bool, name: str | None) -> None:
+    """One launched rank of `--nproc` (the config travels as plain data: its block classes are derived)."""
+    config = RunConfig.model_validate(raw)
+    if role == "fm":
+        train_fm(config, run, where, fresh)
+    else:
+        train_vms(config, run, name, where, fresh)
+
+
+def _events_on_ranks(config: RunConfig, run: Path) -> EventLog:
+    """The run's log: prepared by rank 0 (simulated if need be) while the other ranks wait, then opened."""
+    if ranks.in_launched_rank():
+        session = ranks.start(config.sharding.backend)
+        if session.main:
+            prepare_events(config, run)
+        session.barrier()
+        return EventLog(Run(run, config).events)
+    return prepare_events(config, run)
+
+
 def train_vms(
-    config: RunConfig, run: Path, name: str | None = None, where: Path | str | None = None, fresh: bool = False
+    config: RunConfig,
+    run: Path,
+    name: str | None = None,
+    where: Path | str | None = None,
+    fresh: bool = False,
+    nproc: int = 1,
 ) -> list[ModelDir]:
     """`fxrec train vm`: the expert models (all, or the one called `name`), checked before any training."""
     spec = planned_spec(config, run)
@@ -176,7 +248,12 @@ def train_vms(
     if not chosen:
         raise InputError(f"{where}: no VM named {name!r}; the config has {[v.name for v in vms]}")
     check_models(chosen, spec, run, where)
-    log = prepare_events(config, run)
+    if nproc > 1 and not ranks.in_launched_rank():
+        prepare_events(config, run)
+        ranks.launch(nproc, _on_rank, "vm", config.model_dump(mode="json"), run, where, fresh, name)  # rank 0 reports
+        return [Run(run, config).model(vm.name) for vm in chosen]
+    log = _events_on_ranks(config, run)
     model_dirs = [train_model(vm, config, run, log, fresh=fresh) for vm in chosen]
-    print_disk_usage(run, console)
+    if ranks.current() is None or ranks.current().main:  # type: ignore[union-attr]
+        print_disk_usage(run, console)
     return model_dirs

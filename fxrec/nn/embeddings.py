@@ -12,7 +12,8 @@ Two layouts, chosen by whether the interaction models sequences itself:
 
 Features that name a shared `table` (e.g. `hist_item_id` -> `item_id`) use one table, so the
 history and the candidate live in the same embedding space. Both layouts are TorchRec modules,
-so DistributedModelParallel can shard them unchanged.
+so DistributedModelParallel can shard them unchanged (fxrec.dist); a sharded collection's outputs
+are put back in table order.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class SparseArch(nn.Module):
                 self.collection = EmbeddingBagCollection(tables=bag_configs)
         self._table_names = list(tables)
         self._direct = _DirectLookup(self.collection) if self.fused else None
+        self._output_orders: dict[tuple[str, ...], torch.Tensor | None] = {}
         self._init_weights()
 
     @torch.no_grad()
@@ -197,6 +199,22 @@ class SparseArch(nn.Module):
             return [state[f"embedding_bags.{name}.weight"] for name in self._table_names]
         return [p for p in self.collection.parameters()]
 
+    def _in_table_order(self, pooled) -> torch.Tensor:
+        """(B, sum of dims) of a collection's KeyedTensor, in table order (`token_names`).
+
+        A sharded collection (DistributedModelParallel) names its outputs in the order of its shardings
+        (data-parallel tables, then table-wise, ...), not the tables' order.
+        """
+        keys = tuple(pooled.keys())
+        if keys not in self._output_orders:
+            wanted = self.token_names
+            self._output_orders[keys] = None if list(keys) == wanted else torch.tensor([keys.index(k) for k in wanted])
+        order, values = self._output_orders[keys], pooled.values()
+        if order is None:
+            return values
+        batch = values.shape[0]
+        return values.view(batch, len(order), self.dim).index_select(1, order).reshape(batch, -1)
+
     def fused_optimizer(self) -> torch.optim.Optimizer | None:
         return self.collection.fused_optimizer() if self.fused else None
 
@@ -209,8 +227,7 @@ class SparseArch(nn.Module):
         if not self.jagged_sequences:
             if self._direct is not None and type(self.collection) is FusedEmbeddingBagCollection:
                 return self._direct(kjt).reshape(batch, -1, self.dim), None
-            pooled = self.collection(kjt)
-            return pooled.values().reshape(batch, -1, self.dim), None
+            return self._in_table_order(self.collection(kjt)).reshape(batch, -1, self.dim), None
         embedded = self.collection(kjt)
         tokens = []
         for key in self.sparse_keys:

@@ -52,6 +52,7 @@ from fxrec.lowp.dispatch import Dispatch, apply_plan, current_plan, dispatchable
 from fxrec.lowp.probe import Probe
 from fxrec.lowp.pruning import Pruner
 from fxrec.models.checkpoint import load, model_state, save_atomic
+from fxrec.models.output import ModelOutput
 from fxrec.models.ranking import RankingModel
 from fxrec.objectives.feedback import DelayedFeedback, label_loss
 from fxrec.objectives.schedule import LabelSchedule, TrainingUnit
@@ -178,7 +179,7 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        output = self.model(batch)
+        output = self.forward(batch)
         total: torch.Tensor | None = None
         for task, weight in self.task_weights.items():
             task_loss = label_loss(  # plain BCE unless an objective set weights or observation shares
@@ -191,6 +192,10 @@ class Trainer:
             if extra is not None:
                 total = extra if total is None else total + extra
         return (total if total is not None else torch.zeros(())), output.logits
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """The training forward (a sharded trainer runs it through its DistributedModelParallel)."""
+        return self.model(batch)
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.model.train()
@@ -388,14 +393,18 @@ class Trainer:
                             bar.console.print(note)
                     self.trained_through = day
                     if self.config.snapshots != "none":
-                        save_atomic(model_state(self.model), self.model_dir.snapshot(day))
+                        self._save_weights(self.model_dir.snapshot(day))
                     self._checkpoint(day, -1, day_finished=True)
                 resume = None
                 bar.advance(task)
         if self.planned and self.model_dir.card.exists():  # before the weights, whose presence means "trained"
             save_dispatch_plan(self.model_dir.root, current_plan(self.model))
-        save_atomic(model_state(self.model), self.model_dir.weights)
+        self._save_weights(self.model_dir.weights)
         return predictions_dir
+
+    def _save_weights(self, path: Path) -> None:
+        """The model's weights as one process holds them (a snapshot, or model.pt at the end)."""
+        save_atomic(model_state(self.model), path)
 
     def start_at_base_rates(self, seen: LabelTally, source: str, tasks: list[str] | None = None) -> str:
         """Set every head's output bias (and the channels' own heads) to the label rate of the data
@@ -432,19 +441,22 @@ class Trainer:
         size = self.config.batch_size
         count = frame.num_rows if rows is None else len(rows)
         for repeat in range(self.config.passes_per_day):
-            if not self.config.shuffle_within_day:
-                if rows is None:
-                    yield from frame.batches(size)
-                else:
-                    for start in range(0, count, size):
-                        yield frame.take(rows[start : start + size])
-                continue
-            seed = self.config.seed * 1_000_003 + day_index * 101 + repeat + unit * 7_919
-            order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-            if rows is not None:
-                order = rows[order]
+            if self.config.shuffle_within_day:
+                order = self.day_order(count, day_index, repeat, unit)
+                order = order if rows is None else rows[order]
+            else:
+                order = torch.arange(count) if rows is None else rows
             for start in range(0, count, size):
-                yield frame.take(order[start : start + size])
+                yield self._take(frame, order[start : start + size])
+
+    def day_order(self, count: int, day_index: int, repeat: int, unit: int = 0) -> torch.Tensor:
+        """The shuffled order of a day's `count` events for one pass (seeded per day, pass and unit)."""
+        seed = self.config.seed * 1_000_003 + day_index * 101 + repeat + unit * 7_919
+        return torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+
+    def _take(self, frame: EventFrame, rows: torch.Tensor) -> EventFrame:
+        """One global batch, as this process trains it (all of it; a rank of a sharded run: its stripe)."""
+        return frame.take(rows)
 
     def _write_predictions(self, frame: EventFrame, day: str) -> None:
         predictions = self.predict(frame)
