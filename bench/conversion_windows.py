@@ -264,8 +264,9 @@ def main() -> None:
             abs(r["calibration_vs_per_window_pct"]) <= 2 for r in held
         ),
         "pi_calibration_within_2pct_of_1": all(abs(r["calibration"] - 1) <= 0.02 for r in held),
-        "corrected_beats_maturity_ne": next(r["ne"] for r in feedback_rows if r["mode"] == "corrected")
-        < maturity_ne,
+        "corrected_beats_maturity_ne": bool(
+            next(r["ne"] for r in feedback_rows if r["mode"] == "corrected") < maturity_ne
+        ),
     }
     print("goals:", goals)
     png = args.out.with_suffix(".png")
