@@ -226,14 +226,8 @@ class ShardedTrainer(Trainer):
 
     def _checkpoint(self, day: str, batches_done: int, day_finished: bool) -> None:
         progress = {
-            "day": day,
-            "batches_done": batches_done,
-            "day_finished": day_finished,
-            "step": self.step,
-            "trained_through": self.trained_through or "",
-            "rng": torch.get_rng_state(),
+            **self._progress(day, batches_done, day_finished),  # the dense optimizer: rank 0's is every rank's
             "world_size": self.session.world_size,
-            "dense_optimizer": self.dense_optimizer.state_dict(),  # replicated: rank 0's is every rank's
             "replica_optimizer": self.replica_optimizer.state_dict(),
         }
         checkpoint.save(self.dmp, progress, checkpoint.directory(self.model_dir), self.session)
@@ -242,15 +236,11 @@ class ShardedTrainer(Trainer):
         progress = checkpoint.load(self.dmp, checkpoint.directory(self.model_dir))
         if progress is None:
             return None
-        self.dense_optimizer.load_state_dict(progress["dense_optimizer"])
         if progress.get("replica_optimizer") is not None and _same_replicas(
             self.replica_optimizer, progress["replica_optimizer"]
         ):
             self.replica_optimizer.load_state_dict(progress["replica_optimizer"])
-        self.step = int(progress["step"])
-        self.trained_through = progress["trained_through"] or None
-        torch.set_rng_state(progress["rng"])
-        return progress["day"], int(progress["batches_done"]), bool(progress["day_finished"])
+        return self._resume_progress(progress)
 
 
 def _same_replicas(optimizer: ReplicatedRowWiseAdagrad, state: dict) -> bool:

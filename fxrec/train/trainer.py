@@ -232,18 +232,32 @@ class Trainer:
         return {t: np.concatenate(v) for t, v in chunks.items()}
 
     # -- checkpoints ------------------------------------------------------------------------
+    def _progress(self, day: str, batches_done: int, day_finished: bool) -> dict:
+        """Where training stands, as every checkpoint records it (one process's or a sharded run's)."""
+        return {
+            "dense_optimizer": self.dense_optimizer.state_dict(),
+            "day": day,
+            "batches_done": batches_done,
+            "day_finished": day_finished,
+            "step": self.step,
+            "trained_through": self.trained_through or "",
+            "rng": torch.get_rng_state(),
+        }
+
+    def _resume_progress(self, state: dict) -> tuple[str, int, bool]:
+        """Back to where `_progress` recorded: (day, batches done, whether the day was finished)."""
+        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        self.step = int(state["step"])
+        self.trained_through = state["trained_through"] or None
+        torch.set_rng_state(state["rng"])
+        return state["day"], int(state["batches_done"]), bool(state["day_finished"])
+
     def _checkpoint(self, day: str, batches_done: int, day_finished: bool) -> None:
         save_atomic(
             {
                 "model": model_state(self.model),
-                "dense_optimizer": self.dense_optimizer.state_dict(),
                 "embedding_optimizer": self.embedding_optimizer.state_dict(),
-                "day": day,
-                "batches_done": batches_done,
-                "day_finished": day_finished,
-                "step": self.step,
-                "trained_through": self.trained_through or "",
-                "rng": torch.get_rng_state(),
+                **self._progress(day, batches_done, day_finished),
                 "channel_optimizers": [c.optimizer_state() for c in self.model.channels],
                 **({"dispatch_plan": current_plan(self.model)} if self.planned else {}),
             },
@@ -256,17 +270,13 @@ class Trainer:
             return None
         state = load(path)
         self.model.load_state_dict(state["model"])
-        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
         self.embedding_optimizer.load_state_dict(state["embedding_optimizer"])
-        self.step = int(state["step"])
-        self.trained_through = state["trained_through"] or None
-        torch.set_rng_state(state["rng"])
         for channel, optimizer_state in zip(self.model.channels, state.get("channel_optimizers", []), strict=False):
             channel.load_optimizer_state(optimizer_state)
         if "dispatch_plan" in state:  # the plan the interrupted run had chosen (auto) or applied
             apply_plan(self.model, state["dispatch_plan"], self.dispatch.backward)
             self.planned = True
-        return state["day"], int(state["batches_done"]), bool(state["day_finished"])
+        return self._resume_progress(state)
 
     # -- low-precision dispatch --------------------------------------------------------------
     @property
