@@ -327,6 +327,19 @@ class ExperimentConfig(BaseModel):
     test_days: int | None = Field(default=None, ge=1)
 
 
+class ReportConfig(BaseModel):
+    """`report:` what every report adds: NE, AUC and calibration per cohort along `cohorts` (axes as
+    fxrec.metrics.cohorts names them: a categorical column, `<column>:<q>` quantile ranges,
+    `advertiser_size`, `user_activity`), each model against `baseline` (default: the FM) with a
+    paired user bootstrap of `resamples` draws."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cohorts: list[str] = ["surface"]
+    baseline: str | None = None
+    resamples: int = Field(default=200, ge=10)
+
+
 class TableShardingConfig(BaseModel):
     """Planner constraints for one embedding table when training on several ranks (TorchRec's
     `ParameterConstraints`); None leaves the choice to the planner."""
@@ -368,6 +381,7 @@ class RunConfig(BaseModel):
     publish: PublishConfig = PublishConfig()
     experiment: ExperimentConfig | None = None
     sharding: ShardingConfig = ShardingConfig()  # several ranks only (fxrec.dist)
+    report: ReportConfig = ReportConfig()  # cohort slices of every report (fxrec.report.cohorts)
 
     @model_validator(mode="after")
     def _experiment_needs_snapshots(self) -> RunConfig:

@@ -185,7 +185,7 @@ class EventFrame:
         # not hashed: integers as int64 (null: -1), floating-point columns as float64 (null: NaN).
         self.meta = {c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64)) for c in META_COLUMNS}
         for c in meta:
-            if c not in self.meta:
+            if c not in self.meta and c != "surface":  # surface: its index, below
                 column = table.column(c)
                 if pa.types.is_floating(column.type):
                     values = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
