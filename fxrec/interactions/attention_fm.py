@@ -45,7 +45,9 @@ class AttentionFM(Interaction):
         self.compressed = compressed if compressed is not None else num_tokens
         self.output_tokens = output_tokens if output_tokens is not None else num_tokens
         if self.compressed < 1 or self.output_tokens < 1:
-            raise ValueError(f"AttentionFM needs compressed >= 1 and output_tokens >= 1, got {compressed}, {output_tokens}")
+            raise ValueError(
+                f"AttentionFM needs compressed >= 1 and output_tokens >= 1, got {compressed}, {output_tokens}"
+            )
         self.y = nn.Parameter(torch.randn(num_tokens, self.compressed) / num_tokens**0.5)
         self.project = nn.Linear(num_tokens * self.compressed, self.output_tokens * dim)
         self.num_outputs = self.output_tokens + (num_tokens if keep_inputs else 0)
@@ -57,7 +59,9 @@ class AttentionFM(Interaction):
 
     def forward(self, tokens: torch.Tensor, sequence: SequenceTokens | None = None) -> torch.Tensor:
         batch = tokens.shape[0]
-        out = self.project(self.interactions(tokens).reshape(batch, -1)).reshape(batch, self.output_tokens, self.dim)
+        out = self.project(self.interactions(tokens).reshape(batch, -1)).reshape(
+            batch, self.output_tokens, self.dim
+        )
         return torch.cat([tokens, out], dim=1) if self.keep_inputs else out
 
     @torch.no_grad()

@@ -81,7 +81,13 @@ def auc_difference(
     draws = draws[~np.isnan(draws)]
     tail = (1.0 - level) / 2
     if len(draws) == 0:  # no draw with both labels (a handful of positives in a few clusters)
-        return {"difference": observed, "low": float("nan"), "high": float("nan"), "p_a_ahead": float("nan"), "clusters": n}
+        return {
+            "difference": observed,
+            "low": float("nan"),
+            "high": float("nan"),
+            "p_a_ahead": float("nan"),
+            "clusters": n,
+        }
     return {
         "difference": observed,
         "low": float(np.quantile(draws, tail)),

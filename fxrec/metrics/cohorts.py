@@ -49,7 +49,9 @@ class Cohort:
     def mask(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """(N,) bool: which events of `columns` ({column: (N,)}) belong to the cohort."""
         if self.column not in columns:
-            raise KeyError(f"cohort {self.label} reads the column {self.column!r}, which is not among {sorted(columns)}")
+            raise KeyError(
+                f"cohort {self.label} reads the column {self.column!r}, which is not among {sorted(columns)}"
+            )
         column = np.asarray(columns[self.column])
         if self.values is not None:
             return np.isin(column, np.asarray(self.values, dtype=column.dtype))
@@ -107,13 +109,17 @@ def split_axis(axis: str, columns: Mapping[str, np.ndarray], min_events: int = 1
     name, buckets = _parse(axis)
     column_name = COUNT_AXES.get(name, name)
     if column_name not in columns:
-        raise KeyError(f"cohort axis {axis!r} reads the column {column_name!r}, which is not among {sorted(columns)}")
+        raise KeyError(
+            f"cohort axis {axis!r} reads the column {column_name!r}, which is not among {sorted(columns)}"
+        )
     column = np.asarray(columns[column_name])
     if name in COUNT_AXES:
         cohorts = _count_cohorts(axis, column_name, column, buckets)
     elif buckets is None:
         values = np.unique(column)
-        cohorts = [Cohort(axis, column_name, str(v), values=(v.item() if hasattr(v, "item") else v,)) for v in values]
+        cohorts = [
+            Cohort(axis, column_name, str(v), values=(v.item() if hasattr(v, "item") else v,)) for v in values
+        ]
     else:
         cohorts = _range_cohorts(axis, column_name, column.astype(np.float64), buckets)
     return [c for c in cohorts if int(c.mask(columns).sum()) >= min_events]
@@ -140,7 +146,9 @@ def _count_cohorts(axis: str, column_name: str, column: np.ndarray, buckets: int
     for g in range(buckets):
         members = ids[order][group == g]
         if len(members):
-            cohorts.append(Cohort(axis, column_name, names[g], values=tuple(m.item() for m in np.sort(members))))
+            cohorts.append(
+                Cohort(axis, column_name, names[g], values=tuple(m.item() for m in np.sort(members)))
+            )
     return cohorts
 
 
@@ -179,12 +187,20 @@ class Divergences:
 
     def most_divergent(self) -> tuple[Cohort, Cohort, float]:
         if not self.pairs:
-            raise ValueError("no pair of cohorts to compare: every axis has fewer than two cohorts of enough events")
+            raise ValueError(
+                "no pair of cohorts to compare: every axis has fewer than two cohorts of enough events"
+            )
         return self.pairs[0]
 
     def rows(self) -> list[dict[str, Any]]:
         return [
-            {"a": a.label, "b": b.label, "js": js, "a_events": self.sizes[a.label], "b_events": self.sizes[b.label]}
+            {
+                "a": a.label,
+                "b": b.label,
+                "js": js,
+                "a_events": self.sizes[a.label],
+                "b_events": self.sizes[b.label],
+            }
             for a, b, js in self.pairs
         ]
 

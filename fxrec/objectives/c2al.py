@@ -73,7 +73,9 @@ class CohortAuxiliary:
         self.tail = tail if isinstance(tail, Cohort) else Cohort.from_dict(tail)
         for side, cohort in (("head", self.head), ("tail", self.tail)):
             if cohort.values is None and cohort.low is None and cohort.high is None:
-                raise ValueError(f"c2al {side} needs `values` or a range (`low`, `high`) of {cohort.column!r}")
+                raise ValueError(
+                    f"c2al {side} needs `values` or a range (`low`, `high`) of {cohort.column!r}"
+                )
         self.task = task
         self.tasks = {f"{task}_c2al_head": float(head_weight), f"{task}_c2al_tail": float(tail_weight)}
 
@@ -96,7 +98,9 @@ class CohortAuxiliary:
         """(head, tail): (N,) bool, which events are in each cohort."""
         return self.head.mask(columns), self.tail.mask(columns)
 
-    def labels(self, label: np.ndarray | torch.Tensor, columns: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def labels(
+        self, label: np.ndarray | torch.Tensor, columns: Mapping[str, np.ndarray]
+    ) -> dict[str, torch.Tensor]:
         """{auxiliary task: (N,) y · 1[x ∈ cohort]} from the main label."""
         label = torch.as_tensor(label, dtype=torch.float32)
         head, tail = self.masks(columns)
@@ -110,7 +114,9 @@ class CohortAuxiliary:
         """`frame` plus the auxiliary labels (and the main label's delay, so that a delayed label stays
         hidden until observed); `columns`: the cohorts' columns, else read from `frame.meta`."""
         if self.task not in frame.labels:
-            raise ValueError(f"c2al: the task {self.task!r} is not a label of this log ({sorted(frame.labels)})")
+            raise ValueError(
+                f"c2al: the task {self.task!r} is not a label of this log ({sorted(frame.labels)})"
+            )
         columns = frame_columns(frame, self.columns) if columns is None else columns
         labels = dict(frame.labels) | self.labels(frame.labels[self.task], columns)
         delays = dict(frame.label_delays)
@@ -134,7 +140,9 @@ def frame_columns(frame: EventFrame, names: tuple[str, ...]) -> dict[str, np.nda
     """{column: (N,)} the raw columns of a frame's events (surface as its name, as in the log)."""
     missing = [n for n in names if n not in frame.meta]
     if missing:
-        raise ValueError(f"c2al: the frame does not carry the cohort columns {missing} (meta: {sorted(frame.meta)})")
+        raise ValueError(
+            f"c2al: the frame does not carry the cohort columns {missing} (meta: {sorted(frame.meta)})"
+        )
     out = {}
     for name in names:
         values = frame.meta[name].numpy()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from pydantic import ValidationError
 
 from fxrec.config import ModelConfig, TrainConfig
+from fxrec.data.reader import iter_frames
 from fxrec.factory import build_model, load_model, save_model_card
 from fxrec.metrics.bootstrap import ne_difference
 from fxrec.metrics.cohorts import cohort_divergences, js_divergence, prediction_histogram, split_axis
@@ -63,7 +65,9 @@ def test_divergences_equal_their_definition():
 def test_discovery_picks_the_most_divergent_pair_larger_as_head():
     c2al, divergences = discover_pair(PROBS, COLUMNS, ["surface", "activity:2"], bins=2, min_share=0.2)
     js = {(a.label, b.label): v for a, b, v in divergences.pairs}
-    assert max(js.values()) == js[("surface=feed", "surface=video")]  # JS(.8,.2 | 0,1) > JS(.75,.25 | .25,.75)
+    assert (
+        max(js.values()) == js[("surface=feed", "surface=video")]
+    )  # JS(.8,.2 | 0,1) > JS(.75,.25 | .25,.75)
     assert (c2al.head.name, c2al.tail.name) == ("feed", "video")
     labels = c2al.labels(np.ones(8), COLUMNS)
     assert labels["click_c2al_head"].tolist() == [1.0] * 5 + [0.0] * 3
@@ -72,13 +76,18 @@ def test_discovery_picks_the_most_divergent_pair_larger_as_head():
 
 
 def test_config_block():
-    block = {"head": {"column": "surface", "values": ["feed"]}, "tail": {"column": "surface", "values": ["video"]}}
+    block = {
+        "head": {"column": "surface", "values": ["feed"]},
+        "tail": {"column": "surface", "values": ["video"]},
+    }
     config = ModelConfig.model_validate({"name": "fm", "role": "fm", "c2al": block})
     assert config.c2al.head_weight == 0.5
     with pytest.raises(ValidationError, match="weights must be >= 0"):
         ModelConfig.model_validate({"name": "fm", "role": "fm", "c2al": {**block, "tail_weight": -1}})
     with pytest.raises(ValidationError, match="needs `values` or a range"):
-        ModelConfig.model_validate({"name": "fm", "role": "fm", "c2al": {**block, "head": {"column": "surface"}}})
+        ModelConfig.model_validate(
+            {"name": "fm", "role": "fm", "c2al": {**block, "head": {"column": "surface"}}}
+        )
 
 
 def test_gini_and_ne_bootstrap_by_definition():
@@ -96,7 +105,11 @@ def test_gini_and_ne_bootstrap_by_definition():
 
 def _linear_calls(model, batch) -> int:
     calls = []
-    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [
+        m.register_forward_hook(lambda *_: calls.append(1))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
     with torch.no_grad():
         model(batch)
     for hook in hooks:
@@ -105,7 +118,10 @@ def _linear_calls(model, batch) -> int:
 
 
 def test_auxiliary_heads_train_and_are_absent_when_served(small_log, tmp_path):
-    block = {"head": {"column": "surface", "values": ["feed"]}, "tail": {"column": "surface", "values": ["video"]}}
+    block = {
+        "head": {"column": "surface", "values": ["feed"]},
+        "tail": {"column": "surface", "values": ["video"]},
+    }
     keys = {
         "name": "fm", "role": "fm", "tasks": ["click"], "embedding_dim": 8, "dense_layers": [8],
         "interaction": {"name": "attention_fm", "compressed": 4, "output_tokens": 2}, "heads": {"hidden": [8]},
@@ -114,13 +130,13 @@ def test_auxiliary_heads_train_and_are_absent_when_served(small_log, tmp_path):
     torch.manual_seed(0)
     model = build_model(config, small_log.spec)
     assert model.tasks == ["click", "click_c2al_head", "click_c2al_tail"]
-    trainer = Trainer(model, TrainConfig(batch_size=256, threads=1, snapshots="none"), tmp_path / "fm", progress=False)
+    trainer = Trainer(
+        model, TrainConfig(batch_size=256, threads=1, snapshots="none"), tmp_path / "fm", progress=False
+    )
     assert trainer.task_weights == {"click": 1.0, "click_c2al_head": 0.5, "click_c2al_tail": 0.5}
     save_model_card(tmp_path / "fm", config, small_log, 0.05, {})
     trainer.fit(small_log)
     written = trainer.model_dir.prediction(small_log.days[-1])
-    import pyarrow.parquet as pq
-
     assert [c for c in pq.read_schema(written).names if "c2al" in c] == []  # never predicted, never evaluated
 
     served, _, _ = load_model(tmp_path / "fm")
@@ -129,9 +145,7 @@ def test_auxiliary_heads_train_and_are_absent_when_served(small_log, tmp_path):
     assert not any("c2al" in name for name in served.state_dict())
     assert sum(p.numel() for p in served.parameters()) == sum(p.numel() for p in plain.parameters())
     # the same forward as the model without C2AL: the same Linear calls, the same outputs
-    frame = next(iter(__import__("fxrec.data.reader", fromlist=["iter_frames"]).iter_frames(
-        small_log, [small_log.spec.feature(n) for n in served.features]
-    )))[1]
+    _, frame = next(iter_frames(small_log, [small_log.spec.feature(n) for n in served.features]))
     batch = frame.batch(0, 64)
     assert _linear_calls(served, batch) == _linear_calls(plain.eval(), batch)
     assert list(served(batch).logits) == ["click"]
