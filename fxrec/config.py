@@ -26,6 +26,7 @@ from fxrec.lowp.pruning import Pruner
 from fxrec.models.heads import HEAD_KINDS, TaskHeads
 from fxrec.nn.target_attention import TargetAttention
 from fxrec.nn.user_tower import UserTower
+from fxrec.objectives.c2al import CohortAuxiliary
 from fxrec.objectives.feedback import DelayedFeedback
 from fxrec.objectives.windows import ConversionWindows
 from fxrec.transfer.registry import CHANNELS
@@ -68,6 +69,7 @@ ModsConfig = derive_block(Mods, "mods")
 DispatchConfig = derive_block(Dispatch, "dispatch")
 PruneConfig = derive_block(Pruner, "prune")
 WindowsConfig = derive_block(ConversionWindows, "windows")
+C2ALConfig = derive_block(CohortAuxiliary, "c2al")
 DelayedFeedbackConfig = derive_block(DelayedFeedback, "delayed_feedback")
 InteractionConfig = block_union(INTERACTION_CONFIGS, "name", "interaction", moved=MOVED_INTERACTION_KEYS)
 HeadsConfig = block_union(HEADS_CONFIGS, "kind", "heads", default="shared_bottom")
@@ -114,6 +116,10 @@ class ModelConfig(BaseModel):
     # Fixed-window conversion heads, one per window, added to the tasks as <label>_<days>d, each
     # trained only on events whose window has closed: {label, days} (fxrec.objectives.windows); null: none.
     windows: WindowsConfig | None = None
+    # C2AL: two auxiliary heads on `task`, labels masked to two cohorts, loss weights λ, dropped when
+    # the model is loaded to serve: {task, head, tail, head_weight, tail_weight}, each cohort
+    # {column, values} or {column, low, high} (fxrec.objectives.c2al.discover_pair finds them); null: none.
+    c2al: C2ALConfig | None = None
 
     def __init__(self, **data: Any):
         if type(self) is ModelConfig:
@@ -152,6 +158,11 @@ class ModelConfig(BaseModel):
             clash = [t for t in windows.tasks if t in (self.tasks or [])]
             if clash:
                 raise ValueError(f"windows adds the tasks {clash}: leave them out of `tasks`")
+        if self.c2al is not None:
+            c2al = self.c2al.target(**self.c2al.kwargs())  # so are negative weights or a cohort without members
+            clash = [t for t in c2al.tasks if t in (self.tasks or [])]
+            if clash:
+                raise ValueError(f"c2al adds the tasks {clash}: leave them out of `tasks`")
         if self.prune is not None:
             self.prune.target(**self.prune.kwargs())  # so is a sparsity outside [0, 1)
             if self.dispatch.plan != "none":
@@ -316,6 +327,19 @@ class ExperimentConfig(BaseModel):
     test_days: int | None = Field(default=None, ge=1)
 
 
+class ReportConfig(BaseModel):
+    """`report:` what every report adds: NE, AUC and calibration per cohort along `cohorts` (axes as
+    fxrec.metrics.cohorts names them: a categorical column, `<column>:<q>` quantile ranges,
+    `advertiser_size`, `user_activity`), each model against `baseline` (default: the FM) with a
+    paired user bootstrap of `resamples` draws."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cohorts: list[str] = ["surface"]
+    baseline: str | None = None
+    resamples: int = Field(default=200, ge=10)
+
+
 class TableShardingConfig(BaseModel):
     """Planner constraints for one embedding table when training on several ranks (TorchRec's
     `ParameterConstraints`); None leaves the choice to the planner."""
@@ -357,6 +381,7 @@ class RunConfig(BaseModel):
     publish: PublishConfig = PublishConfig()
     experiment: ExperimentConfig | None = None
     sharding: ShardingConfig = ShardingConfig()  # several ranks only (fxrec.dist)
+    report: ReportConfig = ReportConfig()  # cohort slices of every report (fxrec.report.cohorts)
 
     @model_validator(mode="after")
     def _experiment_needs_snapshots(self) -> RunConfig:

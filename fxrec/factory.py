@@ -35,6 +35,7 @@ from fxrec.models.ranking import DenseArch, RankingModel
 from fxrec.nn.embeddings import SparseArch
 from fxrec.nn.target_attention import TargetAttention
 from fxrec.nn.user_tower import UserTower
+from fxrec.objectives.c2al import CohortAuxiliary, drop_auxiliary_heads, served_state
 from fxrec.objectives.windows import ConversionWindows
 from fxrec.transfer.registry import build_channels
 
@@ -60,6 +61,11 @@ def build_model(
     tasks = list(config.tasks if config.tasks is not None and (config.tasks or windows) else spec.tasks)
     if windows is not None:
         tasks += list(windows.tasks)
+    c2al = CohortAuxiliary(**config.c2al.kwargs()) if config.c2al is not None else None
+    if c2al is not None:
+        if c2al.task not in tasks:
+            raise ValueError(f"c2al: its task {c2al.task!r} is not a task of the model ({tasks})")
+        tasks += list(c2al.tasks)
     dim = config.embedding_dim
     vm = isinstance(config, VMConfig)
     channels = build_channels(config.channels if vm else [], dim, tasks, fm_dims or {})
@@ -156,6 +162,8 @@ def build_model(
         Pruner(**config.prune.kwargs()).attach(model)
     if windows is not None:  # the trainer reads them (fxrec.objectives.schedule)
         windows.attach(model)
+    if c2al is not None:  # the trainer adds their labels; load_model drops the heads
+        c2al.attach(model)
     return model
 
 
@@ -196,7 +204,8 @@ def load_model(
 ) -> tuple[RankingModel, ModelConfig, DatasetSpec]:
     """A trained model from its directory (runs/<run>/models/<name>), weights loaded, its dispatch plan
     applied, in eval mode; a quantized one (`fxrec quantize`: its card has a `quantization:` plan) is
-    quantized before its weights load."""
+    quantized before its weights load. C2AL's auxiliary heads are for training only: the model returned
+    (served, evaluated, quantized) has none, and their weights are not read."""
     model_dir = Path(model_dir)
     card_path = model_dir / MODEL_CARD
     if not card_path.exists():
@@ -211,14 +220,16 @@ def load_model(
         fm_dims=card["fm_dims"],
         embedding_optimizer=card.get("embedding_optimizer", "rowwise_adagrad"),  # cards before the option
     )
+    auxiliary = CohortAuxiliary.of(model)
+    drop_auxiliary_heads(model)  # before the weights: the served model has no C2AL heads to load
     weights_path = model_dir / weights
     if not weights_path.exists():
         raise FileNotFoundError(f"{weights_path} does not exist; has training finished?")
     if "quantization" in card:  # `fxrec quantize` wrote it: quantized weights, for inference only
         model = quantize(model, QuantPlan.from_dict(card["quantization"]))
-        model.load_state_dict(load(weights_path))
+        model.load_state_dict(served_state(load(weights_path), auxiliary))
     else:
-        model.load_state_dict(load(weights_path))
+        model.load_state_dict(served_state(load(weights_path), auxiliary))
         apply_plan(model, card.get(DISPATCH_PLAN) or {})  # the plan training ended with (cards before it: none)
     model.eval()
     return model, config, spec

@@ -87,7 +87,7 @@ def test_an_unknown_key_lists_the_accepted_keys():
     assert "unknown key 'stabilise_k' for channel 'sum'; accepted keys: name, stabilize_k" in channel
     tower = _error({"name": "fm", "role": "fm", "user_tower": {"features": ["user_id"], "width": 8}})
     assert "unknown key 'width' for user_tower; accepted keys: features, dim, hidden" in tower
-    assert "unknown interaction 'dcn3'; known: dcnv2, dhen, dot" in _error(
+    assert "unknown interaction 'dcn3'; known: attention_fm, dcnv2, dhen, dot" in _error(
         {"name": "fm", "role": "fm", "interaction": {"name": "dcn3"}}
     )
 

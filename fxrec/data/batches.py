@@ -181,11 +181,17 @@ class EventFrame:
             for t in spec.tasks
             if delay_column(t) in table.column_names
         }
-        # `meta`: more integer columns an objective groups events by (e.g. advertiser_id), raw, not hashed.
+        # `meta`: more columns an objective groups events by (e.g. advertiser_id, a cohort's column), raw,
+        # not hashed: integers as int64 (null: -1), floating-point columns as float64 (null: NaN).
         self.meta = {c: torch.from_numpy(table.column(c).to_numpy().astype(np.int64)) for c in META_COLUMNS}
         for c in meta:
-            if c not in self.meta:
-                self.meta[c] = torch.from_numpy(table.column(c).fill_null(-1).to_numpy().astype(np.int64))
+            if c not in self.meta and c != "surface":  # surface: its index, below
+                column = table.column(c)
+                if pa.types.is_floating(column.type):
+                    values = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
+                    self.meta[c] = torch.from_numpy(np.ascontiguousarray(values))
+                else:
+                    self.meta[c] = torch.from_numpy(column.fill_null(-1).to_numpy().astype(np.int64))
         # Per-task loss weights and observation shares of a training frame (fxrec.objectives.schedule).
         self.label_weights: dict[str, torch.Tensor] = {}
         self.label_observed: dict[str, torch.Tensor] = {}

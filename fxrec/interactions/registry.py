@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fxrec.interactions.attention_fm import AttentionFM
 from fxrec.interactions.base import Interaction
 from fxrec.interactions.dcnv2 import DCNv2
 from fxrec.interactions.dhen import DHEN
@@ -17,6 +18,7 @@ INTERACTIONS: dict[str, type[Interaction]] = {
     "dhen": DHEN,
     "interformer": InterFormer,
     "kunlun": Kunlun,
+    "attention_fm": AttentionFM,
 }
 
 

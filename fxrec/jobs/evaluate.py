@@ -35,7 +35,13 @@ def entries(config: RunConfig, run: Path, surfaces: list[str]) -> list[ModelEntr
 def evaluate_and_report(config: RunConfig, run: Path, log: EventLog, transfer: dict | None = None) -> dict:
     run_dir = Run(run, config)
     content = evaluate_run(
-        log, entries(config, run, log.spec.surfaces), config.train.report_days, config.train.bias_warmup_events
+        log,
+        entries(config, run, log.spec.surfaces),
+        config.train.report_days,
+        config.train.bias_warmup_events,
+        cohorts=config.report.cohorts,
+        baseline=config.report.baseline,
+        resamples=config.report.resamples,
     )
     if transfer is not None:
         content["transfer"] = transfer
@@ -78,5 +84,27 @@ def print_summary(content: dict) -> None:
             f"not scored: {', '.join(content['warmup_days'])} (warm-up: the models had trained on fewer than "
             f"{content['warmup_events']:,} events; train.bias_warmup_events sets the count)"
         )
+    if content.get("cohorts"):
+        print_cohorts(content["cohorts"])
     if "oracle" in content:
         console.print(f"oracle (simulator ground truth) on all evaluation events: NE {content['oracle']['ne']:.4f}, AUC {content['oracle']['auc']:.4f}")
+
+
+def print_cohorts(cohorts: dict) -> None:
+    """NE per cohort of every model, and its change against the baseline with the 95% interval."""
+    table = Table(title=f"cohorts: NE on {cohorts['task']} per cohort, against {cohorts['baseline']} (95% paired bootstrap)")
+    for column in ("axis", "cohort", "model", "events", "NE", "AUC", "calibration", "NE vs baseline"):
+        table.add_column(column, justify="left" if column in ("axis", "cohort", "model") else "right")
+
+    def number(value: float | None, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in cohorts["rows"]:
+        change = "-"
+        if r.get("ne_change_pct") is not None:
+            change = f"{r['ne_change_pct']:+.2f}% ({r['ne_change_low']:+.2f}..{r['ne_change_high']:+.2f})"
+        table.add_row(
+            r["axis"], r["cohort"], r["model"], f"{r['n_eval']:,}", number(r["ne"]), number(r["auc"]),
+            number(r["calibration"], ".3f"), change,
+        )
+    console.print(table)

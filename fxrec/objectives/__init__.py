@@ -1,4 +1,5 @@
-"""What an ads model is trained on: labels as the ads system sees them, and conversions at any window.
+"""What an ads model is trained on: labels as the ads system sees them, conversions at any window, and
+auxiliary heads for the cohorts a global objective serves worst.
 
 - `delays`: per-advertiser conversion-delay rates (an exponential fit to the delays observed before a
   cutoff, each truncated at what could have been observed, shrunk toward the global rate).
@@ -8,5 +9,8 @@
   examples whose window has closed by the training cutoff.
 - `feedback`: delayed feedback (`train.delayed_feedback`): observed-so-far, wait-for-maturity, or a
   fresh model corrected for conversions that have not happened yet.
+- `c2al`: cohort-contrastive auxiliary learning (`c2al:` in a model config): the two cohorts a
+  baseline's predictions tell apart most (Jensen–Shannon, `fxrec.metrics.cohorts`), two auxiliary heads
+  on cohort-masked labels with weights λ, dropped when the model is loaded to serve.
 - `schedule`: what the progressive trainer trains at the end of each day under those options.
 """

@@ -11,6 +11,9 @@ event at exactly one cutoff:
 - a window head (`fxrec.objectives.windows`, T seconds) on an event at the first cutoff with
   ts + T ≤ c, weight 0 before.
 
+C2AL's auxiliary tasks (`fxrec.objectives.c2al`) are base tasks whose labels `prepare` derives from
+the main label and the cohorts' columns (carried in `meta`).
+
 With neither option (the defaults) the day is one pass over day t's events as observed at c, exactly
 the loop fxrec always ran.
 """
@@ -25,6 +28,7 @@ import torch
 
 from fxrec.data.batches import EventFrame
 from fxrec.data.labels import observed_labels, training_cutoff
+from fxrec.objectives.c2al import CohortAuxiliary
 from fxrec.objectives.delays import DelayHistory, DelayRates
 from fxrec.objectives.feedback import DAY_S, DelayedFeedback
 from fxrec.objectives.windows import ConversionWindows
@@ -47,9 +51,11 @@ class LabelSchedule:
         tasks: list[str],
         feedback: DelayedFeedback | None = None,
         windows: ConversionWindows | None = None,
+        c2al: CohortAuxiliary | None = None,
     ):
         self.feedback = feedback or DelayedFeedback()
         self.windows = windows
+        self.c2al = c2al
         window_tasks = windows.tasks if windows is not None else {}
         missing = [t for t in window_tasks if t not in tasks]
         if missing:
@@ -74,12 +80,15 @@ class LabelSchedule:
 
     @property
     def meta(self) -> tuple[str, ...]:
-        """Columns the frames must carry in `meta` (the delay model's group)."""
-        return (self.feedback.group,) if self.feedback.mode == "corrected" else ()
+        """Columns the frames must carry in `meta` (the delay model's group, C2AL's cohort columns)."""
+        group = (self.feedback.group,) if self.feedback.mode == "corrected" else ()
+        return tuple(dict.fromkeys(group + (self.c2al.columns if self.c2al is not None else ())))
 
     def prepare(self, frame: EventFrame) -> EventFrame:
-        """A day's frame as the trainer reads it: with the matured window labels the heads are scored on."""
-        return self.windows.add_labels(frame) if self.windows is not None else frame
+        """A day's frame as the trainer reads it: with the matured window labels the heads are scored on,
+        and C2AL's cohort-masked labels."""
+        frame = self.windows.add_labels(frame) if self.windows is not None else frame
+        return self.c2al.add_labels(frame) if self.c2al is not None else frame
 
     def units(self, frame: EventFrame, cutoff: int, matured: bool = False) -> list[TrainingUnit]:
         """The passes to train at `cutoff`, the end of `frame`'s day (`frame` from `prepare`). `matured`:

@@ -17,6 +17,7 @@ import polars as pl
 
 from fxrec.data.eventlog import EventLog
 from fxrec.metrics import evaluate, relative_ne_change
+from fxrec.report.cohorts import cohort_columns, cohort_slices
 from fxrec.report.periods import excluded_reason, ne_over_time
 
 
@@ -76,10 +77,19 @@ def report_days(frame: pl.DataFrame, last: int | None, skip: list[str] | None = 
     return days[-last:] if last else days
 
 
-def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None, warmup_events: int = 0) -> dict:
+def evaluate_run(
+    log: EventLog,
+    entries: list[ModelEntry],
+    last_days: int | None,
+    warmup_events: int = 0,
+    cohorts: list[str] | None = None,
+    baseline: str | None = None,
+    resamples: int = 200,
+) -> dict:
     """The report's content: per-model metrics on every task, VM-vs-FM comparisons (first task), NE
-    over time (first task, see `fxrec.report.periods`), oracle. Days before the models had trained on
-    `warmup_events` events are left out (`warmup_days` in the content)."""
+    over time (first task, see `fxrec.report.periods`), oracle, and cohort slices along the `cohorts`
+    axes against the `baseline` model (default: the FM; first task, `fxrec.report.cohorts`). Days
+    before the models had trained on `warmup_events` events are left out (`warmup_days` in the content)."""
     spec = log.spec
     tasks = spec.tasks
     predictions = {e.name: load_predictions(e) for e in entries}
@@ -131,6 +141,10 @@ def evaluate_run(log: EventLog, entries: list[ModelEntry], last_days: int | None
         "comparisons": comparisons,
         "ne_over_time": ne_over_time(frames, tasks[0]),
     }
+    if cohorts:
+        named = baseline or (fm.name if fm is not None else entries[0].name)
+        columns = cohort_columns(log, days, cohorts)
+        result["cohorts"] = cohort_slices(frames, columns, tasks[0], list(cohorts), named, resamples)
     if oracle is not None:
         result["oracle"] = {k: v for k, v in _metrics(oracle, "click").items() if k != "gauc"}
     return result

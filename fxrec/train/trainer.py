@@ -54,6 +54,7 @@ from fxrec.lowp.pruning import Pruner
 from fxrec.models.checkpoint import load, model_state, save_atomic
 from fxrec.models.output import ModelOutput
 from fxrec.models.ranking import RankingModel
+from fxrec.objectives.c2al import CohortAuxiliary
 from fxrec.objectives.feedback import DelayedFeedback, label_loss
 from fxrec.objectives.schedule import LabelSchedule, TrainingUnit
 from fxrec.objectives.windows import ConversionWindows
@@ -137,7 +138,12 @@ class Trainer:
         self.config = config
         self.model_dir = ModelDir(model_dir)
         self.progress = progress
-        self.task_weights = {t: config.task_weights.get(t, 1.0) for t in model.tasks}
+        # C2AL's auxiliary heads weigh λ (their block's) unless task_weights names them
+        self.c2al = CohortAuxiliary.of(model)
+        auxiliary = self.c2al.tasks if self.c2al is not None else {}
+        self.task_weights = {t: config.task_weights.get(t, auxiliary.get(t, 1.0)) for t in model.tasks}
+        # what predictions hold: every task but C2AL's (never served, never evaluated)
+        self.predicted_tasks = [t for t in model.tasks if t not in auxiliary]
         self.running_ne = RunningNE(model.tasks[0])  # the progress bar's NE follows the model's first task
         fused = model.fused_optimizer()
         if fused is not None and config.embedding_optimizer != "rowwise_adagrad":
@@ -224,10 +230,11 @@ class Trainer:
     @torch.no_grad()
     def predict(self, frame: EventFrame) -> dict[str, np.ndarray]:
         self.model.eval()
-        chunks: dict[str, list[np.ndarray]] = {t: [] for t in self.model.tasks}
+        tasks = self.predicted_tasks
+        chunks: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
         for batch in frame.batches(max(self.config.batch_size, 4096)):
             logits = self.model(batch).logits
-            for task in self.model.tasks:
+            for task in tasks:
                 chunks[task].append(torch.sigmoid(logits[task]).numpy())
         return {t: np.concatenate(v) for t, v in chunks.items()}
 
@@ -336,7 +343,7 @@ class Trainer:
         ) as bar:
             task = bar.add_task(self.model_dir.name, total=len(log.days), rate="-", ne="-")
             seen = LabelTally(self.model.tasks)  # labels trained on so far (for the starting bias)
-            schedule = LabelSchedule(self.model.tasks, self.feedback, self.windows)
+            schedule = LabelSchedule(self.model.tasks, self.feedback, self.windows, self.c2al)
             frames = iter_frames(log, features, surfaces=surfaces, meta=schedule.meta)
             for index, (day, frame) in enumerate(frames):
                 # Day t is trained at its end: its labels as observed then (predictions are scored on

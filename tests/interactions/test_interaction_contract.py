@@ -18,6 +18,8 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("dcnv2", {"num_layers": 1, "low_rank": None, "structure": "parallel", "deep_layers": [32, 16]}),
     ("dot", {}),
     ("dot", {"output_tokens": 3, "keep_inputs": False, "self_interaction": True}),
+    ("attention_fm", {}),
+    ("attention_fm", {"compressed": 3, "output_tokens": 2, "keep_inputs": False}),
     ("dhen", {"modules": ["dot", "dcn"], "num_layers": 2}),
     (
         "dhen",
