@@ -25,7 +25,9 @@ to fp32 is taken per round and reported as median (min, max).
 FM training, side by side: `fp32`, `all_bf16` (`dispatch: bf16`: every Linear but the logit layers in
 bf16 forward, fp32 backward), `dispatch` (`dispatch: auto`: the probe on the first training day picks
 each Linear's format for the rest). NE: each trains over the log as `fxrec train fm` does (the fp32 FM
-is the run's), scored on the held-out day's predictions; relative change against fp32, beside the change
+is the run's), scored on its progressive predictions of the last `train.report_days` days pooled (each
+day predicted by the model trained through the day before, as `fxrec eval` reports); relative change
+against fp32, beside the change
 that training fp32 again with another seed makes (`fp32_other_seed`: the noise floor any variant's change
 must clear before it means anything). Examples/s:
 interleaved rounds of `STEPS` training steps of each variant from the same initial weights on the same
@@ -51,6 +53,7 @@ from pathlib import Path
 
 import _common
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from _common import ROOT, parse_args, print_table, write_result
@@ -173,8 +176,10 @@ def vm_rows(run: Path, vm: str, rounds: int, log) -> tuple[list[dict], dict]:
     return rows, {"events": frame.num_rows, "held_out_day": held_out_day, "plans": plans_used}
 
 
-def _held_out_ne(model_dir, day: str) -> dict[str, float]:
-    table = pq.read_table(model_dir.prediction(day))
+def _progressive_ne(model_dir, days: list[str]) -> dict[str, float]:
+    """NE per task over the progressive predictions of `days` pooled (each day predicted by the model
+    trained through the day before): what `fxrec eval` reports over `train.report_days`."""
+    table = pa.concat_tables([pq.read_table(model_dir.prediction(day)) for day in days])
     tasks = [c.removeprefix("pred_") for c in table.column_names if c.startswith("pred_")]
     return {
         t: float(ne(table[f"label_{t}"].to_numpy(), table[f"pred_{t}"].to_numpy().astype(np.float64)))
@@ -184,14 +189,14 @@ def _held_out_ne(model_dir, day: str) -> dict[str, float]:
 
 def fm_rows(config, run: Path, log, rounds: int) -> tuple[list[dict], dict]:
     run_dir = Run(run, config)
-    held_out_day = log.days[-1]
+    days = log.days[-config.train.report_days :]
     models = {}
     for name, plan in FM_VARIANTS.items():
         fm = config.fm if plan == "none" else _with(config.fm, name=f"fm_{name}", dispatch={"plan": plan})
         torch.set_num_threads(config.train.threads)
         train_model(fm, config, run, log, quiet=True)
         models[name] = fm
-    ne_by = {name: _held_out_ne(run_dir.model(fm.name), held_out_day) for name, fm in models.items()}
+    ne_by = {name: _progressive_ne(run_dir.model(fm.name), days) for name, fm in models.items()}
     # The noise floor: the fp32 FM trained again with another seed (another init and shuffle).
     reseeded = _with(config.fm, name="fm_fp32_seed1")
     train_model(
@@ -201,7 +206,7 @@ def fm_rows(config, run: Path, log, rounds: int) -> tuple[list[dict], dict]:
         log,
         quiet=True,
     )
-    seed_change = relative_changes(_held_out_ne(run_dir.model(reseeded.name), held_out_day), ne_by["fp32"])
+    seed_change = relative_changes(_progressive_ne(run_dir.model(reseeded.name), days), ne_by["fp32"])
     # Throughput: the same initial weights, the same batches, each variant's final plan.
     features = [log.spec.feature(f) for f in build_model(config.fm, log.spec).features]
     _, frame = next(iter_frames(log, features, days=[log.days[-2]]))
@@ -247,7 +252,7 @@ def fm_rows(config, run: Path, log, rounds: int) -> tuple[list[dict], dict]:
     noise = {f"ne_change_{t}_pct": 100 * c for t, c in seed_change.items()}
     mods = mods_rows(config, run, log, ne_by["fp32"])
     meta = {
-        "held_out_day": held_out_day,
+        "evaluation_days": days,
         "threads": config.train.threads,
         "plans": plans,
         "fp32_other_seed": noise,
@@ -264,7 +269,9 @@ def mods_rows(config, run: Path, log, reference: dict[str, float]) -> list[dict]
         fm = _with(config.fm, name=f"fm_mods_{name}", mods=block)
         torch.set_num_threads(config.train.threads)
         train_model(fm, config, run, log, quiet=True)
-        changes = relative_changes(_held_out_ne(run_dir.model(fm.name), log.days[-1]), reference)
+        changes = relative_changes(
+            _progressive_ne(run_dir.model(fm.name), log.days[-config.train.report_days :]), reference
+        )
         rows.append(
             {
                 "mod": name,
