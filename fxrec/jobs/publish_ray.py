@@ -142,7 +142,10 @@ def publish_ray(
             if plan.groups:
                 context = ray.data.DataContext.get_current()
                 context.execution_options.preserve_order = True
-                context.enable_progress_bars = False
+                context.enable_progress_bars = False  # fxrec's own bars, one per stage
+                context.print_on_execution_start = False
+                logging.getLogger("ray.data").setLevel(logging.WARNING)
+                logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
                 blocks = ray.data.from_arrow_refs(plan.blocks)
                 outputs = blocks.map_batches(
                     _FMActor,
