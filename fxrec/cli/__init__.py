@@ -225,11 +225,19 @@ def publish_fm(
     run: Path = RunOption,
     delay: list[int] = typer.Option([], "--delay", help="extra days of FM staleness (repeatable; default: the config's publish.delays)"),
     fresh: bool = FreshOption,
+    engine: str = typer.Option("embedded", "--engine", help="where the FM runs: embedded (this process) or ray (Ray Data)"),
+    address: str | None = typer.Option(None, "--address", help="with --engine ray: join the Ray cluster at host:port (default: a local Ray)"),
+    actors: int = typer.Option(2, "--actors", min=1, help="with --engine ray: FM actors (one CPU each)"),
 ) -> None:
     """Run the FM's snapshots over the log as online: logits, user embeddings, LoopFM codes, TAEs."""
     from fxrec.jobs.publish import publish_delays
 
     try:
+        if engine != "embedded" or address is not None:
+            from fxrec.jobs.publish_ray import publish_delays_ray
+
+            publish_delays_ray(run, config, delay, fresh, console, engine=engine, address=address, actors=actors)
+            return
         publish_delays(run, config, delays=delay, fresh=fresh, console=console)
     except (FileNotFoundError, ValueError) as error:
         _fail(error)

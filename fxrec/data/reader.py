@@ -34,6 +34,21 @@ def iter_frames(
     the user's clicks elsewhere if its features include the history. `meta`: more raw integer
     columns for `EventFrame.meta` (an objective's grouping column, e.g. advertiser_id).
     """
+    for day, table, history in iter_tables(log, features, days, surfaces, meta):
+        frame = EventFrame(table, log.spec, features, history, meta=meta)
+        frame.day = day
+        yield day, frame
+
+
+def iter_tables(
+    log: EventLog,
+    features: list[FeatureSpec],
+    days: list[str] | None = None,
+    surfaces: list[str] | None = None,
+    meta: tuple[str, ...] = (),
+) -> Iterator[tuple[str, pa.Table, dict[str, tuple[np.ndarray, np.ndarray]] | None]]:
+    """What `iter_frames` makes its frames of: (day, the model's columns, histories or None), the same
+    days in the same order, for engines that ship a day's events elsewhere before they become tensors."""
     spec = log.spec
     wanted = set(days or log.days)
     last = max(wanted)
@@ -58,9 +73,7 @@ def iter_frames(
                 history = {k: _take_jagged(o, v, rows) for k, (o, v) in history.items()}
         if table.num_rows == 0:
             continue
-        frame = EventFrame(table, spec, features, history, meta=meta)
-        frame.day = day
-        yield day, frame
+        yield day, table, history
 
 
 def _model_columns(spec, features: list[FeatureSpec], meta: tuple[str, ...] = ()) -> list[str]:

@@ -90,6 +90,75 @@ def _fixed_size(values: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
 
 
+class DayWriter:
+    """Everything a publish writes around the FM's outputs, whichever engine ran the FM (the embedded
+    loop below, or Ray actors: `fxrec.jobs.publish_ray`): the LoopFM autoencoder (fitted on the
+    representations of a snapshot's training day, then encoding each day), the day files, the user
+    store and publish.yaml -- into a hidden folder that `finish` moves into place, so a publish that
+    stops half way leaves nothing behind."""
+
+    def __init__(self, out: Path, config: RunConfig, model: RankingModel, delay: int):
+        self.out = out
+        self.tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.settings = config.publish
+        self.seed = config.train.seed
+        self.tasks = list(model.tasks)
+        self.meta = {"fm": config.fm.name, "delay": delay, "tasks": self.tasks}
+        self.store = _open_user_store(self.tmp, model) if self.settings.store and model.user_tower is not None else None
+        self.autoencoder: MatryoshkaAutoencoder | None = None
+        self.dims: dict[str, int] = {}
+        self.versions: dict[str, int] = {}
+
+    def needs_fit(self) -> bool:
+        """Whether a new snapshot's training day must fit the autoencoder (first snapshot, or refit)."""
+        return self.autoencoder is None or self.settings.refit_autoencoder
+
+    def fit(self, representation: np.ndarray) -> None:
+        reps = torch.from_numpy(representation)
+        self.autoencoder = self.autoencoder or MatryoshkaAutoencoder(reps.shape[1], self.settings.code_dim)
+        self.autoencoder.fit(reps, epochs=self.settings.autoencoder_epochs, seed=self.seed)
+
+    def write(self, day: str, version_day: str, meta: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Day `day`'s file from its events' `meta` columns and the FM outputs of snapshot `version_day`."""
+        version = version_of(version_day)
+        rows = len(meta["event_id"])
+        columns = {name: meta[name] for name in ("event_id", "user_id", "item_id", "ts")}
+        columns["fm_version"] = np.full(rows, version, dtype=np.int64)
+        columns.update({f"logit_{t}": outputs[f"logit_{t}"] for t in self.tasks})
+        for name in ("user", "tae"):
+            if name in outputs:
+                columns[name] = _fixed_size(outputs[name])
+                self.dims[name] = outputs[name].shape[1]
+        assert self.autoencoder is not None
+        with torch.no_grad():
+            codes = quantize_int4(self.autoencoder.encode(torch.from_numpy(outputs["representation"]))).numpy()
+        columns["loopfm"] = _fixed_size(codes)
+        self.dims["loopfm"] = codes.shape[1]
+        write_compact(pa.table(columns), self.tmp / f"day={day}.parquet")
+        self.versions[day] = version
+        if self.store is not None:
+            _write_latest(self.store, columns, outputs["user"], version)
+
+    def finish(self) -> Path:
+        """Close the store, write publish.yaml and move the publish into place; returns its directory."""
+        if self.store is not None:
+            self.store.close()
+            compact(self.tmp / USER_STORE)  # written day by day, read only from now on: drop the replaced pages
+        meta = {**self.meta, "dims": self.dims, "versions": self.versions}
+        (self.tmp / PUBLISH_META).write_text(yaml.safe_dump(meta, sort_keys=False))
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.tmp.replace(self.out)
+        return self.out
+
+    def abandon(self) -> None:
+        """Drop what was written so far (the publish failed): an earlier publish stays as it was."""
+        if self.store is not None:
+            self.store.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def publish(
     run: Path, config: RunConfig | None = None, fm_name: str | None = None, delay: int = 0, fresh: bool = False, progress: bool = True
 ) -> Path:
@@ -107,26 +176,13 @@ def publish(
     check_snapshots(run_dir, log.days, delay)  # before anything is written
     fm_dir = run_dir.model(fm_config.name)
     settings = config.publish
-    torch.manual_seed(config.train.seed)
-    torch.set_num_threads(config.train.threads)
-    model = build_model(
-        fm_config,
-        log.spec,
-        embedding_lr=config.train.embedding_lr,
-        embedding_optimizer=config.train.embedding_optimizer,
-    )
+    model = build_publish_model(config, log.spec)
     hooks = _Hooks(model, settings.loopfm_layers)
     features = [log.spec.feature(n) for n in model.features]
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    store = _open_user_store(tmp, model) if settings.store and model.user_tower is not None else None
-    autoencoder: MatryoshkaAutoencoder | None = None
+    writer = DayWriter(out, config, model, delay)
     loaded: str | None = None
     recent: deque[tuple[str, EventFrame]] = deque(maxlen=delay + 2)
-    dims: dict[str, int] = {}
-    versions: dict[str, int] = {}
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"publish {fm_config.name} (delay {delay})", total=len(log.days))
         for index, (day, frame) in enumerate(iter_frames(log, features)):
@@ -139,43 +195,27 @@ def publish(
             if version_day != loaded:
                 model.load_state_dict(load(fm_dir.snapshot(version_day)))
                 loaded = version_day
-                if autoencoder is None or settings.refit_autoencoder:
+                if writer.needs_fit():
                     # The snapshot's own training day is always among the recent frames (delay + 2 of them).
                     training_day = next(f for d, f in recent if d == version_day)
-                    reps = torch.from_numpy(_run_fm(model, hooks, training_day)["representation"])
-                    autoencoder = autoencoder or MatryoshkaAutoencoder(reps.shape[1], settings.code_dim)
-                    autoencoder.fit(reps, epochs=settings.autoencoder_epochs, seed=config.train.seed)
-            outputs = _run_fm(model, hooks, frame)
-            columns = {
-                "event_id": frame.meta["event_id"].numpy(),
-                "user_id": frame.meta["user_id"].numpy(),
-                "item_id": frame.meta["item_id"].numpy(),
-                "ts": frame.meta["ts"].numpy(),
-                "fm_version": np.full(frame.num_rows, version_of(version_day), dtype=np.int64),
-            }
-            columns.update({f"logit_{t}": outputs[f"logit_{t}"] for t in model.tasks})
-            for name in ("user", "tae"):
-                if name in outputs:
-                    columns[name] = _fixed_size(outputs[name])
-                    dims[name] = outputs[name].shape[1]
-            assert autoencoder is not None
-            with torch.no_grad():
-                codes = quantize_int4(autoencoder.encode(torch.from_numpy(outputs["representation"]))).numpy()
-            columns["loopfm"] = _fixed_size(codes)
-            dims["loopfm"] = codes.shape[1]
-            write_compact(pa.table(columns), tmp / f"day={day}.parquet")
-            versions[day] = version_of(version_day)
-            if store is not None:
-                _write_latest(store, columns, outputs["user"], version_of(version_day))
-    if store is not None:
-        store.close()
-        compact(tmp / USER_STORE)  # written day by day, read only from now on: drop the replaced pages
-    meta = {"fm": fm_config.name, "delay": delay, "tasks": list(model.tasks), "dims": dims, "versions": versions}
-    (tmp / PUBLISH_META).write_text(yaml.safe_dump(meta, sort_keys=False))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+                    writer.fit(_run_fm(model, hooks, training_day)["representation"])
+            meta = {name: frame.meta[name].numpy() for name in ("event_id", "user_id", "item_id", "ts")}
+            writer.write(day, version_day, meta, _run_fm(model, hooks, frame))
+    writer.finish()
     prune_snapshots(run_dir, log.days)
     return out
+
+
+def build_publish_model(config: RunConfig, spec) -> RankingModel:
+    """The run's FM as a publish builds it (seeded, with the run's thread count), before a snapshot loads."""
+    torch.manual_seed(config.train.seed)
+    torch.set_num_threads(config.train.threads)
+    return build_model(
+        config.fm,
+        spec,
+        embedding_lr=config.train.embedding_lr,
+        embedding_optimizer=config.train.embedding_optimizer,
+    )
 
 
 def publish_delays(
