@@ -363,6 +363,13 @@ class ShardingConfig(BaseModel):
 
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: NCCL on CUDA, else gloo
     tables: dict[str, TableShardingConfig] = {}
+    # 2D sparse parallelism: tables sharded within groups of `group_size` ranks, replicated across
+    # the world_size / group_size groups, weights and optimizer state averaged every `sync_every`
+    # steps; None: 1D (every table sharded over all ranks).
+    group_size: int | None = Field(default=None, ge=1)
+    sync_every: int = Field(default=1, ge=1)
+    # 2D: the momentum-scaled row-wise AdaGrad (accumulator divided by the number of groups)
+    momentum_scaled: bool = True
 
 
 class RunConfig(BaseModel):

@@ -178,6 +178,30 @@ def evaluate(config: Path = ConfigOption, run: Path = RunOption, events: Path | 
     run_job(_config(config, events), run, where=config)
 
 
+@app.command("plan")
+def plan(
+    tables: str = typer.Option(
+        "1e9x128,1e8x128*2,1e7x128*2,1e6x64*3", "--tables", help="ROWSxDIM[*COUNT][@POOLING], comma-separated"
+    ),
+    ranks: str = typer.Option("64,256,1024", "--ranks", help="world sizes to plan for, comma-separated"),
+    group: int = typer.Option(64, "--group", help="2D: ranks a sharding group spans (replicated across groups)"),
+    sync_every: int = typer.Option(1, "--sync-every", min=1, help="2D: steps between replica all-reduces (K)"),
+    batch_size: int = typer.Option(512, "--batch-size", min=1, help="examples a rank a step"),
+    hbm: float = typer.Option(80.0, "--hbm", help="GiB of device memory a rank"),
+    sharding_types: str | None = typer.Option(None, "--sharding-types", help="only these, comma-separated"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="write plan.json and plan.png here"),
+) -> None:
+    """TorchRec's planner on a simulated cluster: per-rank memory, imbalance and traffic, 1D against 2D."""
+    from fxrec.jobs.plan import plan_job
+
+    try:
+        world = [int(r) for r in ranks.split(",")]
+    except ValueError:
+        raise InputError(f"--ranks: comma-separated integers, got {ranks!r}") from None
+    types = sharding_types.split(",") if sharding_types else None
+    plan_job(tables, world, group, batch_size, sync_every, hbm, types, out, console=console)
+
+
 @app.command("probe")
 def probe(
     run: Path = RunOption,

@@ -41,8 +41,14 @@ def _state(dmp: DistributedModelParallel) -> dict[str, Any]:
     return {"model": dmp.state_dict(), "embedding_optimizer": dmp.fused_optimizer.state_dict()}
 
 
-def save(dmp: DistributedModelParallel, progress: dict[str, Any], root: Path, session: Session) -> Path:
-    """Write a checkpoint (every rank calls this at the same step) and make it the latest."""
+def save(
+    dmp: DistributedModelParallel, progress: dict[str, Any], root: Path, session: Session, groups: Any = None
+) -> Path:
+    """Write a checkpoint (every rank calls this at the same step) and make it the latest.
+
+    2D (`groups`, fxrec.dist.two_d): the groups hold the same shards after a sync, so sharding group 0
+    alone writes them, over its own process group.
+    """
     name = f"{progress['step']:09d}-{progress['day']}-{'end' if progress['day_finished'] else progress['batches_done']}"
     path = root / name
     if session.main:
@@ -50,7 +56,10 @@ def save(dmp: DistributedModelParallel, progress: dict[str, Any], root: Path, se
         if path.exists():  # a save of this very point that a crash interrupted before `latest.pt` named it
             shutil.rmtree(path)
     session.barrier()
-    dcp.save(_state(dmp), checkpoint_id=path)
+    if groups is None:
+        dcp.save(_state(dmp), checkpoint_id=path)
+    elif groups.index == 0:
+        dcp.save(_state(dmp), checkpoint_id=path, process_group=groups.sharding)
     session.barrier()  # every rank's shards are on disk
     if session.main:
         save_atomic({**progress, "checkpoint": name}, root / LATEST)
@@ -61,14 +70,16 @@ def save(dmp: DistributedModelParallel, progress: dict[str, Any], root: Path, se
     return path
 
 
-def load(dmp: DistributedModelParallel, root: Path) -> dict[str, Any] | None:
-    """Load the latest checkpoint into `dmp` (whatever world size wrote it); its progress, or None."""
+def load(dmp: DistributedModelParallel, root: Path, groups: Any = None) -> dict[str, Any] | None:
+    """Load the latest checkpoint into `dmp` (whatever world size wrote it); its progress, or None.
+    2D: every sharding group reads it over its own process group."""
     latest = root / LATEST
     if not latest.exists():
         return None
     progress = load_pt(latest)
     state = _state(dmp)
-    dcp.load(state, checkpoint_id=root / progress["checkpoint"])
+    group = None if groups is None else groups.sharding
+    dcp.load(state, checkpoint_id=root / progress["checkpoint"], process_group=group)
     dmp.load_state_dict(state["model"])
     dmp.fused_optimizer.load_state_dict(state["embedding_optimizer"])
     return progress

@@ -18,8 +18,11 @@ from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.modules.fused_embedding_modules import convert_optimizer_type_and_kwargs
 
 from fxrec.config import ShardingConfig, TableShardingConfig
+from fxrec.dist.optim import momentum_scaled
 from fxrec.dist.session import GLOO_SHARDING_TYPES, Session
 from fxrec.errors import InputError
+
+FBGEMM_EPS = 1e-8  # FBGEMM's row-wise AdaGrad eps when the collection names none
 
 
 class _FusedBagsSharder(FusedEmbeddingBagCollectionSharder):
@@ -32,10 +35,18 @@ class _FusedBagsSharder(FusedEmbeddingBagCollectionSharder):
     parameters, updated by `ReplicatedRowWiseAdagrad` (fxrec.dist.optim) after the average.
     """
 
+    def __init__(self, accumulator_scale: float = 1.0):
+        super().__init__()
+        self.accumulator_scale = accumulator_scale  # 2D: the momentum-scaled row-wise AdaGrad's c
+
     def shard(self, module, params, env, device=None, module_fqn=None):  # type: ignore[override]
         optimizer = convert_optimizer_type_and_kwargs(module.optimizer_type(), module.optimizer_kwargs())
         assert optimizer is not None, f"no fused TBE optimizer for {module.optimizer_type()}"
         kind, kwargs = optimizer
+        if self.accumulator_scale != 1.0:
+            kwargs["learning_rate"], kwargs["eps"] = momentum_scaled(
+                kwargs["learning_rate"], kwargs.get("eps", FBGEMM_EPS), self.accumulator_scale
+            )
         return ShardedEmbeddingBagCollection(
             module,
             params,
@@ -46,8 +57,14 @@ class _FusedBagsSharder(FusedEmbeddingBagCollectionSharder):
         )
 
 
-def sharders() -> list[ModuleSharder[nn.Module]]:
-    return [_FusedBagsSharder(), EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+def sharders(accumulator_scale: float = 1.0) -> list[ModuleSharder[nn.Module]]:
+    """fxrec's sharders; `accumulator_scale` c > 1 makes the fused tables' row-wise AdaGrad the
+    momentum-scaled one (2D sparse parallelism, `fxrec.dist.optim`)."""
+    return [
+        _FusedBagsSharder(accumulator_scale),
+        EmbeddingBagCollectionSharder(),
+        EmbeddingCollectionSharder(),
+    ]
 
 
 def table_names(model: nn.Module) -> list[str]:
@@ -95,12 +112,14 @@ def _parameter_constraints(table: str, entry: TableShardingConfig, device_type: 
     )
 
 
-def plan(model: nn.Module, config: ShardingConfig, session: Session) -> ShardingPlan:
-    """The plan every rank of `session` shards `model` with (planned on rank 0, shared with the rest)."""
+def plan(
+    model: nn.Module, config: ShardingConfig, session: Session, world_size: int | None = None
+) -> ShardingPlan:
+    """The plan every rank of `session` shards `model` with (planned on rank 0, shared with the rest);
+    for `world_size` ranks (2D: a sharding group's), all of the session's by default."""
     device_type = session.device.type
-    topology = Topology(
-        world_size=session.world_size, local_world_size=session.world_size, compute_device=device_type
-    )
+    world = world_size or session.world_size
+    topology = Topology(world_size=world, local_world_size=world, compute_device=device_type)
     planner = EmbeddingShardingPlanner(
         topology=topology, constraints=constraints(config, table_names(model), device_type)
     )

@@ -36,6 +36,9 @@ def load_full(sharded_state: dict[str, Any], full: dict[str, torch.Tensor]) -> N
             for shard in value.local_shards():
                 meta = shard.metadata
                 shard.tensor.copy_(_region(source, meta.shard_offsets, meta.shard_sizes))
+        elif isinstance(value, DTensor) and _pieces(value) is not None:  # 2D: shards of a group
+            for offsets, piece in _pieces(value) or []:
+                piece.copy_(_region(source, offsets, list(piece.shape)))
         elif isinstance(value, DTensor):
             local = value.to_local()
             if local.numel():
@@ -43,6 +46,18 @@ def load_full(sharded_state: dict[str, Any], full: dict[str, torch.Tensor]) -> N
                 local.copy_(_region(source, offsets, list(local.shape)))
         else:
             value.copy_(source)
+
+
+def _pieces(value: DTensor) -> list[tuple[list[int], torch.Tensor]] | None:
+    """A DTensor's local shards with their global offsets, when its local part is TorchRec's
+    LocalShardsWrapper (tables sharded in a 2D sharding group); None for a plain DTensor."""
+    local = value.to_local()
+    if not hasattr(local, "local_shards"):
+        return None
+    shards, offsets = local.local_shards(), local.local_offsets()  # type: ignore[attr-defined]
+    if len(shards) != len(offsets):  # a rank holding none of the table: TorchRec leaves a placeholder
+        return [] if all(s.numel() == 0 for s in shards) or not offsets else None
+    return [(list(o), shard) for shard, o in zip(shards, offsets, strict=True) if shard.numel()]
 
 
 def _dtensor_offsets(value: DTensor) -> list[int]:
@@ -69,6 +84,9 @@ def gather_full(sharded_state: dict[str, Any]) -> dict[str, torch.Tensor] | None
                 (list(s.metadata.shard_offsets), s.tensor.detach().cpu().clone())
                 for s in value.local_shards()
             ]
+        elif isinstance(value, DTensor) and _pieces(value) is not None:
+            shapes[key] = (value.size(), value.dtype)
+            local[key] = [(o, p.detach().cpu().clone()) for o, p in _pieces(value) or []]
         elif isinstance(value, DTensor):
             full[key] = value.full_tensor().detach().cpu().clone()
         else:

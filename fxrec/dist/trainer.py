@@ -17,6 +17,10 @@ Predictions: each rank predicts its stripe of the day, rank 0 gathers them into 
 process writes; snapshots and model.pt are the gathered, unsharded weights (`fxrec.dist.state`), so
 `fxrec publish`, `fxrec eval` and serving read a sharded run's outputs unchanged. Checkpoints are
 sharded (`fxrec.dist.checkpoint`) and resume on any world size.
+
+With `sharding.group_size` G < world size, the run is 2D (`fxrec.dist.two_d`): tables sharded within
+groups of G ranks (planned for G), replicated across the groups and averaged every `sync_every` steps,
+with the momentum-scaled row-wise AdaGrad (`fxrec.dist.optim`); DMPCollection on CUDA.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from torchrec.distributed.model_parallel import (
 
 from fxrec.config import ShardingConfig, TrainConfig
 from fxrec.data.batches import Batch, EventFrame
-from fxrec.dist import checkpoint
+from fxrec.dist import checkpoint, two_d
 from fxrec.dist.optim import ReplicatedRowWiseAdagrad
 from fxrec.dist.planning import describe, plan, sharders
 from fxrec.dist.session import Session
@@ -106,17 +110,37 @@ class ShardedTrainer(Trainer):
             dispatch=dispatch,
         )
         self.session = session
+        sharding = sharding or ShardingConfig()
         full = model_state(model)  # the one-process initial weights, the same on every rank (same seed)
-        self.plan = plan(model, sharding or ShardingConfig(), session)
-        # static_graph=False: DDP's static-graph mode all-reduces its first step from a hook on the
-        # forward's output tensors, which it cannot find inside a ModelOutput -- that step would go unsynced.
-        self.dmp = DistributedModelParallel(
-            model,
-            device=session.device,
-            plan=self.plan,
-            sharders=sharders(),
-            data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False),
-        )
+        # 2D sparse parallelism (fxrec.dist.two_d): sharded within groups, replicated across them
+        self.groups: two_d.Groups | None = None
+        self.sync_every = sharding.sync_every
+        self._unsynced = 0
+        self.collection = None  # TorchRec's DMPCollection (2D on CUDA)
+        size = sharding.group_size
+        if size is not None and size < session.world_size:
+            two_d.layout(session.world_size, size)  # InputError when G does not divide the ranks
+            if session.device.type == "cpu":
+                self.groups = two_d.groups(session, size)
+        replicas = session.world_size // size if size is not None and size < session.world_size else 1
+        scale = float(replicas) if sharding.momentum_scaled else 1.0
+        self.plan = plan(model, sharding, session, world_size=size if replicas > 1 else None)
+        if replicas > 1 and self.groups is None:
+            self.dmp = self.collection = two_d.cuda_collection(
+                model, session, size, self.plan, sharders(scale)
+            )
+        else:
+            # static_graph=False: DDP's static-graph mode all-reduces its first step from a hook on the
+            # forward's output tensors, which it cannot find inside a ModelOutput -- that step would go
+            # unsynced. 2D: the tables on the sharding group, DDP over every rank (ShardingEnv2D).
+            self.dmp = DistributedModelParallel(
+                model,
+                env=self.groups.env if self.groups else None,
+                device=session.device,
+                plan=two_d.global_plan(self.plan, self.groups, session.device) if self.groups else self.plan,
+                sharders=sharders(scale),
+                data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False),
+            )
         load_full(self.dmp.state_dict(), full)
         self.model = get_unwrapped_module(self.dmp)  # the RankingModel, its tables now sharded in place
         self.embedding_optimizer = self.dmp.fused_optimizer  # step() and zero_grad() are no-ops: fused
@@ -153,7 +177,22 @@ class ShardedTrainer(Trainer):
         self.replica_optimizer.step()
         if counted:
             self._sum_admission_counts(list(admission.buffers()), before)
+        if self.groups is not None or self.collection is not None:
+            self._unsynced += 1
+            if self._unsynced >= self.sync_every:
+                self.sync_replicas()
         return logits
+
+    def sync_replicas(self) -> None:
+        """2D: average every shard and its AdaGrad state with its replicas (every K steps, and before
+        predictions, snapshots and checkpoints read the tables)."""
+        if self._unsynced == 0:
+            return
+        if self.collection is not None:
+            self.collection.sync(include_optimizer_state=True)
+        elif self.groups is not None:
+            two_d.sync(self.dmp, self.groups)
+        self._unsynced = 0
 
     def _sum_admission_counts(self, counts: list[torch.Tensor], before: list[torch.Tensor]) -> None:
         """Every rank's counts += the other ranks' increments of this step (a padding row counts 0)."""
@@ -179,6 +218,7 @@ class ShardedTrainer(Trainer):
     @torch.no_grad()
     def predict(self, frame: EventFrame) -> dict[str, np.ndarray]:
         """The whole day's predictions on rank 0 (each rank predicts its stripes); {} on the others."""
+        self.sync_replicas()
         self.dmp.eval()
         size = max(self.config.batch_size, 4096)
         rank, world = self.session.rank, self.session.world_size
@@ -219,6 +259,7 @@ class ShardedTrainer(Trainer):
 
     # -- weights and checkpoints ------------------------------------------------------------
     def _save_weights(self, path: Path) -> None:
+        self.sync_replicas()
         full = gather_full(self.dmp.state_dict())
         if full is not None:
             save_atomic(full, path)
@@ -230,10 +271,11 @@ class ShardedTrainer(Trainer):
             "world_size": self.session.world_size,
             "replica_optimizer": self.replica_optimizer.state_dict(),
         }
-        checkpoint.save(self.dmp, progress, checkpoint.directory(self.model_dir), self.session)
+        self.sync_replicas()
+        checkpoint.save(self.dmp, progress, checkpoint.directory(self.model_dir), self.session, self.groups)
 
     def _restore(self) -> tuple[str, int, bool] | None:
-        progress = checkpoint.load(self.dmp, checkpoint.directory(self.model_dir))
+        progress = checkpoint.load(self.dmp, checkpoint.directory(self.model_dir), self.groups)
         if progress is None:
             return None
         if progress.get("replica_optimizer") is not None and _same_replicas(
