@@ -193,3 +193,19 @@ def test_rates_ignore_what_happens_after_the_cutoff(small_log, tmp_path):
     changed = fit_window_rates(EventLog(copy), windows, trained_through)
     assert original.to_dict() == changed.to_dict()
     assert fit_window_rates(small_log, windows, small_log.days[-1]).to_dict() != original.to_dict()
+
+
+def test_a_model_without_saved_rates_gets_the_same_rates_at_load(window_run, small_log):
+    """A VM with window heads trained before fxrec saved its rates: the server fits them the same way."""
+    from fxrec.run import Run
+    from fxrec.serving.windows import ServedWindows
+
+    handle = Run(window_run)
+    path = handle.model("vm_windows").delay_rates_json
+    saved = path.read_text()
+    path.unlink()
+    try:
+        served = ServedWindows.load(handle, handle.load_model("vm_windows"))
+    finally:
+        path.write_text(saved)
+    assert served.rates is not None and served.rates.to_dict() == json.loads(saved)
