@@ -137,6 +137,12 @@ class ModelDir:
         return self.root / "probe.json"
 
     @property
+    def delay_rates_json(self) -> Path:
+        """Per-advertiser conversion-delay rates of a model with window heads, fitted at its training
+        cutoff (`fxrec.objectives.window_rates`); `fxrec serve` answers `window_s` with them."""
+        return self.root / "delay_rates.json"
+
+    @property
     def dispatch_probe_json(self) -> Path:
         """The probe `dispatch: {plan: auto}` chose the model's plan from, on its first training day."""
         return self.root / "dispatch_probe.json"

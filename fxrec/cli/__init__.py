@@ -298,6 +298,40 @@ def demo(config: Path = ConfigOption, run: Path = RunOption, fresh: bool = Fresh
     run_demo(_config(config), run, fresh=fresh)
 
 
+@app.command("cohorts")
+def cohorts(
+    run: Path = RunOption,
+    model: str = typer.Option(
+        ..., "--model", "-m", help="a trained model whose predictions split the cohorts"
+    ),
+    axes: str | None = typer.Option(
+        None,
+        "--axes",
+        help="comma-separated axes, e.g. surface,age_bucket,advertiser_size,user_past_impressions:4",
+    ),
+    task: str | None = typer.Option(
+        None, "--task", help="the task whose predictions are compared (default: the first)"
+    ),
+) -> None:
+    """C2AL cohort discovery: pairwise Jensen-Shannon divergences per axis and the chosen `c2al:` block."""
+    from rich.table import Table
+
+    from fxrec.jobs.cohorts import discover
+
+    found = discover(run, model, [a.strip() for a in axes.split(",") if a.strip()] if axes else None, task)
+    console.print(f"{found.model}: {found.task} predictions on {found.events:,} events", highlight=False)
+    for axis, rows in found.by_axis().items():
+        table = Table("cohort a", "cohort b", "JS", "events a", "events b", title=f"axis {axis}")
+        for row in rows:
+            a, b = (row[side].removeprefix(f"{axis}=") for side in ("a", "b"))
+            table.add_row(a, b, f"{row['js']:.5f}", f"{row['a_events']:,}", f"{row['b_events']:,}")
+        if not rows:
+            table.add_row("(fewer than two cohorts)", "", "", "", "")
+        console.print(table)
+    console.print("chosen pair (paste into the model's config):", highlight=False)
+    typer.echo(found.yaml())  # plain: a ready block, never wrapped
+
+
 def _register_serving() -> None:
     from fxrec.cli.serve import register
 

@@ -167,6 +167,8 @@ def quantize_model(
     card.pop(DISPATCH_PLAN, None)  # the quantization plan names every Linear's format
     card.update(quantization=result.plan.to_dict(), quantized_from=name, trained_through=loaded.version)
     (target.root / MODEL_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
+    if run_dir.model(name).delay_rates_json.exists():  # window heads: the same delay rates serve window_s
+        shutil.copyfile(run_dir.model(name).delay_rates_json, target.delay_rates_json)
     save_atomic(model_state(quantized), target.weights)
     record.seconds = time.perf_counter() - started
     (target.root / QUANTIZE_JSON).write_text(json.dumps(record.to_dict(), indent=2))

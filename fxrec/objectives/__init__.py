@@ -5,6 +5,8 @@ auxiliary heads for the cohorts a global objective serves worst.
   cutoff, each truncated at what could have been observed, shrunk toward the global rate).
 - `interpolation`: Personalized Interpolation, a conversion probability for any window from a short and
   a long fixed-window head, and the global-rate baseline.
+- `window_rates`: the per-advertiser rates a model with window heads is served with, fitted at its
+  training cutoff and saved as `models/<m>/delay_rates.json` (`fxrec serve` answers `window_s`).
 - `windows`: fixed-window conversion heads (`windows:` in a model config), each trained only on
   examples whose window has closed by the training cutoff.
 - `feedback`: delayed feedback (`train.delayed_feedback`): observed-so-far, wait-for-maturity, or a

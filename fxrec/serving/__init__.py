@@ -8,7 +8,8 @@ Modules: schemas (HTTP contract), validation (request -> rows), catalog (server-
 scorer (the request path: each transfer channel's `serve`), sources (the stores and logs channels
 read), soap / streams (refresh queues), refresher (FM -> stores), worker (FM refresh in other
 processes), precompute (SOLARIS online), loopfm (LoopFM histories), guard (store circuit breaker),
-models (what served channels need), service (wiring), app (FastAPI), server (running it;
+models (what served channels need), windows (a request's `window_s`: Personalized Interpolation
+with the VM's saved delay rates), service (wiring), app (FastAPI), server (running it;
 `python -m fxrec.serving` is its child process). The commands, the load test, the SOLARIS offline
 replay and the demo's closing step are jobs (`fxrec.jobs`).
 """

@@ -64,11 +64,21 @@ class ScoreRequest(BaseModel):
         default=None, description="event time in unix seconds; defaults to the server's clock"
     )
     request_id: Annotated[str, Field(max_length=128)] | None = None
+    window_s: Annotated[StrictInt | StrictFloat, Field(gt=0, le=10**9)] | None = Field(
+        default=None,
+        description="a conversion window in seconds, between the model's shortest and longest window head: "
+        "each candidate's `window_score` is then P(conversion within it) by Personalized Interpolation",
+    )
 
 
 class CandidateScore(BaseModel):
     item_id: int
     scores: dict[str, float] = Field(description="probability per task")
+    window_score: float | None = Field(
+        default=None,
+        description="P(conversion within the request's window_s): its advertiser's interpolation between "
+        "the shortest and longest window heads (only when the request sent window_s)",
+    )
     sources: dict[str, Source] = Field(description="source of each FM-derived feature for this candidate")
 
 
@@ -76,6 +86,7 @@ class ScoreResponse(BaseModel):
     request_id: str | None
     vm: str
     surface: str
+    window_s: float | None = Field(default=None, description="the request's window_s, when it sent one")
     model_versions: dict[str, str | None] = Field(
         description="vm and fm versions (the day each was trained through)"
     )

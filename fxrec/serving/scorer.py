@@ -24,6 +24,7 @@ from fxrec.serving.rows import model_batch
 from fxrec.serving.schemas import ScoreRequest, Source
 from fxrec.serving.soap import RefreshJob
 from fxrec.serving.validation import RequestAssembler, RequestError, ScoringInput
+from fxrec.serving.windows import ServedWindows
 from fxrec.transfer.serving import Needs, ServingRequest, ServingSources
 
 Mode = Literal["vm", "async", "inline"]
@@ -39,8 +40,10 @@ class Scorer:
         mode: Mode,
         sources: ServingSources,
         fm_version: str | None = None,
+        windows: ServedWindows | None = None,
     ):
         self.vm = vm
+        self.windows = windows or ServedWindows(vm.name, None)
         self.fm = fm
         self.assembler = assembler
         self.spec = assembler.spec
@@ -56,6 +59,8 @@ class Scorer:
 
     def score(self, request: ScoreRequest) -> tuple[dict, RefreshJob]:
         started = time.perf_counter()
+        if request.window_s is not None:
+            self.windows.check(request.window_s)
         inp = self.assembler.assemble(request)
         validated = time.perf_counter()
         n = len(inp.item_ids)
@@ -78,6 +83,11 @@ class Scorer:
             raise RequestError(
                 422, "the model produced a non-finite score for these inputs; check for extreme values"
             )
+        at_window = (
+            self.windows.probabilities(probabilities, inp.table, float(request.window_s))
+            if request.window_s is not None
+            else None
+        )
         done = time.perf_counter()
         self.metrics.stage_latency.labels(stage="validate").observe(validated - started)
         self.metrics.stage_latency.labels(stage="fm_inline" if self.mode == "inline" else "store").observe(
@@ -93,6 +103,7 @@ class Scorer:
             inp,
             probabilities,
             sources,
+            at_window,
             {
                 "validate": validated - started,
                 "features": fetched - validated,
@@ -111,7 +122,13 @@ class Scorer:
 
     # -- response -------------------------------------------------------------------------------
     def _response(
-        self, request: ScoreRequest, inp: ScoringInput, probabilities: dict, sources: dict, timings: dict
+        self,
+        request: ScoreRequest,
+        inp: ScoringInput,
+        probabilities: dict,
+        sources: dict,
+        at_window: np.ndarray | None,
+        timings: dict,
     ) -> dict:
         tasks = list(probabilities)
         columns = [probabilities[t].tolist() for t in tasks]
@@ -124,8 +141,11 @@ class Scorer:
             }
             for i, item in enumerate(inp.item_ids.tolist())
         ]
+        if at_window is not None:
+            for candidate, value in zip(candidates, at_window.tolist(), strict=True):
+                candidate["window_score"] = value
         summary = {f: {s: names.count(s) for s in dict.fromkeys(names)} for f, names in source_names.items()}
-        return {
+        response = {
             "request_id": request.request_id,
             "vm": self.vm.name,
             "surface": inp.surface,
@@ -134,3 +154,6 @@ class Scorer:
             "sources": summary,
             "timings_ms": {k: round(v * 1e3, 3) for k, v in timings.items()},
         }
+        if request.window_s is not None:
+            response["window_s"] = float(request.window_s)
+        return response

@@ -40,6 +40,7 @@ from fxrec.serving.scorer import Mode, Scorer
 from fxrec.serving.soap import Execute, RefreshJob, RefreshQueue, RefreshWorkers
 from fxrec.serving.sources import StoreSources
 from fxrec.serving.validation import RequestAssembler
+from fxrec.serving.windows import ServedWindows
 from fxrec.transfer.serving import Needs
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Service:
         if self.vm.config.role != "vm":
             raise RunError(f"{vm!r} is a foundation model; serve an expert model (VM) of the run")
         check_servable(self.vm)
+        self.windows = ServedWindows.load(self.run, self.vm)  # a request's window_s (window heads only)
         # What the VM's channels read at serving: the service opens those sources and no others.
         self.needs = Needs()
         for channel in getattr(self.vm.model, "channels", []):
@@ -161,6 +163,7 @@ class Service:
             config.mode,
             self.sources,
             fm_version=self.fm_version,
+            windows=self.windows,
         )
         self.predictor = PairPredictor(self.catalog, config.max_pairs_per_user)
         self.refresher = self._refresher()

@@ -57,6 +57,7 @@ from fxrec.models.ranking import RankingModel
 from fxrec.objectives.c2al import CohortAuxiliary
 from fxrec.objectives.feedback import DelayedFeedback, label_loss
 from fxrec.objectives.schedule import LabelSchedule, TrainingUnit
+from fxrec.objectives.window_rates import fit_window_rates
 from fxrec.objectives.windows import ConversionWindows
 from fxrec.run import ModelDir
 from fxrec.transfer.published import PublishedFM
@@ -416,8 +417,24 @@ class Trainer:
                 bar.advance(task)
         if self.planned and self.model_dir.card.exists():  # before the weights, whose presence means "trained"
             save_dispatch_plan(self.model_dir.root, current_plan(self.model))
+        if self.windows is not None and self.trained_through is not None:
+            self._save_window_rates(log, surfaces)
         self._save_weights(self.model_dir.weights)
         return predictions_dir
+
+    def _save_window_rates(self, log: EventLog, surfaces: list[str] | None) -> None:
+        """A model with window heads: its advertisers' delay rates, from the delays observed before its
+        training cutoff (`fxrec.objectives.window_rates`), beside the weights for serving `window_s`."""
+        assert self.windows is not None and self.trained_through is not None
+        rates = fit_window_rates(
+            log,
+            self.windows,
+            self.trained_through,
+            surfaces,
+            group=self.feedback.group,
+            prior_events=self.feedback.prior_events,
+        )
+        rates.save(self.model_dir.delay_rates_json)
 
     def _save_weights(self, path: Path) -> None:
         """The model's weights as one process holds them (a snapshot, or model.pt at the end)."""
