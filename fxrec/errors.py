@@ -23,6 +23,14 @@ class InputError(ValueError):
         self.problems = list(problems)
 
 
+class TrainingInterrupted(RuntimeError):
+    """Raised when `train.max_steps` stops a run early; the checkpoint lets the next run resume.
+
+    Not an error of the input: `fxrec train` reports it in one line with exit code 1, on one process
+    and on `--nproc N` ranks alike (`fxrec.dist.session.launch` raises a rank's again in the parent).
+    """
+
+
 def describe_validation(error: ValidationError, model: type[BaseModel]) -> str:
     """A pydantic error on `model`'s input as one line: each bad key's dotted path and what was wrong.
 

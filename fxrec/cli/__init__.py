@@ -11,17 +11,22 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from fxrec.errors import InputError
+from fxrec.errors import InputError, TrainingInterrupted
 
 
 class _Commands(TyperGroup):
-    """fxrec's commands: bad input (an InputError anywhere below a command) is exit code 2 and one line."""
+    """fxrec's commands: bad input (an InputError anywhere below a command) is exit code 2 and one line;
+    a training run stopped by `train.max_steps` (resumable) is exit code 1 and one line, on one process
+    and on `--nproc N` ranks alike."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except InputError as error:
             _fail(error)
+        except TrainingInterrupted as stopped:
+            errors.print(f"[yellow]stopped:[/] {escape(' '.join(str(stopped).split()))}")
+            raise typer.Exit(code=STOPPED_EXIT) from None
 
 
 app = typer.Typer(
@@ -36,6 +41,7 @@ app.add_typer(train_app, name="train")
 experiment_app = typer.Typer(help="Experiments over a run: transfer channels x VMs x seeds.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 console = Console()
+STOPPED_EXIT = 1  # `max_steps` reached: the checkpoint is written, run again to resume
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
 
 ConfigOption = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="run config (YAML)")

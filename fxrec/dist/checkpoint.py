@@ -36,8 +36,8 @@ def exists(model_dir: ModelDir | Path) -> bool:
 
 def _state(dmp: DistributedModelParallel) -> dict[str, Any]:
     # The model's tables (ShardedTensors) and buffers, and the fused optimizer's per-row state. The
-    # data-parallel tables' AdaGrad state lives inside DDP's fused hook, which TorchRec 1.8 does not
-    # expose: a resumed data-parallel table restarts its accumulator.
+    # data-parallel tables' row-wise AdaGrad state is the trainer's `ReplicatedRowWiseAdagrad`, the same
+    # on every rank: it travels in `latest.pt` with the progress (tests/dist/test_resume.py).
     return {"model": dmp.state_dict(), "embedding_optimizer": dmp.fused_optimizer.state_dict()}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -105,6 +106,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# A rank that stops on a reported error (bad input, or `max_steps`) exits with this code after handing
+# the error to the parent, which raises it again as the one process would: the CLI's one line, no trace.
+REPORTED_EXIT = 3
+
+
+def _reported(error: BaseException) -> tuple[str, list[str]] | None:
+    """("input", problems) or ("stopped", [message]) for the errors the CLI reports in one line; else None."""
+    from fxrec.errors import InputError, TrainingInterrupted
+
+    if isinstance(error, InputError):
+        return "input", error.problems or [str(error)]
+    if isinstance(error, TrainingInterrupted):
+        return "stopped", [str(error)]
+    return None
+
+
+def _raise_reported(kind: str, lines: list[str]) -> None:
+    from fxrec.errors import InputError, TrainingInterrupted
+
+    if kind == "input":
+        raise InputError(*lines)
+    raise TrainingInterrupted(*lines)
+
+
 def _rank_main(
     rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, results: Any
 ) -> None:
@@ -119,23 +144,42 @@ def _rank_main(
     try:
         value = fn(*args)
         if rank == 0:
-            results.put(value)
+            results.put(("value", value))
+    except Exception as error:
+        reported = _reported(error)
+        if reported is None:
+            raise
+        results.put(("raised", *reported))
+    else:
+        return
     finally:
         stop()
+    sys.exit(REPORTED_EXIT)  # a reported error: the parent raises it (and ends any rank still waiting)
 
 
 def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
     """Run `fn(*args)` in `nproc` fresh local ranks (spawned, like torchrun's workers); rank 0's result.
 
     `fn` must be importable (a module-level function) and its arguments picklable. A rank that fails
-    fails the whole launch, with the rank's exit code in the message.
+    fails the whole launch, with the rank's exit code in the message. A rank stopped by bad input
+    (InputError) or by `max_steps` (TrainingInterrupted) raises that error here, as one process would,
+    so `fxrec train --nproc N` ends with the same one-line message and exit code as one process.
     """
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessExitedException
 
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
     port = free_port()
-    mp.start_processes(
-        _rank_main, args=(nproc, port, fn, args, results), nprocs=nproc, join=True, start_method="spawn"
-    )
-    return None if results.empty() else results.get()
+    try:
+        mp.start_processes(
+            _rank_main, args=(nproc, port, fn, args, results), nprocs=nproc, join=True, start_method="spawn"
+        )
+    except ProcessExitedException as failure:
+        if failure.exit_code != REPORTED_EXIT or results.empty():
+            raise
+        answer = results.get()
+        if answer[0] != "raised":
+            raise
+        _raise_reported(answer[1], answer[2])
+    return results.get()[1] if not results.empty() else None

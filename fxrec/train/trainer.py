@@ -47,6 +47,7 @@ from fxrec.data.compact_parquet import write_compact
 from fxrec.data.eventlog import EventLog
 from fxrec.data.labels import training_cutoff
 from fxrec.data.reader import iter_frames
+from fxrec.errors import TrainingInterrupted
 from fxrec.factory import save_dispatch_plan
 from fxrec.lowp.dispatch import Dispatch, apply_plan, current_plan, dispatchable
 from fxrec.lowp.probe import Probe
@@ -61,10 +62,6 @@ from fxrec.objectives.window_rates import fit_window_rates
 from fxrec.objectives.windows import ConversionWindows
 from fxrec.run import ModelDir
 from fxrec.transfer.published import PublishedFM
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised when `max_steps` stops a run early; the checkpoint lets the next run resume."""
 
 
 @dataclass
