@@ -1,8 +1,10 @@
 """Per-rank memory, load and communication of a sharding plan, from its shards.
 
 The bytes follow what TorchRec's pooled embedding shardings exchange in one training step, per rank,
-with a per-rank batch of B examples, a table's pooling factor P ids per example, fp32 embeddings and
-int64 ids, in a group of R ranks (all T ranks in 1D, a group of G in 2D) with L ranks a host:
+with a per-rank batch of B examples, a table's pooling factor P ids per example (over the F features
+that read it; each feature is one pooled embedding of the table's width d, so d below stands for F x d
+and the lengths for F x 4 bytes), fp32 embeddings and int64 ids, in a group of R ranks (all T ranks
+in 1D, a group of G in 2D) with L ranks a host:
 
 - input distribution (all-to-all of the sparse features): each rank sends its B x P ids (8 bytes) and B
   lengths (4 bytes) of a feature to the rank holding it -- to each column shard's rank (column-wise),
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from torchrec.distributed.planner.types import ShardingOption
+from torchrec.distributed.types import ShardingPlan
 
 ID_BYTES, LENGTH_BYTES, VALUE_BYTES = 8, 4, 4
 SHARDED = ("table_wise", "column_wise", "table_column_wise")
@@ -40,6 +43,7 @@ class Shard:
     rows: int
     cols: int
     pooling: float
+    features: int = 1  # the features reading the table: each sends its own pooled embedding
     planner_bytes: int = 0  # the planner's storage estimate (HBM on CUDA, DDR on CPU)
     planner_seconds: float = 0.0  # the planner's perf estimate: compute + comms of a step
 
@@ -49,6 +53,7 @@ def shards_of(options: list[ShardingOption]) -> list[Shard]:
     out = []
     for option in options:
         pooling = float(sum(option.input_lengths)) if option.input_lengths else 1.0
+        features = max(len(option.input_lengths or []), 1)
         for shard in option.shards:
             storage = shard.storage
             out.append(
@@ -59,10 +64,57 @@ def shards_of(options: list[ShardingOption]) -> list[Shard]:
                     rows=int(shard.size[0]),
                     cols=int(shard.size[1]),
                     pooling=pooling,
+                    features=features,
                     planner_bytes=int((storage.hbm or storage.ddr) if storage else 0),
                     planner_seconds=float(shard.perf.total) if shard.perf else 0.0,
                 )
             )
+    return out
+
+
+def shards_of_plan(
+    plan: ShardingPlan,
+    sizes: dict[str, tuple[int, int]],
+    pooling: dict[str, float] | None = None,
+    features: dict[str, int] | None = None,
+) -> list[Shard]:
+    """Every shard of a real run's plan (`fxrec.dist.planning.plan`, what `ShardedTrainer.plan` holds),
+    so its costs come from the same formulas as a simulated plan's. `sizes`: {table: (rows, dim)};
+    `pooling`: {table: ids per example} (1 when absent), e.g. measured on the run's batches;
+    `features`: {table: features reading it} (1 when absent)."""
+    pooling, features = pooling or {}, features or {}
+    out = []
+    for module_plan in plan.plan.values():
+        for table, parameter in module_plan.items():  # type: ignore[union-attr]
+            rows, cols = sizes[table]
+            spec = parameter.sharding_spec
+            if spec is None:  # data-parallel: the whole table on each of its ranks
+                for rank in parameter.ranks or []:
+                    out.append(
+                        Shard(
+                            table,
+                            parameter.sharding_type,
+                            rank,
+                            rows,
+                            cols,
+                            pooling.get(table, 1.0),
+                            features.get(table, 1),
+                        )
+                    )
+                continue
+            for meta in spec.shards:  # type: ignore[union-attr]
+                rank = meta.placement.rank() if meta.placement is not None else 0
+                out.append(
+                    Shard(
+                        table,
+                        parameter.sharding_type,
+                        int(rank),
+                        int(meta.shard_sizes[0]),
+                        int(meta.shard_sizes[1]),
+                        pooling.get(table, 1.0),
+                        features.get(table, 1),
+                    )
+                )
     return out
 
 
@@ -98,8 +150,12 @@ def rank_costs(shards: list[Shard], group: int, batch: int, local_world: int | N
         c.planner_memory[s.rank] += s.planner_bytes
         c.load[s.rank] += s.planner_seconds
     for table_shards in by_table.values():
-        kind, pooling = table_shards[0].sharding_type, table_shards[0].pooling
-        ids = batch * (pooling * ID_BYTES + LENGTH_BYTES)
+        kind, pooling, count = (
+            table_shards[0].sharding_type,
+            table_shards[0].pooling,
+            table_shards[0].features,
+        )
+        ids = batch * (pooling * ID_BYTES + count * LENGTH_BYTES)
         if kind == "data_parallel":
             s = table_shards[0]
             c.allreduce_bytes += 2 * (group - 1) / group * s.rows * s.cols * VALUE_BYTES
@@ -108,25 +164,25 @@ def rank_costs(shards: list[Shard], group: int, batch: int, local_world: int | N
             for s in table_shards:
                 others = everyone != s.rank
                 c.input_bytes[others] += ids
-                c.output_bytes[s.rank] += (group - 1) * batch * s.cols * VALUE_BYTES
-                c.backward_bytes[others] += batch * s.cols * VALUE_BYTES
+                c.output_bytes[s.rank] += (group - 1) * batch * s.cols * count * VALUE_BYTES
+                c.backward_bytes[others] += batch * s.cols * count * VALUE_BYTES
                 talks[s.rank, others] = talks[others, s.rank] = True
         elif kind == "row_wise":
             holders = sorted({s.rank for s in table_shards})
             n = len(holders)
             for s in table_shards:
-                c.output_bytes[s.rank] += (group - 1) * batch * s.cols * VALUE_BYTES
-                c.backward_bytes[s.rank] += (group - 1) * batch * s.cols * VALUE_BYTES
+                c.output_bytes[s.rank] += (group - 1) * batch * s.cols * count * VALUE_BYTES
+                c.backward_bytes[s.rank] += (group - 1) * batch * s.cols * count * VALUE_BYTES
                 talks[s.rank, everyone != s.rank] = talks[everyone != s.rank, s.rank] = True
-            c.input_bytes += batch * pooling * ID_BYTES * (n - 1) / n + batch * LENGTH_BYTES * (n - 1)
+            c.input_bytes += batch * pooling * ID_BYTES * (n - 1) / n + batch * count * LENGTH_BYTES * (n - 1)
         elif kind == "table_row_wise":
             holders = sorted({s.rank for s in table_shards})
             n = len(holders)
             hosts = max(group // local, 1)
-            c.input_bytes += batch * pooling * ID_BYTES * (n - 1) / n + batch * LENGTH_BYTES * (n - 1)
+            c.input_bytes += batch * pooling * ID_BYTES * (n - 1) / n + batch * count * LENGTH_BYTES * (n - 1)
             for s in table_shards:
-                inside = (n - 1) / n * group * batch * s.cols * VALUE_BYTES
-                across = hosts * batch * s.cols * VALUE_BYTES
+                inside = (n - 1) / n * group * batch * s.cols * count * VALUE_BYTES
+                across = hosts * batch * s.cols * count * VALUE_BYTES
                 c.output_bytes[s.rank] += inside + across
                 c.backward_bytes[s.rank] += inside + across
                 served = everyone[everyone % local == s.rank % local]
@@ -135,7 +191,7 @@ def rank_costs(shards: list[Shard], group: int, batch: int, local_world: int | N
                         talks[s.rank, peer] = talks[peer, s.rank] = True
         else:  # grid and anything newer: counted as row-wise, the closest
             for s in table_shards:
-                c.output_bytes[s.rank] += 2 * (group - 1) * batch * s.cols * VALUE_BYTES
+                c.output_bytes[s.rank] += 2 * (group - 1) * batch * s.cols * count * VALUE_BYTES
     c.peers = talks.sum(axis=1).astype(float)
     return c
 
