@@ -15,6 +15,7 @@ written before day t).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -71,36 +72,54 @@ def _click_matrix(
     keep = (rows >= 0) & (cols >= 0)
     index = torch.from_numpy(np.stack([rows[keep], cols[keep]]))
     values = torch.from_numpy(decay(recent.ts[keep], now, half_life_days))
-    return torch.sparse_coo_tensor(index, values, (len(users), len(items))).coalesce()
+    return torch.sparse_coo_tensor(index, values, (len(users), len(items)), check_invariants=True).coalesce()
+
+
+# day -> (users sorted, vectors) known before the day starts
+UserEmbeddings = Callable[[str], tuple[np.ndarray, np.ndarray]]
 
 
 class AlureRetriever:
-    """ALURE: the user's own recent clicks first, then the ads their graph neighbours clicked."""
+    """ALURE: the user's own recent clicks first, then the ads their graph neighbours clicked.
+
+    `embeddings` is a publish directory (the FM's user tower, `published_user_embeddings`) or any
+    function of the day returning (users, vectors) known before it. With `prior` > 0, the neighbours'
+    clicks are smoothed toward everyone's click share of the window (`prior` pseudo-clicks).
+    """
 
     name = "alure"
 
     def __init__(
         self,
-        publish_dir: Path | str,
+        embeddings: Path | str | UserEmbeddings,
         neighbours: int = 50,
         window_days: float = 3.0,
         half_life_days: float = 1.0,
         own_length: int = 20,
+        prior: float = 300.0,
         search: str = "hnsw",
         embedding_max_age_days: float | None = None,
     ):
-        self.publish_dir = Path(publish_dir)
+        if callable(embeddings):
+            self.embeddings = embeddings
+        else:
+            publish_dir, age = Path(embeddings), embedding_max_age_days
+            self.embeddings = lambda day: published_user_embeddings(publish_dir, day, age)[:2]
         self.k, self.window_days, self.half_life_days = neighbours, window_days, half_life_days
-        self.own_length, self.search, self.max_age = own_length, search, embedding_max_age_days
-        self.graph = UserGraph(
-            np.zeros(0, np.int64), np.zeros((0, neighbours), np.int64), np.zeros((0, neighbours), np.float32)
-        )
+        self.own_length, self.search = own_length, search
+        self.prior = prior
+        self.graph = self._empty_graph()
         self.recent = Engagements.of(np.zeros(0), np.zeros(0), np.zeros(0))
         self.now = 0
 
+    def _empty_graph(self) -> UserGraph:
+        return UserGraph(
+            np.zeros(0, np.int64), np.zeros((0, self.k), np.int64), np.zeros((0, self.k), np.float32)
+        )
+
     def prepare(self, day: str, history: Engagements) -> None:
-        users, vectors, _ = published_user_embeddings(self.publish_dir, day, self.max_age)
-        self.graph = build_graph(users, vectors, self.k, self.search) if len(users) else self.graph
+        users, vectors = self.embeddings(day)
+        self.graph = build_graph(users, vectors, self.k, self.search) if len(users) else self._empty_graph()
         self.now = day_start_ts(day)
         self.recent = history.between(self.now - int(self.window_days * 86400), self.now)
 
@@ -122,8 +141,15 @@ class AlureRetriever:
             torch.from_numpy(np.stack([row, column[keep]])),
             torch.from_numpy(similarity[keep].astype(np.float32)),
             (len(users), len(clickers)),
+            check_invariants=True,
         )
-        return torch.sparse.mm(weights, clicks.to_dense()), items
+        scores = torch.sparse.mm(weights, clicks.to_dense())
+        if self.prior > 0:
+            # The neighbours' clicks as evidence, smoothed toward everyone's click share: `prior`
+            # pseudo-clicks spread like the window's clicks (the same order as their posterior mean).
+            everyone = torch.sparse.sum(clicks, dim=0).to_dense()
+            scores = scores + self.prior * everyone / everyone.sum().clamp_min(1e-12)
+        return scores, items
 
     def retrieve(self, users: np.ndarray, k: int) -> np.ndarray:
         own = recent_items(self.recent, users, self.own_length)  # real-time activity, newest first
@@ -150,7 +176,7 @@ class CoEngagementRetriever:
         users, self.items = np.unique(self.recent.user), np.unique(self.recent.item)
         clicked = _click_matrix(self.recent, self.now, self.half_life_days, users, self.items)
         binary = torch.sparse_coo_tensor(
-            clicked.indices(), torch.ones(clicked.indices().shape[1]), clicked.shape
+            clicked.indices(), torch.ones(clicked.indices().shape[1]), clicked.shape, check_invariants=True
         )
         both = torch.sparse.mm(binary.t(), binary.to_dense())  # (items, items) users who clicked both
         count = both.diagonal().clone()
