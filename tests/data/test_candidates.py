@@ -78,3 +78,11 @@ def test_written_next_to_the_impression_log(tmp_path):
     assert "oracle_p_click" in day.column_names
     with pytest.raises(EventLogError, match="bid"):
         write_candidates(day.drop_columns(["bid"]), tmp_path / "other", CandidateSpec(source="import"))
+
+
+def test_a_real_candidate_log_without_oracle_columns(tmp_path):
+    events, candidates = simulate_logs(SimulatorConfig(**BASE, candidate_log_rate=0.01), progress=False)
+    real = candidates.drop_columns(["oracle_p_click", "oracle_p_conversion", "oracle_p_hide"])
+    write_candidates(real, tmp_path / "events", CandidateSpec(source="import", oracle=[]))
+    log = CandidateLog(tmp_path / "events")
+    assert log.spec.oracle == [] and sum(log.read_day(d).num_rows for d in log.days) == real.num_rows
