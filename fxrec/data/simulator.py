@@ -14,6 +14,14 @@
   toward the topics a fixed topic-transition map links to what was clicked, fading with every
   later click. The pull lives in the order of the user's clicks, not in who the user is, so only a
   model reading the history (and how recent each entry is) can learn it.
+- Optionally (`candidate_log_rate > 0`), a candidate log: for that share of requests, every eligible
+  (active) ad with its bid and the true click, conversion and hide probabilities
+  (`fxrec.data.candidates`), so retrieval and early-stage ranking can be measured.
+- Optionally (`quality_events`), a negative quality event: `hide`, drawn for unclicked impressions from
+  an ad-specific annoyance, a new column at the end of the impression log.
+
+Both options draw from generators of their own: the impression log's existing columns are the same
+with or without them.
 
 Everything is vectorised over a day's impressions and seeded: the same config gives the same log.
 """
@@ -21,6 +29,7 @@ Everything is vectorised over a day's impressions and seeded: the same config gi
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +76,10 @@ class SimulatorConfig(BaseModel):
     # adds `hist_surface_id`, the surface of each history click: per-entry event types for Kunlun's
     # event-level towers (the spec declares it as the other histories' `event_types`)
     history_surfaces: bool = False
+    # the candidate log (fxrec.data.candidates): share of requests whose whole eligible set is logged
+    candidate_log_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # adds `hide` (a negative quality event on unclicked impressions) to the impression log
+    quality_events: bool = False
     surfaces: list[SurfaceConfig] = [
         SurfaceConfig(name="feed", share=0.55, base_logit=-3.1, positions=6),
         SurfaceConfig(name="stories", share=0.25, base_logit=-3.6),
@@ -167,6 +180,9 @@ class AdsWorld:
             extra = np.random.default_rng([c.seed, 1])
             self.transition = extra.normal(size=(k, k))
             self.recent_clicks = np.full((n_users, c.intent_memory), -1)  # ad ids, most recent first
+        # How much an ad annoys (hides): its own generator, so the other draws stay as they were.
+        self.ad_annoyance = np.random.default_rng([c.seed, 2]).normal(0.0, 1.0, size=n_ads)
+        self.candidates_today: pa.Table | None = None  # day(t)'s candidate log, when candidate_log_rate > 0
 
     def drift(self) -> None:
         c = self.config
@@ -204,22 +220,9 @@ class AdsWorld:
         ad = candidates[np.arange(n), auction.argmax(axis=1)]
         slots = np.array([s.positions for s in c.surfaces])[surface]
         position = np.minimum(rng.geometric(0.45, size=n), slots)
-        # Ground truth click probability.
-        affinity = np.einsum("nk,nk->n", self.interest[user], self.ad_topic[ad]) * np.sqrt(c.topics) / 2
-        slope = np.where(minority, 1.6, 1.0)
-        topic = self.ad_topic[ad].argmax(axis=1)
         watching = np.where(rng.random(n) < 0.6, self.interest[user].argmax(axis=1), rng.integers(0, c.topics, n)) % WATCH_CONTEXTS
-        logit = (
-            self.base_logit[surface]
-            + slope * (1.8 * np.tanh(0.9 * affinity) + 0.35 * affinity**2)
-            + self.ad_quality[ad]
-            + self.user_bias[user]
-            + 0.45 * np.sin(2 * np.pi * (hour - self.hour_phase[topic]) / 24)
-            + self.device_format[self.device[user], self.ad_format[ad]]
-            + np.where(minority & (self.ad_format[ad] == 1), 0.8, 0.0)
-            + np.where(np.array([s.name == "video" for s in c.surfaces])[surface] & (watching == topic % WATCH_CONTEXTS), 0.5, 0.0)
-            - 0.45 * np.log(position)
-        )
+        # Ground truth click probability.
+        logit, affinity, topic = self.click_logit(user, ad, surface, hour, watching, position)
         draw = rng.random(n)
         if c.intent_strength > 0:
             logit = logit + self.intent(user, ad, ts, draw, logit)
@@ -231,6 +234,11 @@ class AdsWorld:
         converted = click & (rng.random(n) < p_conversion) & (delay < c.attribution_window_days * 86400)
 
         order = np.lexsort((np.arange(n), ts))
+        if c.candidate_log_rate > 0:
+            rank = np.empty(n, np.int64)
+            rank[order] = np.arange(n)
+            request = dict(user=user, surface=surface, hour=hour, watching=watching, position=position, ts=ts, ad=ad)
+            self.candidates_today = self.candidate_log(t, event_id_start + rank, request, active, candidates)
         has_position = slots > 1
         is_video = np.array([s.name == "video" for s in c.surfaces])[surface]
         columns = {
@@ -257,9 +265,88 @@ class AdsWorld:
             "conversion": converted.astype(np.float32),
             "conversion_delay_s": pa.array(delay.astype(np.float32), mask=~converted),
         }
+        if c.quality_events:
+            hide_draw = np.random.default_rng([c.seed, 2, t]).random(n)
+            columns["hide"] = (~click & (hide_draw < self.hide_probability(user, ad, affinity))).astype(np.float32)
         table = pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v)) for k, v in columns.items()}).take(pa.array(order))
         event_id = np.arange(event_id_start, event_id_start + n, dtype=np.int64)
         return table.add_column(0, "event_id", pa.array(event_id))
+
+    def click_logit(
+        self, user: np.ndarray, ad: np.ndarray, surface: np.ndarray, hour: np.ndarray, watching: np.ndarray, position: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ground truth's click logit of (user, ad) pairs in their request's context (without the
+        short-term intent term), the affinity it is built on, and each ad's topic."""
+        c = self.config
+        minority = self.user_cohort[user] == 2
+        affinity = np.einsum("nk,nk->n", self.interest[user], self.ad_topic[ad]) * np.sqrt(c.topics) / 2
+        slope = np.where(minority, 1.6, 1.0)
+        topic = self.ad_topic[ad].argmax(axis=1)
+        logit = (
+            self.base_logit[surface]
+            + slope * (1.8 * np.tanh(0.9 * affinity) + 0.35 * affinity**2)
+            + self.ad_quality[ad]
+            + self.user_bias[user]
+            + 0.45 * np.sin(2 * np.pi * (hour - self.hour_phase[topic]) / 24)
+            + self.device_format[self.device[user], self.ad_format[ad]]
+            + np.where(minority & (self.ad_format[ad] == 1), 0.8, 0.0)
+            + np.where(np.array([s.name == "video" for s in c.surfaces])[surface] & (watching == topic % WATCH_CONTEXTS), 0.5, 0.0)
+            - 0.45 * np.log(position)
+        )
+        return logit, affinity, topic
+
+    def conversion_probability(self, ad: np.ndarray, affinity: np.ndarray) -> np.ndarray:
+        """P(a conversion attributed to the click | click): the conversion draw times the chance that its
+        delay falls inside the attribution window (log-normal delays, sigma 1)."""
+        advertiser = self.ad_advertiser[ad]
+        p = 1 / (1 + np.exp(-(self.adv_conversion_logit[advertiser] + 0.6 * affinity)))
+        z = np.log(self.config.attribution_window_days * 86400) - np.log(self.adv_delay_median_s)
+        in_window = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in z])  # the normal CDF, per advertiser
+        return p * in_window[advertiser]
+
+    def hide_probability(self, user: np.ndarray, ad: np.ndarray, affinity: np.ndarray) -> np.ndarray:
+        """P(hide | the impression is not clicked): annoying, low-quality, irrelevant ads get hidden."""
+        logit = -4.0 + 0.9 * self.ad_annoyance[ad] - 0.5 * self.ad_quality[ad] - 0.8 * np.tanh(0.9 * affinity) + 0.3 * self.user_bias[user]
+        return 1 / (1 + np.exp(-logit))
+
+    def candidate_log(
+        self, t: int, event_ids: np.ndarray, request: dict[str, np.ndarray], active: np.ndarray, auctioned: np.ndarray
+    ) -> pa.Table:
+        """Day t's candidate log: for a `candidate_log_rate` sample of requests (its own generator), every
+        active ad with the final stage's inputs and the true probabilities (the intent term left out)."""
+        c = self.config
+        sampled = np.flatnonzero(np.random.default_rng([c.seed, 3, t]).random(len(event_ids)) < c.candidate_log_rate)
+        parts = []
+        per_chunk = max(1, 200_000 // max(len(active), 1))
+        for start in range(0, len(sampled), per_chunk):
+            rows = sampled[start : start + per_chunk]
+            req = np.repeat(rows, len(active))
+            ad = np.tile(active, len(rows))
+            logit, affinity, topic = self.click_logit(
+                request["user"][req], ad, request["surface"][req], request["hour"][req], request["watching"][req], request["position"][req]
+            )
+            in_auction = (auctioned[rows][:, :, None] == active[None, None, :]).any(axis=1).reshape(-1)
+            parts.append(
+                {
+                    "event_id": event_ids[req].astype(np.int64),
+                    "ts": request["ts"][req].astype(np.int64),
+                    "user_id": request["user"][req].astype(np.int64),
+                    "item_id": ad.astype(np.int64),
+                    "advertiser_id": self.ad_advertiser[ad].astype(np.int64),
+                    "ad_format": self.ad_format[ad].astype(np.int64),
+                    "ad_category": topic.astype(np.int64),
+                    "ad_age_days": (t - self.ad_start[ad]).astype(np.float32),
+                    "bid": self.ad_bid[ad],
+                    "auctioned": in_auction,
+                    "won": ad == request["ad"][req],
+                    "oracle_p_click": (1 / (1 + np.exp(-logit))).astype(np.float32),
+                    "oracle_p_conversion": self.conversion_probability(ad, affinity).astype(np.float32),
+                    "oracle_p_hide": self.hide_probability(request["user"][req], ad, affinity).astype(np.float32),
+                }
+            )
+        if not parts:
+            return pa.table({})
+        return pa.table({name: np.concatenate([p[name] for p in parts]) for name in parts[0]})
 
 
     def past_impressions(self, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -299,20 +386,37 @@ class AdsWorld:
         return term
 
 
-def simulate(config: SimulatorConfig, progress: bool = True) -> pa.Table:
-    """Draw the whole log (days in order; event ids increase with time)."""
+def simulate_logs(config: SimulatorConfig, progress: bool = True) -> tuple[pa.Table, pa.Table | None]:
+    """Draw the whole impression log (days in order; event ids increase with time) and, when
+    `candidate_log_rate` > 0, the candidate log of its sampled requests (else None)."""
     from rich.progress import track
 
     world = AdsWorld(config)
-    tables, next_id = [], 0
+    tables, candidates, next_id = [], [], 0
     days = range(config.days)
     for t in track(days, description="simulating days") if progress else days:
         table = world.day(t, next_id)
         next_id += table.num_rows
         tables.append(table)
+        if world.candidates_today is not None and world.candidates_today.num_rows:
+            candidates.append(world.candidates_today)
         world.drift()
-    return pa.concat_tables(tables)
+    logged = pa.concat_tables(candidates) if candidates else None
+    return pa.concat_tables(tables), logged
+
+
+def simulate(config: SimulatorConfig, progress: bool = True) -> pa.Table:
+    """Draw the whole impression log (days in order; event ids increase with time)."""
+    return simulate_logs(config, progress)[0]
 
 
 def simulate_to(config: SimulatorConfig, out: Path, progress: bool = True) -> Path:
-    return write_events(simulate(config, progress), dataset_spec(config), out, source="simulator")
+    """Write the impression log to `out` and, when `candidate_log_rate` > 0, the candidate log to
+    `out/candidates` (fxrec.data.candidates)."""
+    events, candidates = simulate_logs(config, progress)
+    write_events(events, dataset_spec(config), out, source="simulator")
+    if config.candidate_log_rate > 0 and candidates is not None:
+        from fxrec.data.candidates import CandidateSpec, write_candidates
+
+        write_candidates(candidates, out, CandidateSpec(source="simulator", sample_rate=config.candidate_log_rate), "simulator")
+    return out

@@ -1,0 +1,190 @@
+"""The ads funnel, retrieval part: ALURE graph retrieval vs popularity, item-to-item and two-tower.
+
+One simulated log (bench/_common.simulated_log); an FM with a SUM user tower is trained progressively
+(a snapshot per day) and published (delay 0), so the user embeddings of day d come from the snapshot
+trained through the day before d. Every retrieval of evaluation day t sees only the clicks before t
+(and ALURE only embeddings published before t): `fxrec.funnel.evaluate_retrieval`. Reported:
+recall@{50, 200, 1000} of the ads each user clicked on day t, averaged over the evaluation days, for
+
+- alure: own recent clicks, then the ads clicked by the user's 50 nearest neighbours (faiss HNSW over the
+  published user embeddings) in the last 3 days, smoothed toward the window's click share (300 pseudo-clicks);
+- alure_exact: the same with exact neighbour search (the reference for HNSW);
+- alure_oracle: the same graph retrieval over the simulator's true user interests at the start of the
+  day (a reference for what better user embeddings would give, not a method: the world is hidden);
+- popularity, item_to_item (co-clicks of the last 7 days), two_tower (trained progressively on the clicks).
+
+Lists shorter than K are filled up with the popularity list (the same for every method). Also reported:
+how much the user graph knows, as the mean true-interest cosine between a user and their neighbours
+(FM graph, oracle graph, random users). The early-stage ranker and end-to-end value (issue 26, part 2)
+come later.
+
+    python bench/funnel.py [--quick] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (puts the repo on sys.path)
+import numpy as np
+import torch
+from _common import parse_args, print_table, simulated_log, write_result
+
+from fxrec.config import FMConfig, RunConfig
+from fxrec.data.eventlog import EventLog
+from fxrec.data.simulator import AdsWorld, SimulatorConfig
+from fxrec.funnel import (
+    AlureRetriever,
+    CoEngagementRetriever,
+    Engagements,
+    PopularityRetriever,
+    TwoTowerRetriever,
+    evaluate_retrieval,
+    exact_neighbours,
+    published_user_embeddings,
+)
+
+SIMULATOR = SimulatorConfig(seed=11)  # 14 days of 72,000 impressions, 10,000 users (+300 a day)
+QUICK = {
+    "days": 5,
+    "impressions_per_day": 12_000,
+    "users": 2_000,
+    "new_users_per_day": 50,
+    "ads": 600,
+    "new_ads_per_day": 40,
+}
+EVAL_DAYS, QUICK_EVAL_DAYS = 4, 2
+USER_FEATURES = [
+    "user_id",
+    "country",
+    "age_bucket",
+    "device",
+    "user_segments",
+    "user_past_impressions",
+    "hist_item_id",
+    "hist_advertiser_id",
+]
+FM = FMConfig(
+    name="fm",
+    role="fm",
+    embedding_dim=16,
+    dense_layers=[32],
+    interaction={"name": "dcnv2", "num_layers": 2, "low_rank": 16},
+    heads={"hidden": [64]},
+    user_tower={"features": USER_FEATURES, "dim": 32, "hidden": [64]},
+)
+THREADS = 2
+
+
+def true_interests(simulator: SimulatorConfig, days: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per day: the users arrived before it and their true interests at its start (the world replayed)."""
+    world, next_id, out = AdsWorld(simulator), 0, {}
+    for t, day in enumerate(days):
+        arrived = np.flatnonzero(world.user_arrival < t).astype(np.int64)
+        out[day] = (arrived, world.interest[arrived].copy())
+        next_id += world.day(t, next_id).num_rows
+        world.drift()
+    return out
+
+
+def graph_quality(publish_dir: Path, interests: dict, days: list[str], k: int = 50) -> dict[str, float]:
+    """Mean true-interest cosine between users and their k neighbours: FM graph, oracle graph, random."""
+    rng = np.random.default_rng(0)
+    values: dict[str, list[float]] = {"fm_graph": [], "oracle_graph": [], "random": []}
+    for day in days:
+        users, vectors, _ = published_user_embeddings(publish_dir, day)
+        known, interest = interests[day]
+        rows = np.searchsorted(known, users)
+        keep = rows < len(known)
+        keep[keep] = known[rows[keep]] == users[keep]
+        vectors, truth = vectors[keep], interest[rows[keep]]
+        for name, index in (
+            ("fm_graph", exact_neighbours(vectors, k)[0]),
+            ("oracle_graph", exact_neighbours(truth, k)[0]),
+            ("random", rng.integers(0, len(truth), (len(truth), k))),
+        ):
+            values[name].append(float((truth[:, None, :] * truth[index]).sum(-1).mean()))
+    return {name: round(float(np.mean(v)), 4) for name, v in values.items()}
+
+
+def main() -> None:
+    args = parse_args("funnel", __doc__.splitlines()[0])
+    torch.set_num_threads(THREADS)
+    simulator = SIMULATOR.model_copy(update=QUICK) if args.quick else SIMULATOR
+    log = EventLog(simulated_log(simulator, "funnel-quick" if args.quick else "funnel"))
+    timings = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        run.mkdir()
+        config = RunConfig(
+            name="funnel",
+            simulator=None,
+            events=str(log.path),
+            fm=FM,
+            train={"batch_size": 512, "threads": THREADS, "report_days": 1, "checkpoint_every": 100_000},
+            publish={"delays": [0], "code_dim": 8, "store": False},
+        )
+        from fxrec.jobs.publish import publish
+        from fxrec.jobs.train import train_model
+
+        started = time.perf_counter()
+        train_model(config.fm, config, run, log, quiet=True)
+        timings["train_fm_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        publish_dir = publish(run, config, delay=0, progress=False)
+        timings["publish_s"] = time.perf_counter() - started
+        engagements = Engagements.from_log(log)
+        days = log.days[-(QUICK_EVAL_DAYS if args.quick else EVAL_DAYS) :]
+        interests = true_interests(simulator, log.days)
+        retrievers = [
+            AlureRetriever(publish_dir, search="hnsw"),
+            AlureRetriever(publish_dir, search="exact"),
+            AlureRetriever(interests.__getitem__, search="exact"),
+            PopularityRetriever(),
+            CoEngagementRetriever(),
+            TwoTowerRetriever(
+                log.spec.feature("user_id").cardinality, log.spec.feature("item_id").cardinality
+            ),
+        ]
+        retrievers[1].name, retrievers[2].name = "alure_exact", "alure_oracle"
+        started = time.perf_counter()
+        result = evaluate_retrieval(engagements, days, retrievers)
+        timings["retrieval_s"] = time.perf_counter() - started
+        graph = graph_quality(publish_dir, interests, days)
+    rows = [
+        {
+            "method": name,
+            **{f"recall@{k}": round(v, 4) for k, v in by_k.items()},
+            "list_len": round(result.own_length[name], 1),
+            "seconds": round(result.seconds[name], 2),
+        }
+        for name, by_k in result.recall.items()
+    ]
+    print_table("funnel: retrieval recall@K on later days", rows)
+    print_table("funnel: mean true-interest cosine of a user and their 50 neighbours", [graph])
+    baselines = ("popularity", "item_to_item", "two_tower")
+    ratios: dict = {
+        f"alure_over_{b}@{k}": result.recall["alure"][k] / max(result.recall[b][k], 1e-9)
+        for b in baselines
+        for k in result.ks
+    }
+    ratios["alure_beats_every_baseline@200"] = all(
+        result.recall["alure"][200] > result.recall[b][200] for b in baselines
+    )
+    ratios["hnsw_over_exact@200"] = result.recall["alure"][200] / max(result.recall["alure_exact"][200], 1e-9)
+    write_result(
+        args,
+        "funnel",
+        rows,
+        ratios,
+        retrieval=result.as_dict(),
+        graph=graph,
+        timings=timings,
+        simulator=simulator.model_dump(),
+    )
+
+
+if __name__ == "__main__":
+    main()
