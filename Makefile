@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	# The pinned stack: these three must match or imports fail with undefined symbols.
 	$(BIN)/pip install -q torch==2.13.0 fbgemm-gpu-cpu==1.8.0
 	$(BIN)/pip install -q --no-deps torchrec==1.8.0
-	# dev: the test and lint tools; ray: `fxrec publish --engine ray` (its tests run in `make test`)
-	$(BIN)/pip install -q -e ".[dev,ray]"
+	# dev: the test and lint tools; ray: `fxrec publish --engine ray` (its tests run in `make test`);
+	# sketches: the theta-sketch reach baseline (its tests run in `make test`)
+	$(BIN)/pip install -q -e ".[dev,ray,sketches]"
 	touch $(STAMP)
 
 setup: $(STAMP)

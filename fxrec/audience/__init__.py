@@ -1,5 +1,11 @@
 """fxrec's audience tools: who an advertiser's targeting reaches, before the campaign runs.
 
-- `population`: a simulated population of users with targetable attributes and noisy data providers;
+- `population`: a simulated population of users with targetable attributes and noisy data providers,
+  in seeded chunks; `events`: a population folded from an event log (real tables, via the importer);
 - `schema`: the targetable fields and the columnar form of users;
+- `query`: the targeting language (grammar, errors); `evaluate`: a query over users, exactly;
+- `strata`: stratification learned from past logs, Neyman allocation; `sample`: two-pass sampling;
+- `reach`: `ReachIndex.query(expr) -> Estimate` (users and impressions, with intervals and the fuzzy
+  fall-back); `build`: a ReachIndex from a population in chunks;
+- `sketches`: the theta-sketch baseline; `workload`: random advertiser queries.
 """

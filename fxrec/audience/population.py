@@ -165,10 +165,20 @@ def chunk_count(config: PopulationConfig) -> int:
 
 def generate_chunk(config: PopulationConfig, index: int, world: _World | None = None) -> Columns:
     """Chunk `index` of the population (users index*chunk_size ...), from its own seed."""
-    world = world or _World(config)
     start = index * config.chunk_size
     n = min(config.chunk_size, config.users - start)
-    rng = np.random.default_rng([config.seed, 2, index])
+    if n <= 0:
+        raise ValueError(f"chunk {index} is past the population's {config.users} users")
+    return _users(config, world or _World(config), start, n, np.random.default_rng([config.seed, 2, index]))
+
+
+def past_users(config: PopulationConfig, count: int, seed: int = 0) -> Columns:
+    """`count` users of the same world who are not in the population (ids from `config.users` on): a
+    past log to learn strata from."""
+    return _users(config, _World(config), config.users, count, np.random.default_rng([config.seed, 3, seed]))
+
+
+def _users(config: PopulationConfig, world: _World, start: int, n: int, rng: np.random.Generator) -> Columns:
     country = rng.choice(len(world.country_p), size=n, p=world.country_p)
     region = country * config.regions_per_country + rng.choice(
         config.regions_per_country, size=n, p=world.region_p

@@ -14,7 +14,7 @@ than `or`; parentheses group)::
                | NAME OP value                       OP is = == != < <= > >=: age >= 25, surface = video
                | NAME "in" INT ".." INT              an inclusive range: age in 18..24
                | NAME "in" "{" value ("," value)* "}"  any of: country in {US, GB}
-    value     := NAME | INT | "quoted text"
+    value     := NAME | INT | "quoted text" | a keyword (country:IN is India)
     NAME      := a letter or _, then letters, digits, _ - /  (a keyword is never a name)
 
 What a field means depends on the schema (fxrec.audience.schema.AudienceSchema):
@@ -52,7 +52,8 @@ GRAMMAR = r"""
      | NAME OP value -> compare
      | NAME _IN INT ".." INT -> range
      | NAME _IN "{" value ("," value)* "}" -> members
-value: NAME | INT | STRING
+value: NAME | INT | STRING | keyword
+!keyword: _IN | _AND | _OR | _NOT
 
 _OR: "or"i
 _AND: "and"i
@@ -285,6 +286,9 @@ class _Binder:
     @staticmethod
     def value(tree: Tree) -> Token:
         token = tree.children[0]
+        if isinstance(token, Tree):  # a keyword as a value: country:IN
+            token = token.children[0]
+            return Token("NAME", str(token), start_pos=token.start_pos, line=token.line, column=token.column)
         if token.type == "STRING":
             return Token(
                 "NAME", str(token)[1:-1], start_pos=token.start_pos, line=token.line, column=token.column

@@ -123,3 +123,11 @@ def test_negated_surface_reaches_through_the_other_surfaces():
     assert np.array_equal(impressions, others.sum(1))
     everyone, all_impressions = reach(parse("country:US or not country:US", SCHEMA), users)
     assert everyone.all() and all_impressions.sum() == users.impressions.sum()
+
+
+def test_a_keyword_can_be_a_value():
+    india = SCHEMA.categorical["country"].index("IN")
+    assert parse("country:IN", SCHEMA).node == Categorical("country", frozenset({india}))
+    assert parse("country in {in, US}", SCHEMA).node == Or(
+        (Categorical("country", frozenset({india})), Categorical("country", frozenset({US})))
+    )

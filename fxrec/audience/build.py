@@ -1,0 +1,61 @@
+"""Building a `ReachIndex` from a population in chunks: learn the strata on a pilot (a past log) and past
+queries, count the strata (pass 1), allocate the budget (Neyman with a minimum), draw (pass 2).
+
+`chunks` is a callable returning a fresh iterator over the population's chunks (each pass reads them
+once): `lambda: iter_chunks(config)` for a simulated population, `lambda: read_population(path)[1]`
+for a written one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from fxrec.audience.query import Query
+from fxrec.audience.reach import ReachIndex
+from fxrec.audience.sample import Census, census, draw
+from fxrec.audience.schema import AudienceSchema, Columns
+from fxrec.audience.strata import Stratification, Workload, learn_stratification, neyman, stratum_sigma
+
+PILOT_SUPPORT = 20  # pilot users a stratum needs for its own sigma; else its nearest parent's
+
+
+def population_sigma(
+    strata: Stratification, counts: Census, pilot: Columns, workload: Workload
+) -> np.ndarray:
+    """sigma_h for every stratum of the population, from the pilot: a stratum with fewer than
+    PILOT_SUPPORT pilot users takes the sigma of its nearest parent (fewer dimensions) that has them."""
+    pilot_keys = strata.keys(pilot)
+    sigma = np.zeros(len(counts.keys))
+    done = np.zeros(len(counts.keys), dtype=bool)
+    for level in range(strata.depth, -1, -1):
+        parents, ids = np.unique(strata.parent(pilot_keys, level), return_inverse=True)
+        level_sigma = stratum_sigma(ids, len(parents), workload)
+        support = np.bincount(ids, minlength=len(parents))
+        mine = strata.parent(counts.keys, level)
+        where = np.searchsorted(parents, mine).clip(max=len(parents) - 1)
+        found = (parents[where] == mine) & (support[where] >= PILOT_SUPPORT) & ~done
+        if level == 0:
+            found = ~done
+        sigma[found] = level_sigma[where[found]]
+        done |= found
+    return sigma
+
+
+def build_reach_index(
+    schema: AudienceSchema,
+    chunks: Callable[[], Iterable[Columns]],
+    pilot: Columns,
+    past_queries: list[Query],
+    budget: int,
+    minimum: int = 5,
+    min_support: int = 20,
+    seed: int = 0,
+) -> ReachIndex:
+    population = sum(len(chunk) for chunk in chunks()) if not hasattr(chunks, "users") else chunks.users
+    strata = learn_stratification(schema, pilot, past_queries, population, budget, minimum)
+    counts = census(strata, chunks())
+    sigma = population_sigma(strata, counts, pilot, Workload.evaluate(past_queries, pilot))
+    taken = neyman(counts.users, sigma, budget, minimum)
+    return ReachIndex(schema, draw(strata, counts, taken, chunks(), seed), min_support=min_support)

@@ -1,0 +1,223 @@
+"""Reach estimation: how many users (and impressions) a targeting query reaches, from a sample.
+
+`ReachIndex.query(expr) -> Estimate` answers in-process from a `StratifiedSample` (a Ray actor per
+shard wraps the same object in part 2: every sum below is additive over shards of the rows).
+
+The estimate, for a target y (1 per reached user, or the user's reached impressions on one surface,
+summed over surfaces):
+
+1. strata the query decides (Kleene logic over the strata's cells, fxrec.audience.strata.kleene)
+   count exactly: all of N_h (or I_h,s) when the query holds for the whole stratum, nothing when it
+   holds for none of it;
+2. the other strata use the weighted count  Y = sum_h N_h / n_h * sum_{i in h} y_i,  unbiased, with
+   variance  sum_h N_h^2 (1 - n_h/N_h) s_h^2 / n_h  and a normal confidence interval (z);
+3. fuzzy fall-back: when the query's support (sample users it reaches in those strata) is below
+   `min_support`, each such stratum h borrows the rate of its nearest parent stratum (dropping the
+   last stratification dimensions) that has `min_support` reached sample users: the query with h's
+   decided terms fixed (the *residual*: what h's own cells cannot tell) is evaluated on the parent's
+   rows, and its weighted rate is rescaled to h's size: Y_h = N_h * sum_g w_i y_i / sum_g w_i (for
+   impressions, I_h,s times the parent's reached share of its impressions on s). Small minorities thus
+   get an answer from their larger parents instead of zero (biased where the parent differs,
+   low-variance; `Estimate.fallback` says when it happened).
+
+Setting `exact_strata=False, min_support=0` gives the plain stratified estimator (the baselines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fxrec.audience.evaluate import mask
+from fxrec.audience.query import And, Node, Or, Query, leaves, parse, substitute
+from fxrec.audience.sample import StratifiedSample
+from fxrec.audience.schema import AudienceSchema
+from fxrec.audience.strata import FALSE, TRUE, UNKNOWN, kleene
+
+
+@dataclass(frozen=True)
+class Estimate:
+    users: float
+    users_low: float
+    users_high: float
+    impressions: float
+    impressions_low: float
+    impressions_high: float
+    support: int  # sample users the query reaches in the strata it leaves undecided
+    fallback: bool  # the fuzzy fall-back answered (support < min_support)
+    exact: bool  # every stratum was decided: the counts are exact
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Total:
+    value: float
+    variance: float
+
+
+class ReachIndex:
+    """A stratified sample ready to answer targeting queries."""
+
+    def __init__(
+        self,
+        schema: AudienceSchema,
+        sample: StratifiedSample,
+        min_support: int = 20,
+        z: float = 1.96,
+        exact_strata: bool = True,
+    ):
+        self.schema, self.sample = schema, sample
+        self.min_support, self.z, self.exact_strata = min_support, z, exact_strata
+        self.coordinates = sample.strata.coordinates(sample.census.keys)
+        self.weights = sample.weights
+        self.strata = len(sample.census.keys)
+        self._decisions: dict[Node, np.ndarray] = {}
+        self.row_cells = self.coordinates[sample.row_stratum]  # [rows, depth]: each row's cell per dimension
+
+    def nbytes(self) -> int:
+        return self.sample.nbytes()
+
+    def query(self, expr: str | Query) -> Estimate:
+        query = parse(expr, self.schema) if isinstance(expr, str) else expr
+        rows, census = self.sample.rows, self.sample.census
+        surfaces = len(self.schema.surfaces)
+        cache: dict = {}
+        users_node = query.users(surfaces)
+        reached = mask(users_node, rows, cache)
+        t, f = self._kleene(users_node)
+        undecided = ~(t | f)
+        support = int((reached & undecided[self.sample.row_stratum]).sum())
+        fallback = bool(
+            self.min_support > 0
+            and support < self.min_support
+            and undecided.any()
+            and self.sample.strata.depth
+        )
+        ones = np.ones(len(rows))
+        users = self._total(
+            users_node, reached.astype(float), ones, census.users, t, undecided, fallback, cache, None
+        )
+        impressions = _Total(0.0, 0.0)
+        for s, node in enumerate(query.per_surface(surfaces)):
+            on_s = rows.impressions[:, s].astype(float)
+            ts, fs = self._kleene(node)
+            y = np.where(mask(node, rows, cache), on_s, 0.0)
+            part = self._total(node, y, on_s, census.impressions[:, s], ts, ~(ts | fs), fallback, cache, s)
+            impressions = _Total(impressions.value + part.value, impressions.variance + part.variance)
+        exact_users = float(census.users[t].sum())
+        return Estimate(
+            users=users.value,
+            users_low=max(users.value - self.z * users.variance**0.5, exact_users),
+            users_high=users.value + self.z * users.variance**0.5,
+            impressions=impressions.value,
+            impressions_low=max(impressions.value - self.z * impressions.variance**0.5, 0.0),
+            impressions_high=impressions.value + self.z * impressions.variance**0.5,
+            support=support,
+            fallback=fallback,
+            exact=not undecided.any(),
+        )
+
+    def _decide(self, leaf: Node | None) -> np.ndarray:
+        if leaf is None or not self.exact_strata:
+            return np.full(self.strata, UNKNOWN, dtype=np.int8)
+        if leaf not in self._decisions:
+            self._decisions[leaf] = self.sample.strata.decisions(leaf, self.coordinates)
+        return self._decisions[leaf]
+
+    def _kleene(self, node: Node) -> tuple[np.ndarray, np.ndarray]:
+        return kleene(node, self._decide)
+
+    def _total(self, node, y, base, totals, t, undecided, fallback, cache, surface) -> _Total:
+        """Exact strata + weighted count (or the fall-back) over undecided strata, for one target y."""
+        sample = self.sample
+        exact = float(totals[t].sum())
+        h, n, big_n = sample.row_stratum, sample.taken, sample.census.users
+        if not fallback:
+            sums = np.bincount(h, weights=y, minlength=self.strata)
+            squares = np.bincount(h, weights=y * y, minlength=self.strata)
+            counts = np.maximum(n, 1)
+            mean = sums / counts
+            s2 = np.where(n > 1, (squares - sums * mean) / np.maximum(n - 1, 1), 0.0).clip(min=0)
+            value = (big_n / counts * sums)[undecided].sum()
+            variance = (big_n.astype(float) ** 2 * (1 - n / np.maximum(big_n, 1)) * s2 / counts)[
+                undecided
+            ].sum()
+            return _Total(exact + float(value), float(variance))
+        return self._fallback(node, base, totals, undecided, cache, surface, exact)
+
+    def _fallback(self, node, base, totals, undecided, cache, surface, exact) -> _Total:
+        """Each undecided stratum h takes its residual query's rate from coarser strata, rescaled: the
+        root's weighted rate R times, for each dimension d, the ratio R_d(c_d(h)) / R of the parent
+        that keeps only h's cell on d (when that parent has `min_support` reached sample users; else 1)."""
+        own = list(dict.fromkeys(leaves(node)))
+        decided = (
+            np.stack([self._decide(leaf) for leaf in own], axis=1)
+            if own
+            else np.zeros((self.strata, 0), np.int8)
+        )
+        patterns, pattern_of = np.unique(decided, axis=0, return_inverse=True)
+        pattern_of = pattern_of.reshape(-1)
+        value, variance = exact, 0.0
+        for p, pattern in enumerate(patterns):
+            strata = np.flatnonzero(undecided & (pattern_of == p))
+            if not len(strata):
+                continue
+            fixed = {leaf: bool(d == TRUE) for leaf, d in zip(own, pattern, strict=True) if d != UNKNOWN}
+            residual = substitute(node, lambda leaf, fixed=fixed: fixed.get(leaf))
+            rate, relvar = self._rate(residual, strata, base, surface, cache)
+            rate = rate.clip(0, 1)
+            estimate = totals[strata] * rate
+            value += float(estimate.sum())
+            variance += float((estimate**2 * relvar).sum())
+        return _Total(value, variance)
+
+    def _rate(self, node, strata, base, surface, cache) -> tuple[np.ndarray, np.ndarray]:
+        """The residual's rate (share of users, or of impressions on the surface) for each stratum, with
+        its relative variance: an `and` / `or` that reaches fewer than `min_support` sample users takes
+        its terms as independent given the stratum (rate: the product of its terms' rates / one minus
+        the product of their complements); any other node is rescaled from its parents along each
+        dimension (see `_fallback`)."""
+        rows, w = self.sample.rows, self.weights
+        hit = mask(node, rows, cache)
+        y = np.where(hit, base, 0.0) if surface is not None else hit.astype(float)
+        if isinstance(node, And | Or) and (hit & (y > 0)).sum() < self.min_support:
+            # too thin together: its terms taken as independent given the stratum
+            rate, relvar = np.ones(len(strata)), np.zeros(len(strata))
+            for item in node.items:
+                part, part_relvar = self._rate(item, strata, base, surface, cache)
+                part = part.clip(0, 1)
+                rate, relvar = rate * (part if isinstance(node, And) else 1 - part), relvar + part_relvar
+            return (rate if isinstance(node, And) else 1 - rate), relvar
+        wy, wb = w * y, w * base
+        root = wy.sum() / max(wb.sum(), 1e-12)
+        rate = np.full(len(strata), root)
+        relvar = np.full(len(strata), _ratio_relvar(w, y, base, np.ones(len(y), bool), root))
+        for d, dimension in enumerate(self.sample.strata.dimensions):
+            cells = self.row_cells[:, d]
+            numerator = np.bincount(cells, weights=wy, minlength=dimension.size)
+            denominator = np.bincount(cells, weights=wb, minlength=dimension.size)
+            support = np.bincount(cells, weights=hit & (y > 0), minlength=dimension.size)
+            mine = self.coordinates[strata, d]
+            ok = (support[mine] >= self.min_support) & (denominator[mine] > 0) & (root > 0)
+            cell_rate = numerator[mine] / np.maximum(denominator[mine], 1e-12)
+            rate = np.where(ok, rate * cell_rate / max(root, 1e-12), rate)
+            for c in np.unique(mine[ok]):
+                relvar[ok & (mine == c)] += _ratio_relvar(
+                    w, y, base, cells == c, numerator[c] / denominator[c]
+                )
+        return rate, relvar
+
+
+def _ratio_relvar(w: np.ndarray, y: np.ndarray, base: np.ndarray, rows: np.ndarray, rate: float) -> float:
+    """Linearised relative variance of the weighted ratio sum w y / sum w base over `rows`."""
+    if rate <= 0:
+        return 0.0
+    w, y, base = w[rows], y[rows], base[rows]
+    denominator = (w * base).sum()
+    return float(((w * (y - rate * base)) ** 2).sum() / max(denominator, 1e-12) ** 2 / rate**2)
+
+
+__all__ = ["Estimate", "ReachIndex", "FALSE", "TRUE"]
