@@ -64,9 +64,10 @@ def _leaf(node: Node, columns: Columns) -> np.ndarray:
     raise TypeError(f"not a query node: {node!r}")
 
 
-def reach(query: Query, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
-    """(reached: bool per user, reached impressions: int64 per user)."""
-    cache: dict = {}
+def reach(query: Query, columns: Columns, cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(reached: bool per user, reached impressions: int64 per user); `cache` shares leaf masks between
+    queries over the same columns."""
+    cache = {} if cache is None else cache
     surfaces = columns.impressions.shape[1]
     if not query.uses_surface:
         reached = mask(query.node, columns, cache)

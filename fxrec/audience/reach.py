@@ -75,7 +75,10 @@ class ReachIndex:
         self.weights = sample.weights
         self.strata = len(sample.census.keys)
         self._decisions: dict[Node, np.ndarray] = {}
-        self.row_cells = self.coordinates[sample.row_stratum]  # [rows, depth]: each row's cell per dimension
+        self.row_impressions = sample.rows.total_impressions.astype(float)
+        self.stratum_impressions = sample.census.impressions.sum(1)
+        self.row_cells = self.coordinates[sample.row_stratum]
+        self._base_sums: dict = {}  # [rows, depth]: each row's cell per dimension
 
     def nbytes(self) -> int:
         return self.sample.nbytes()
@@ -101,7 +104,20 @@ class ReachIndex:
             users_node, reached.astype(float), ones, census.users, t, undecided, fallback, cache, None
         )
         impressions = _Total(0.0, 0.0)
-        for s, node in enumerate(query.per_surface(surfaces)):
+        if not query.uses_surface:  # one target: all of a reached user's impressions
+            y = np.where(reached, self.row_impressions, 0.0)
+            impressions = self._total(
+                users_node,
+                y,
+                self.row_impressions,
+                self.stratum_impressions,
+                t,
+                undecided,
+                fallback,
+                cache,
+                -1,
+            )
+        for s, node in enumerate(query.per_surface(surfaces) if query.uses_surface else []):
             on_s = rows.impressions[:, s].astype(float)
             ts, fs = self._kleene(node)
             y = np.where(mask(node, rows, cache), on_s, 0.0)
@@ -175,49 +191,72 @@ class ReachIndex:
         return _Total(value, variance)
 
     def _rate(self, node, strata, base, surface, cache) -> tuple[np.ndarray, np.ndarray]:
-        """The residual's rate (share of users, or of impressions on the surface) for each stratum, with
-        its relative variance: an `and` / `or` that reaches fewer than `min_support` sample users takes
-        its terms as independent given the stratum (rate: the product of its terms' rates / one minus
-        the product of their complements); any other node is rescaled from its parents along each
-        dimension (see `_fallback`)."""
-        rows, w = self.sample.rows, self.weights
-        hit = mask(node, rows, cache)
-        y = np.where(hit, base, 0.0) if surface is not None else hit.astype(float)
-        if isinstance(node, And | Or) and (hit & (y > 0)).sum() < self.min_support:
+        """The residual's rate (share of users, or of impressions on the surface) for each of `strata`,
+        with its relative variance: an `and` / `or` that reaches fewer than `min_support` sample users
+        takes its terms as independent given the stratum (rate: the product of its terms' rates / one
+        minus the product of their complements); any other node is rescaled from its parents along each
+        dimension (see `_fallback`). Computed for every stratum once per node and query (`cache`)."""
+        key = ("rate", node, surface)
+        if key not in cache:
+            cache[key] = self._rate_all(node, base, surface, cache)
+        rate, relvar = cache[key]
+        return rate[strata], relvar[strata]
+
+    def _bases(self, base: np.ndarray, surface) -> tuple[float, float, list[tuple[np.ndarray, np.ndarray]]]:
+        """sum w*base and sum (w*base)^2, overall and per cell of each dimension (the denominators of
+        every rate on this target), computed once per target."""
+        if surface not in self._base_sums:
+            wb = self.weights * base
+            cells = [
+                (
+                    np.bincount(self.row_cells[:, d], weights=wb, minlength=dim.size),
+                    np.bincount(self.row_cells[:, d], weights=wb * wb, minlength=dim.size),
+                )
+                for d, dim in enumerate(self.sample.strata.dimensions)
+            ]
+            self._base_sums[surface] = (float(wb.sum()), float((wb * wb).sum()), cells)
+        return self._base_sums[surface]
+
+    def _rate_all(self, node, base, surface, cache) -> tuple[np.ndarray, np.ndarray]:
+        everything = np.arange(self.strata)
+        hit = mask(node, self.sample.rows, cache)
+        rows = np.flatnonzero(hit & (base > 0)) if surface is not None else np.flatnonzero(hit)
+        if isinstance(node, And | Or) and len(rows) < self.min_support:
             # too thin together: its terms taken as independent given the stratum
-            rate, relvar = np.ones(len(strata)), np.zeros(len(strata))
+            rate, relvar = np.ones(self.strata), np.zeros(self.strata)
             for item in node.items:
-                part, part_relvar = self._rate(item, strata, base, surface, cache)
+                part, part_relvar = self._rate(item, everything, base, surface, cache)
                 part = part.clip(0, 1)
                 rate, relvar = rate * (part if isinstance(node, And) else 1 - part), relvar + part_relvar
             return (rate if isinstance(node, And) else 1 - rate), relvar
-        wy, wb = w * y, w * base
-        root = wy.sum() / max(wb.sum(), 1e-12)
-        rate = np.full(len(strata), root)
-        relvar = np.full(len(strata), _ratio_relvar(w, y, base, np.ones(len(y), bool), root))
+        # only the reached rows carry y: every sum over y is a sum over them
+        wb = self.weights[rows] * base[rows]
+        wy = wb if surface is not None else self.weights[rows]
+        total_b, total_b2, cells_b = self._bases(base, surface)
+
+        def ratio(numerator, cross, square, denominator, denominator2):
+            r = numerator / np.maximum(denominator, 1e-12)
+            residual = square - 2 * r * cross + r * r * denominator2  # sum (w y - r w base)^2
+            return r, residual.clip(min=0) / np.maximum(denominator, 1e-12) ** 2 / np.maximum(r, 1e-12) ** 2
+
+        root, root_relvar = ratio(wy.sum(), (wy * wb).sum(), (wy * wy).sum(), total_b, total_b2)
+        rate = np.full(self.strata, root)
+        relvar = np.full(self.strata, root_relvar if root > 0 else 0.0)
         for d, dimension in enumerate(self.sample.strata.dimensions):
-            cells = self.row_cells[:, d]
-            numerator = np.bincount(cells, weights=wy, minlength=dimension.size)
-            denominator = np.bincount(cells, weights=wb, minlength=dimension.size)
-            support = np.bincount(cells, weights=hit & (y > 0), minlength=dimension.size)
-            mine = self.coordinates[strata, d]
-            ok = (support[mine] >= self.min_support) & (denominator[mine] > 0) & (root > 0)
-            cell_rate = numerator[mine] / np.maximum(denominator[mine], 1e-12)
-            rate = np.where(ok, rate * cell_rate / max(root, 1e-12), rate)
-            for c in np.unique(mine[ok]):
-                relvar[ok & (mine == c)] += _ratio_relvar(
-                    w, y, base, cells == c, numerator[c] / denominator[c]
-                )
+            cells = self.row_cells[rows, d]
+            size = dimension.size
+            cell_rate, cell_relvar = ratio(
+                np.bincount(cells, weights=wy, minlength=size),
+                np.bincount(cells, weights=wy * wb, minlength=size),
+                np.bincount(cells, weights=wy * wy, minlength=size),
+                *cells_b[d],
+            )
+            support = np.bincount(cells, minlength=size)
+            mine = self.coordinates[:, d]
+            ok = (support[mine] >= self.min_support) & (cells_b[d][0][mine] > 0) & (root > 0)
+            rate = np.where(ok, rate * cell_rate[mine] / max(root, 1e-12), rate)
+            relvar = np.where(ok, relvar + cell_relvar[mine], relvar)
         return rate, relvar
-
-
-def _ratio_relvar(w: np.ndarray, y: np.ndarray, base: np.ndarray, rows: np.ndarray, rate: float) -> float:
-    """Linearised relative variance of the weighted ratio sum w y / sum w base over `rows`."""
-    if rate <= 0:
-        return 0.0
-    w, y, base = w[rows], y[rows], base[rows]
-    denominator = (w * base).sum()
-    return float(((w * (y - rate * base)) ** 2).sum() / max(denominator, 1e-12) ** 2 / rate**2)
 
 
 __all__ = ["Estimate", "ReachIndex", "FALSE", "TRUE"]

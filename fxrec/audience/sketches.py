@@ -131,8 +131,8 @@ class ThetaIndex:
 def lg_k_for_budget(counts: list[float], budget_bytes: int) -> int:
     """The largest lg_k whose sketches (of sets of these sizes) fit in `budget_bytes` (8 bytes per
     retained hash, at most k of them, plus a small header)."""
-    best = 4
-    for lg_k in range(4, 27):
+    best = 5  # the smallest the library takes
+    for lg_k in range(5, 27):
         size = sum(8 * min(c, 2**lg_k) + 24 for c in counts)
         if size <= budget_bytes:
             best = lg_k

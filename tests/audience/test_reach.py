@@ -119,3 +119,14 @@ def test_learned_strata_lower_the_workload_variance():
     strata = learn_stratification(SCHEMA, pilot, queries, population=CONFIG.users, budget=800, minimum=2)
     assert 1 <= strata.depth <= 6
     assert len(census(strata, [POPULATION]).keys) <= 800 // (4 * 2) * 2  # about the cap (unseen strata aside)
+
+
+def test_segment_count_dimension():
+    from fxrec.audience.schema import pack_bits
+    from fxrec.audience.strata import segment_count
+
+    flags = np.random.default_rng(0).random((50, 130)) < 0.3
+    assert (segment_count(pack_bits(flags, 3)) == flags.sum(1)).all()
+    dimensions = candidate_dimensions(SCHEMA, POPULATION, segment_counts=True)
+    counted = [d for d in dimensions if d.kind == "segment count"]
+    assert len(counted) == 1 and counted[0].coordinate(POPULATION).max() == counted[0].size - 1

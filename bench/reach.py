@@ -1,0 +1,251 @@
+"""Reach estimation: fxrec's stratified sample vs a uniform sample, simple (proportional) stratification
+and theta sketches at equal bytes, on a simulated population, side by side in one run.
+
+The population (10^7 users; --quick: 10^5) is generated in chunks (fxrec.audience.population) and
+read twice: pass 1 counts the strata, feeds the theta sketches and counts every query exactly; pass 2
+draws the three samples (bottom-k per stratum). Only the samples and sketches stay in memory. The
+strata are learned on a past log (users of the same world outside the population) and a past query
+workload; the measured queries are fresh random advertiser queries (>= 1,000 with a non-zero reach).
+
+Reported per method and true-reach bucket (<= 10^3, 10^3-10^5, >= 10^5 users): the median (and p90)
+relative error of unique users (and of impressions, for the samples), the share of queries whose 95%
+interval covers the truth, and in-process query latency p50 / p99. Goals (issue 28, full run): median
+error <= 5% at >= 10^5 and <= 25% at <= 10^3, every bucket better than uniform and proportional;
+p99 <= 50 ms. `--population DIR` writes the population there as Parquet once and reads it back.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import parse_args, print_table, write_result
+
+from fxrec.audience.build import population_sigma
+from fxrec.audience.evaluate import reach
+from fxrec.audience.population import (
+    PopulationConfig,
+    audience_schema,
+    iter_chunks,
+    past_users,
+    read_population,
+    write_population,
+)
+from fxrec.audience.reach import ReachIndex
+from fxrec.audience.sample import BottomK, CensusCounter
+from fxrec.audience.schema import Columns
+from fxrec.audience.sketches import ThetaIndex, lg_k_for_budget
+from fxrec.audience.strata import Stratification, Workload, learn_stratification, neyman, proportional
+from fxrec.audience.workload import random_queries
+
+NAME = "reach"
+FULL = {"users": 10_000_000, "chunk_size": 100_000, "pilot": 100_000, "sample_rate": 0.01, "queries": 1200}
+QUICK = {"users": 100_000, "chunk_size": 25_000, "pilot": 20_000, "sample_rate": 0.02, "queries": 1200}
+PAST_QUERIES, MINIMUM, MIN_SUPPORT, MIX = 200, 5, 20, float(__import__("os").environ.get("MIX", "0.5"))
+REPLICATES = 3  # samples per method (seeds): errors pool over them, so one lucky draw does not decide
+BUCKETS = (("<=1e3", 0, 1e3), ("1e3-1e5", 1e3, 1e5), (">=1e5", 1e5, np.inf))
+
+
+def keep_interest(columns: Columns) -> Columns:
+    """What the samples keep: the targetable truth (providers' labels are for the quality tools)."""
+    segments = {"interest": columns.segments["interest"]}
+    return Columns(columns.user_id, columns.categorical, columns.numeric, segments, columns.impressions)
+
+
+def main() -> None:
+    args = parse_args(
+        NAME,
+        __doc__.splitlines()[0],
+        [
+            (
+                ("--population",),
+                {"type": Path, "default": None, "help": "write/read the population as Parquet here"},
+            ),
+            (
+                ("--users",),
+                {"type": int, "default": None, "help": "population size (default: 10^7; --quick: 10^5)"},
+            ),
+            (
+                ("--sample-rate",),
+                {"type": float, "default": None, "help": "sample rows per user (default 0.01; --quick 0.02)"},
+            ),
+        ],
+    )
+    setup = dict(QUICK if args.quick else FULL)
+    if args.users:
+        setup["users"] = args.users
+    if args.sample_rate:
+        setup["sample_rate"] = args.sample_rate
+    config = PopulationConfig(users=setup["users"], chunk_size=setup["chunk_size"])
+    schema = audience_schema(config)
+    if args.population is not None:
+        if not (args.population / "schema.yaml").exists():
+            write_population(config, args.population)
+
+        def chunks():
+            return read_population(args.population)[1]
+    else:
+
+        def chunks():
+            return iter_chunks(config)
+
+    budget = int(setup["sample_rate"] * config.users)
+    started = time.perf_counter()
+    pilot = past_users(config, setup["pilot"])
+    past = random_queries(schema, PAST_QUERIES, seed=1)
+    strata = learn_stratification(schema, pilot, past, config.users, budget, MINIMUM)
+    learned_s = time.perf_counter() - started
+    print(f"strata: {strata.describe()} (learned in {learned_s:.1f}s)")
+    queries = random_queries(schema, setup["queries"], seed=7)
+
+    # pass 1: strata counts, theta sketches, exact answers
+    row_bytes = keep_interest(pilot).take(np.arange(1)).nbytes() + 4
+    pilot_counts = _sketch_sizes(schema, pilot, config.users / len(pilot))
+    lg_k = lg_k_for_budget(pilot_counts, int(0.9 * budget * row_bytes))  # 0.9: pilot-estimated set sizes
+    theta = ThetaIndex(schema, lg_k)
+    counter, uniform_counter = CensusCounter(strata), CensusCounter(Stratification())
+    truth = np.zeros((len(queries), 2))
+    pass_started = time.perf_counter()
+    for chunk in chunks():
+        counter.add(chunk)
+        uniform_counter.add(chunk)
+        theta.add(chunk)
+        cache: dict = {}  # leaf masks shared by the queries on this chunk
+        for i, query in enumerate(queries):
+            reached, impressions = reach(query, chunk, cache)
+            truth[i] += (reached.sum(), impressions.sum())
+    theta.finish()
+    pass1_s = time.perf_counter() - pass_started
+    counts, uniform_counts = counter.result(), uniform_counter.result()
+
+    # pass 2: the samples
+    sigma = population_sigma(strata, counts, pilot, Workload.evaluate(past, pilot))
+    allocations = {
+        "fxrec": (strata, counts, neyman(counts.users, sigma, budget, MINIMUM, MIX)),
+        "uniform": (Stratification(), uniform_counts, np.array([budget])),
+        "proportional": (strata, counts, proportional(counts.users, budget)),
+    }
+    samplers = {
+        (name, r): BottomK(*allocation, seed=100 * r + i, keep=keep_interest)
+        for i, (name, allocation) in enumerate(allocations.items())
+        for r in range(REPLICATES)
+    }
+    pass_started = time.perf_counter()
+    for chunk in chunks():
+        for sampler in samplers.values():
+            sampler.add(chunk)
+    pass2_s = time.perf_counter() - pass_started
+    options = {"fxrec": {"min_support": MIN_SUPPORT}, "uniform": {"min_support": 0, "exact_strata": False}}
+    options["proportional"] = options["uniform"]
+
+    answers: dict[str, np.ndarray] = {}
+    latency: dict[str, np.ndarray] = {}
+    extra: dict[str, dict] = {}
+    for name in allocations:
+        rows, times = [], []
+        for r in range(REPLICATES):
+            index = ReachIndex(schema, samplers[(name, r)].result(), **options[name])
+            for query in queries:
+                t0 = time.perf_counter()
+                e = index.query(query)
+                times.append(time.perf_counter() - t0)
+                rows.append((e.users, e.impressions, e.users_low, e.users_high, e.fallback))
+        answers[name], latency[name] = np.array(rows, dtype=float), np.array(times)
+        extra[name] = {"bytes": index.nbytes(), "rows": len(index.sample.rows)}
+    times, rows = [], []
+    for query in queries:
+        t0 = time.perf_counter()
+        rows.append((theta.query(query), np.nan, np.nan, np.nan, 0.0))
+        times.append(time.perf_counter() - t0)
+    answers["theta"], latency["theta"] = (
+        np.array(rows * REPLICATES),
+        np.array(times),
+    )  # one sketch set, repeated
+    extra["theta"] = {"bytes": theta.nbytes(), "lg_k": lg_k, "sketches": len(theta.sketches)}
+
+    result_rows, medians = [], {}
+    truth = np.tile(truth, (REPLICATES, 1))  # answers: replicate after replicate of every query
+    nonzero = truth[:, 0] > 0
+    for name, answer in answers.items():
+        users_error = np.abs(answer[:, 0] - truth[:, 0]) / np.maximum(truth[:, 0], 1)
+        impressions_error = np.abs(answer[:, 1] - truth[:, 1]) / np.maximum(truth[:, 1], 1)
+        covered = (answer[:, 2] <= truth[:, 0]) & (truth[:, 0] <= answer[:, 3])
+        for bucket, low, high in BUCKETS:
+            inside = (
+                nonzero
+                & (truth[:, 0] > low if low else True)
+                & (truth[:, 0] <= high if np.isfinite(high) else True)
+            )
+            if bucket == ">=1e5":
+                inside = nonzero & (truth[:, 0] >= low)
+            if not inside.any():
+                continue
+            medians[(name, bucket)] = float(np.median(users_error[inside]))
+            result_rows.append(
+                {
+                    "method": name,
+                    "bucket": bucket,
+                    "queries": int(inside.sum()) // REPLICATES,
+                    "users_median_rel_err": medians[(name, bucket)],
+                    "users_p90_rel_err": float(np.quantile(users_error[inside], 0.9)),
+                    "impressions_median_rel_err": None
+                    if name == "theta"
+                    else float(np.median(impressions_error[inside])),
+                    "ci_coverage": None if name == "theta" else float(covered[inside].mean()),
+                    "fallback_share": float(answer[inside, 4].mean()),
+                    "p50_ms": float(np.median(latency[name]) * 1e3),
+                    "p99_ms": float(np.quantile(latency[name], 0.99) * 1e3),
+                    "bytes": extra[name]["bytes"],
+                }
+            )
+    print_table(
+        f"reach: {config.users:,} users, {int(nonzero.sum())} queries with reach > 0, budget {budget:,} rows",
+        result_rows,
+    )
+    ratios = {}
+    for bucket, _, _ in BUCKETS:
+        for other in ("uniform", "proportional", "theta"):
+            if ("fxrec", bucket) in medians and (other, bucket) in medians and medians[(other, bucket)] > 0:
+                ratios[f"fxrec/{other} median users error {bucket}"] = (
+                    medians[("fxrec", bucket)] / medians[(other, bucket)]
+                )
+    for key, value in ratios.items():
+        print(f"{key}: {value:.3f}")
+    write_result(
+        args,
+        NAME,
+        result_rows,
+        ratios,
+        setup=setup,
+        strata=strata.describe(),
+        strata_count=len(counts.keys),
+        methods=extra,
+        queries_zero_reach=int((~nonzero).sum()) // REPLICATES,
+        seconds={
+            "learn": learned_s,
+            "pass1": pass1_s,
+            "pass2": pass2_s,
+            "total": time.perf_counter() - started,
+        },
+    )
+
+
+def _sketch_sizes(schema, pilot: Columns, scale: float) -> list[float]:
+    """Expected set size of every theta sketch, from the pilot (to size lg_k for the byte budget)."""
+    from fxrec.audience.schema import has_bit
+
+    sizes = [len(pilot) * scale]
+    for field, values in schema.categorical.items():
+        sizes += (np.bincount(pilot.categorical[field], minlength=len(values)) * scale).tolist()
+    for field, (low, high) in schema.numeric.items():
+        sizes += (np.bincount(pilot.numeric[field] - low, minlength=high - low + 1) * scale).tolist()
+    sizes += [
+        has_bit(pilot.segments["interest"], k).sum() * scale for k in range(len(schema.segments["interest"]))
+    ]
+    sizes += ((pilot.impressions > 0).sum(0) * scale).tolist()
+    return sizes
+
+
+if __name__ == "__main__":
+    main()
