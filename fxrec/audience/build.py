@@ -51,11 +51,16 @@ def build_reach_index(
     budget: int,
     minimum: int = 5,
     min_support: int = 20,
+    mix: float = 0.5,
     seed: int = 0,
+    population: int | None = None,
 ) -> ReachIndex:
-    population = sum(len(chunk) for chunk in chunks()) if not hasattr(chunks, "users") else chunks.users
+    """Strata learned on `pilot` and `past_queries`, a sample of `budget` users drawn in two passes over
+    `chunks()` (three when `population`, the number of users, is not given)."""
+    if population is None:
+        population = sum(len(chunk) for chunk in chunks())
     strata = learn_stratification(schema, pilot, past_queries, population, budget, minimum)
     counts = census(strata, chunks())
     sigma = population_sigma(strata, counts, pilot, Workload.evaluate(past_queries, pilot))
-    taken = neyman(counts.users, sigma, budget, minimum)
+    taken = neyman(counts.users, sigma, budget, minimum, mix)
     return ReachIndex(schema, draw(strata, counts, taken, chunks(), seed), min_support=min_support)

@@ -12,13 +12,17 @@ summed over surfaces):
 2. the other strata use the weighted count  Y = sum_h N_h / n_h * sum_{i in h} y_i,  unbiased, with
    variance  sum_h N_h^2 (1 - n_h/N_h) s_h^2 / n_h  and a normal confidence interval (z);
 3. fuzzy fall-back: when the query's support (sample users it reaches in those strata) is below
-   `min_support`, each such stratum h borrows the rate of its nearest parent stratum (dropping the
-   last stratification dimensions) that has `min_support` reached sample users: the query with h's
-   decided terms fixed (the *residual*: what h's own cells cannot tell) is evaluated on the parent's
-   rows, and its weighted rate is rescaled to h's size: Y_h = N_h * sum_g w_i y_i / sum_g w_i (for
-   impressions, I_h,s times the parent's reached share of its impressions on s). Small minorities thus
-   get an answer from their larger parents instead of zero (biased where the parent differs,
-   low-variance; `Estimate.fallback` says when it happened).
+   `min_support`, each such stratum h also gets a synthetic estimate from coarser strata, rescaled to
+   h: its *residual* query (the query with the terms h's own cells decide fixed) has a weighted rate
+   R over the whole sample; each dimension d whose parent stratum "cell c_d(h) on d, anything on the
+   others" has `min_support` reached sample users multiplies it by that parent's rate over R (a
+   main-effects model), and an `and` / `or` too thin as a whole is taken as independent terms. Then
+   Y_h = N_h * rate (for impressions, I_h,s * the share of impressions reached). The answer blends
+   the weighted count (weight support / min_support) with the synthetic one (the rest), so a
+   minority with no sampled user still gets its parents' rate instead of zero, and the estimate moves
+   smoothly into the plain count as support grows. The variance ignores the synthetic part's bias;
+   `Estimate.fallback` says when it was used. Strata the budget could not sample at all always take
+   the synthetic estimate.
 
 Setting `exact_strata=False, min_support=0` gives the plain stratified estimator (the baselines).
 """
@@ -45,7 +49,7 @@ class Estimate:
     impressions_low: float
     impressions_high: float
     support: int  # sample users the query reaches in the strata it leaves undecided
-    fallback: bool  # the fuzzy fall-back answered (support < min_support)
+    fallback: bool  # the fuzzy fall-back was blended in (support < min_support)
     exact: bool  # every stratum was decided: the counts are exact
 
     def to_dict(self) -> dict:
@@ -99,9 +103,10 @@ class ReachIndex:
             and undecided.any()
             and self.sample.strata.depth
         )
+        share = support / self.min_support if fallback else None
         ones = np.ones(len(rows))
         users = self._total(
-            users_node, reached.astype(float), ones, census.users, t, undecided, fallback, cache, None
+            users_node, reached.astype(float), ones, census.users, t, undecided, share, cache, None
         )
         impressions = _Total(0.0, 0.0)
         if not query.uses_surface:  # one target: all of a reached user's impressions
@@ -113,7 +118,7 @@ class ReachIndex:
                 self.stratum_impressions,
                 t,
                 undecided,
-                fallback,
+                share,
                 cache,
                 -1,
             )
@@ -121,7 +126,7 @@ class ReachIndex:
             on_s = rows.impressions[:, s].astype(float)
             ts, fs = self._kleene(node)
             y = np.where(mask(node, rows, cache), on_s, 0.0)
-            part = self._total(node, y, on_s, census.impressions[:, s], ts, ~(ts | fs), fallback, cache, s)
+            part = self._total(node, y, on_s, census.impressions[:, s], ts, ~(ts | fs), share, cache, s)
             impressions = _Total(impressions.value + part.value, impressions.variance + part.variance)
         exact_users = float(census.users[t].sum())
         return Estimate(
@@ -147,22 +152,33 @@ class ReachIndex:
         return kleene(node, self._decide)
 
     def _total(self, node, y, base, totals, t, undecided, fallback, cache, surface) -> _Total:
-        """Exact strata + weighted count (or the fall-back) over undecided strata, for one target y."""
+        """Exact strata + weighted count over undecided strata for one target y; with `fallback` (the
+        weighted count's share, None when the fall-back is off) blended with the fall-back."""
         sample = self.sample
         exact = float(totals[t].sum())
         h, n, big_n = sample.row_stratum, sample.taken, sample.census.users
-        if not fallback:
-            sums = np.bincount(h, weights=y, minlength=self.strata)
-            squares = np.bincount(h, weights=y * y, minlength=self.strata)
-            counts = np.maximum(n, 1)
-            mean = sums / counts
-            s2 = np.where(n > 1, (squares - sums * mean) / np.maximum(n - 1, 1), 0.0).clip(min=0)
-            value = (big_n / counts * sums)[undecided].sum()
-            variance = (big_n.astype(float) ** 2 * (1 - n / np.maximum(big_n, 1)) * s2 / counts)[
-                undecided
-            ].sum()
-            return _Total(exact + float(value), float(variance))
-        return self._fallback(node, base, totals, undecided, cache, surface, exact)
+        sums = np.bincount(h, weights=y, minlength=self.strata)
+        squares = np.bincount(h, weights=y * y, minlength=self.strata)
+        counts = np.maximum(n, 1)
+        s2 = np.where(n > 1, (squares - sums * sums / counts) / np.maximum(n - 1, 1), 0.0).clip(min=0)
+        value = float((big_n / counts * sums)[undecided].sum())
+        variance = float(
+            (big_n.astype(float) ** 2 * (1 - n / np.maximum(big_n, 1)) * s2 / counts)[undecided].sum()
+        )
+        empty = undecided & (n == 0)  # strata the budget could not reach borrow from their parents
+        if empty.any() and self.min_support > 0 and sample.strata.depth:
+            borrowed = self._fallback(node, base, totals, empty, cache, surface, 0.0)
+            value, variance = value + borrowed.value, variance + borrowed.variance
+        if fallback is None:
+            return _Total(exact + value, variance)
+        # the fall-back, blended with the weighted count by the support: weight support / min_support
+        # on the count, the rest on the parents' rescaled rates
+        synthetic = self._fallback(node, base, totals, undecided, cache, surface, 0.0)
+        share = fallback
+        return _Total(
+            exact + share * value + (1 - share) * synthetic.value,
+            share**2 * variance + (1 - share) ** 2 * synthetic.variance,
+        )
 
     def _fallback(self, node, base, totals, undecided, cache, surface, exact) -> _Total:
         """Each undecided stratum h takes its residual query's rate from coarser strata, rescaled: the

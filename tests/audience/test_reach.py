@@ -78,7 +78,9 @@ def test_decided_strata_count_exactly():
 def test_fallback_engages_exactly_below_the_support_threshold():
     strata = _strata()
     counts = census(strata, [POPULATION])
-    sample = draw(strata, counts, proportional(counts.users, 600), [POPULATION], seed=2)
+    taken = neyman(counts.users, np.ones(len(counts.users)), 900, 1)
+    assert (taken > 0).all()  # no unsampled strata: at the threshold the answer is the plain count
+    sample = draw(strata, counts, taken, [POPULATION], seed=2)
     query = parse("interest:topic_020 and device:android", SCHEMA)
     support = ReachIndex(SCHEMA, sample, min_support=0).query(query).support
     assert support > 0
@@ -130,3 +132,25 @@ def test_segment_count_dimension():
     dimensions = candidate_dimensions(SCHEMA, POPULATION, segment_counts=True)
     counted = [d for d in dimensions if d.kind == "segment count"]
     assert len(counted) == 1 and counted[0].coordinate(POPULATION).max() == counted[0].size - 1
+
+
+def test_build_reach_index_from_chunks():
+    from fxrec.audience.build import build_reach_index
+    from fxrec.audience.population import iter_chunks
+
+    config = PopulationConfig(users=12_000, chunk_size=4000, interests=40)
+    schema = audience_schema(config)
+    index = build_reach_index(
+        schema,
+        lambda: iter_chunks(config),
+        past_users(config, 6000),
+        random_queries(schema, 40, seed=1),
+        budget=1500,
+    )
+    assert len(index.sample.rows) == 1500 and index.sample.census.users.sum() == 12_000
+    everyone = index.query("country:US or not country:US")
+    assert everyone.exact and everyone.users == 12_000
+    text = "age in 18..24 and (interest:sports or interest:outdoor) and not country:US and surface = video"
+    answer = index.query(text)
+    truth = sum(int(reach(parse(text, schema), chunk)[0].sum()) for chunk in iter_chunks(config))
+    assert abs(answer.users - truth) < 0.5 * truth
