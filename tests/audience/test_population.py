@@ -74,3 +74,46 @@ def test_population_from_an_event_log(tmp_path):
     assert set(schema.surfaces) == {"feed", "stories", "video"}
     read_schema, chunks = read_population(tmp_path / "pop")
     assert read_schema == schema and len(next(chunks)) == len(users)
+
+
+def test_a_real_table_through_the_importer(tmp_path):
+    """A CSV of impressions with user attributes -> `import_table` with a spec -> a population."""
+    from fxrec.data.sources.table import import_table
+
+    (tmp_path / "spec.yaml").write_text(
+        "name: shop\n"
+        "surfaces: [web, app]\n"
+        "features:\n"
+        "  - {name: country, kind: sparse, cardinality: 300}\n"
+        "  - {name: age, kind: dense}\n"
+        "  - {name: tags, kind: multi, cardinality: 100}\n"
+        "encode: {country: dict}\n"
+    )
+    rows = [
+        "event_id,ts,user_id,item_id,surface,click,country,age,tags",
+        "1,1700000000,7,1,web,0,DE,31,3|5",
+        "2,1700000100,7,2,app,1,DE,31,5",
+        "3,1700000200,8,1,app,0,FR,45,",
+        "4,1700000300,9,3,web,0,DE,19,9",
+        "5,1700000400,9,3,web,1,DE,19,9",
+    ]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    import_table(tmp_path / "spec.yaml", [tmp_path / "log.csv"], tmp_path / "events")
+    spec = EventAudienceSpec(
+        categorical={"country": "country"}, numeric={"age": "age"}, segments={"tag": "tags"}
+    )
+    schema, users = population_from_events(tmp_path / "events", spec)
+    assert users.user_id.tolist() == [7, 8, 9]
+    assert users.impressions.tolist() == [[1, 1], [0, 1], [2, 0]]  # surfaces in the spec's order: web, app
+    assert users.numeric["age"].tolist() == [31, 45, 19]
+    assert schema.segments["tag"] == ("3", "5", "9")
+    assert [has_bit(users.segments["tag"], k).tolist() for k in range(3)] == [
+        [True, False, False],
+        [True, False, False],
+        [False, False, True],
+    ]
+    from fxrec.audience.evaluate import reach
+    from fxrec.audience.query import parse
+
+    reached, impressions = reach(parse("tag:5 or surface = app", schema), users)
+    assert reached.tolist() == [True, True, False] and impressions.tolist() == [2, 1, 0]
