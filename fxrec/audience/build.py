@@ -51,7 +51,7 @@ def build_reach_index(
     budget: int,
     minimum: int = 5,
     min_support: int = 20,
-    mix: float = 0.5,
+    mix: float = 0.8,
     seed: int = 0,
     population: int | None = None,
 ) -> ReachIndex:
