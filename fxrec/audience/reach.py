@@ -1,7 +1,9 @@
 """Reach estimation: how many users (and impressions) a targeting query reaches, from a sample.
 
-`ReachIndex.query(expr) -> Estimate` answers in-process from a `StratifiedSample` (a Ray actor per
-shard wraps the same object in part 2: every sum below is additive over shards of the rows).
+`ReachIndex.query(expr) -> Estimate` answers in-process from a `StratifiedSample`. The seam for
+sharding (part 2: Ray actors, each holding a ReachIndex over a shard of the rows and the full census):
+every sum below (per stratum, per cell of a dimension) is additive over shards, so a scatter-gather
+adds the shards' sums before taking the estimates, rates and the support.
 
 The estimate, for a target y (1 per reached user, or the user's reached impressions on one surface,
 summed over surfaces):
@@ -37,7 +39,7 @@ from fxrec.audience.evaluate import mask
 from fxrec.audience.query import And, Node, Or, Query, leaves, parse, substitute
 from fxrec.audience.sample import StratifiedSample
 from fxrec.audience.schema import AudienceSchema
-from fxrec.audience.strata import FALSE, TRUE, UNKNOWN, kleene
+from fxrec.audience.strata import TRUE, UNKNOWN, kleene
 
 
 @dataclass(frozen=True)
@@ -275,4 +277,4 @@ class ReachIndex:
         return rate, relvar
 
 
-__all__ = ["Estimate", "ReachIndex", "FALSE", "TRUE"]
+__all__ = ["Estimate", "ReachIndex"]
