@@ -42,7 +42,7 @@ from fxrec.audience.workload import random_queries
 NAME = "reach"
 FULL = {"users": 10_000_000, "chunk_size": 100_000, "pilot": 100_000, "sample_rate": 0.01, "queries": 1200}
 QUICK = {"users": 100_000, "chunk_size": 25_000, "pilot": 20_000, "sample_rate": 0.02, "queries": 1200}
-PAST_QUERIES, MINIMUM, MIN_SUPPORT = 200, 5, 20
+PAST_QUERIES, MINIMUM, MIN_SUPPORT = 200, 5, 50  # 50: on 10^6 users, better than 8, 20 and 100
 # Neyman allocation blended with proportional: on 10^6 users (1% sample), 0.8 beat 0.5 and 0 (pure
 # Neyman) on the 10^3-10^5 and >= 10^5 buckets and cost little on the smallest
 MIX = 0.8
@@ -68,6 +68,10 @@ def main() -> None:
             (
                 ("--users",),
                 {"type": int, "default": None, "help": "population size (default: 10^7; --quick: 10^5)"},
+            ),
+            (
+                ("--min-support",),
+                {"type": int, "default": MIN_SUPPORT, "help": "fxrec's fall-back threshold (sampled users)"},
             ),
             (
                 ("--sample-rate",),
@@ -139,7 +143,10 @@ def main() -> None:
         for sampler in samplers.values():
             sampler.add(chunk)
     pass2_s = time.perf_counter() - pass_started
-    options = {"fxrec": {"min_support": MIN_SUPPORT}, "uniform": {"min_support": 0, "exact_strata": False}}
+    options = {
+        "fxrec": {"min_support": args.min_support},
+        "uniform": {"min_support": 0, "exact_strata": False},
+    }
     options["proportional"] = options["uniform"]
 
     answers: dict[str, np.ndarray] = {}

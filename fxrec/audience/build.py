@@ -50,7 +50,7 @@ def build_reach_index(
     past_queries: list[Query],
     budget: int,
     minimum: int = 5,
-    min_support: int = 20,
+    min_support: int = 50,
     mix: float = 0.8,
     seed: int = 0,
     population: int | None = None,

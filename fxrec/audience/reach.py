@@ -71,7 +71,7 @@ class ReachIndex:
         self,
         schema: AudienceSchema,
         sample: StratifiedSample,
-        min_support: int = 20,
+        min_support: int = 50,
         z: float = 1.96,
         exact_strata: bool = True,
     ):
