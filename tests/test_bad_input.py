@@ -180,7 +180,7 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
         "unknown interaction",
         lambda tmp: _config(tmp, fm={**FM, "interaction": {"name": "dcn3"}}),
         TRAIN_FM,
-        "fm.interaction: unknown interaction 'dcn3'; known: dcnv2, dhen, dot",
+        "fm.interaction: unknown interaction 'dcn3'; known: attention_fm, dcnv2, dhen, dot",
     ),
     (
         "user tower without features",

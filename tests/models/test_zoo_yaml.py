@@ -19,6 +19,9 @@ ZOO = Path(__file__).resolve().parents[2] / "configs" / "zoo.yaml"
 VM_FEATURES = ["item_id", "advertiser_id", "position", "device", "bid", "hist_item_id"]
 
 
+SINGLE_LAYER = {"dot", "attention_fm"}  # backbones without a depth (`num_layers`) key
+
+
 @pytest.mark.parametrize("role", ["fm", "vm"])
 @pytest.mark.parametrize("backbone", sorted(INTERACTIONS))
 def test_every_backbone_trains_as_fm_and_as_vm_from_yaml(backbone, role, small_log, tmp_path):
@@ -26,7 +29,7 @@ def test_every_backbone_trains_as_fm_and_as_vm_from_yaml(backbone, role, small_l
         name: {role}_{backbone}
         role: {role}
         embedding_dim: 8
-        interaction: {{name: {backbone}{"" if backbone == "dot" else ", num_layers: 1"}}}
+        interaction: {{name: {backbone}{"" if backbone in SINGLE_LAYER else ", num_layers: 1"}}}
         heads: {{kind: mmoe, num_experts: 2, expert_hidden: [16], hidden: [8]}}
     """
     raw = yaml.safe_load(text)
