@@ -41,6 +41,22 @@ class _SortedScores:
         return float((pos * (neg_below + 0.5 * neg)).sum() / total) if total > 0 else float("nan")
 
 
+def _paired_clusters(
+    labels: np.ndarray, probs_a: list[np.ndarray], probs_b: list[np.ndarray], clusters: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Checks that every prediction array and the clusters have a row per label; returns each row's
+    cluster index (0..n-1) and n."""
+    if not probs_a or not probs_b:
+        raise ValueError("need at least one prediction array per model")
+    for probs in [*probs_a, *probs_b]:
+        if len(probs) != len(labels):
+            raise ValueError(f"predictions have {len(probs)} rows; the labels have {len(labels)}")
+    if len(clusters) != len(labels):
+        raise ValueError(f"clusters have {len(clusters)} rows; the labels have {len(labels)}")
+    _, cluster = np.unique(np.asarray(clusters), return_inverse=True)
+    return cluster, int(cluster.max()) + 1
+
+
 def auc_difference(
     labels: np.ndarray,
     probs_a: list[np.ndarray],
@@ -57,15 +73,7 @@ def auc_difference(
     higher) and `clusters`.
     """
     labels = np.asarray(labels)
-    if not probs_a or not probs_b:
-        raise ValueError("need at least one prediction array per model")
-    for probs in [*probs_a, *probs_b]:
-        if len(probs) != len(labels):
-            raise ValueError(f"predictions have {len(probs)} rows; the labels have {len(labels)}")
-    if len(clusters) != len(labels):
-        raise ValueError(f"clusters have {len(clusters)} rows; the labels have {len(labels)}")
-    _, cluster = np.unique(np.asarray(clusters), return_inverse=True)
-    n = int(cluster.max()) + 1
+    cluster, n = _paired_clusters(labels, probs_a, probs_b, clusters)
     a = [_SortedScores(labels, p) for p in probs_a]
     b = [_SortedScores(labels, p) for p in probs_b]
 
@@ -120,15 +128,7 @@ def ne_difference(
     `calibration_high`, `p_a_better` (share of draws where a's NE is lower) and `clusters`.
     """
     labels = np.asarray(labels, dtype=np.float64)
-    if not probs_a or not probs_b:
-        raise ValueError("need at least one prediction array per model")
-    for probs in [*probs_a, *probs_b]:
-        if len(probs) != len(labels):
-            raise ValueError(f"predictions have {len(probs)} rows; the labels have {len(labels)}")
-    if len(clusters) != len(labels):
-        raise ValueError(f"clusters have {len(clusters)} rows; the labels have {len(labels)}")
-    _, cluster = np.unique(np.asarray(clusters), return_inverse=True)
-    n = int(cluster.max()) + 1
+    cluster, n = _paired_clusters(labels, probs_a, probs_b, clusters)
 
     def sums(values: np.ndarray) -> np.ndarray:
         return np.bincount(cluster, values, minlength=n)
