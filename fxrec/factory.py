@@ -28,7 +28,7 @@ from fxrec.interactions.registry import build_interaction
 from fxrec.lowp.dispatch import apply_plan
 from fxrec.lowp.mods import Mods
 from fxrec.lowp.pruning import Pruner
-from fxrec.lowp.quantize import QuantPlan, quantize
+from fxrec.lowp.quantize import QuantPlan, quantize_in_place
 from fxrec.models.checkpoint import load
 from fxrec.models.heads import TaskHeads
 from fxrec.models.ranking import DenseArch, RankingModel
@@ -226,7 +226,7 @@ def load_model(
     if not weights_path.exists():
         raise FileNotFoundError(f"{weights_path} does not exist; has training finished?")
     if "quantization" in card:  # `fxrec quantize` wrote it: quantized weights, for inference only
-        model = quantize(model, QuantPlan.from_dict(card["quantization"]))
+        model = quantize_in_place(model, QuantPlan.from_dict(card["quantization"]))
         model.load_state_dict(served_state(load(weights_path), auxiliary))
     else:
         model.load_state_dict(served_state(load(weights_path), auxiliary))

@@ -161,10 +161,21 @@ def _quantize_tables(arch: SparseArch, formats: Mapping[str, str]) -> None:
 
 def quantize(model: nn.Module, plan: QuantPlan) -> nn.Module:
     """A quantized copy of `model` for inference, in eval mode; `model` itself is not changed."""
+    _check_tables(model, plan)
+    return quantize_in_place(copy.deepcopy(model), plan)
+
+
+def _check_tables(model: nn.Module, plan: QuantPlan) -> None:
     unknown_tables = sorted(set(plan.tables) - set(table_names(model)))
     if unknown_tables:
         raise ValueError(f"the plan names tables {unknown_tables}; the model has {table_names(model)}")
-    quantized = Pruner.fold(copy.deepcopy(model))
+
+
+def quantize_in_place(model: nn.Module, plan: QuantPlan) -> nn.Module:
+    """`quantize` without the copy: `model` itself becomes the quantized model (a model built only to
+    load quantized weights into, as `fxrec.factory.load_model` does, needs no second copy of its tables)."""
+    _check_tables(model, plan)
+    quantized = Pruner.fold(model)
     _quantize_tables(_sparse_arch(quantized), plan.tables)
     lowered = {path: f for path, f in plan.linears.items() if f != "fp32"}
     if lowered:
