@@ -350,3 +350,12 @@ def _register_serving() -> None:
 
 
 _register_serving()
+
+
+def _register_reach() -> None:
+    from fxrec.cli.reach import register
+
+    register(audience_app)
+
+
+_register_reach()
