@@ -23,6 +23,7 @@ has its 2 replicas again, and the median relative error of the queries answered 
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -233,7 +234,9 @@ def main() -> None:
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
     ray_shards = None
-    if not args.no_ray and first is not None:
+    if not args.no_ray and first is not None and importlib.util.find_spec("ray") is None:
+        print("Ray shards: skipped (Ray is not installed: pip install 'fxrec[ray]')")
+    elif not args.no_ray and first is not None:
         ray_shards = _ray_shards(first, queries, truth[: len(queries), 0])
         title = (
             f"{len(queries)} queries, {SHARDS} shards x {REPLICAS} replicas on a local Ray of {RAY_CPUS} CPUs"
