@@ -35,6 +35,7 @@ Setting `exact_strata=False, min_support=0` gives the plain stratified estimator
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -68,7 +69,7 @@ class Statistics(Protocol):
 
     def target_sums(self, targets: list[Target]) -> dict[Target, Sums]: ...
 
-    def rate_sums(self, targets: list[Target]) -> dict[Target, Cells]: ...
+    def rate_sums(self, targets: list[Target]) -> Mapping[Target, Cells]: ...
 
     def base_sums(self, surfaces: list[Surface]) -> dict[Surface, Cells]: ...
 

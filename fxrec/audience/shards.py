@@ -73,7 +73,7 @@ class ShardHolder:
         return self.rows.target_sums(targets)
 
     def rate_sums(self, targets: list[Target]) -> dict[Target, Cells]:
-        return self.rows.rate_sums(targets)
+        return dict(self.rows.rate_sums(targets, lazy=False))
 
     def base_sums(self, surfaces: list[Surface]) -> dict[Surface, Cells]:
         return self.rows.base_sums(surfaces)

@@ -16,7 +16,8 @@ fall-back rate's *base*: the denominator of the rate, per user (1, total impress
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -89,6 +90,7 @@ class SampleRows:
     row_cells: np.ndarray  # int64 [rows, depth]
     strata: int  # H: the census's strata (all of them, on every shard)
     cell_sizes: tuple[int, ...]  # cells per dimension
+    _bases: dict = field(default_factory=dict, repr=False, compare=False)  # base per surface, cached
 
     def __len__(self) -> int:
         return len(self.row_stratum)
@@ -111,11 +113,15 @@ class SampleRows:
         return self.rows.nbytes() + self.row_stratum.nbytes + self.weights.nbytes
 
     def base(self, surface: Surface) -> np.ndarray:
-        if surface is None:
-            return np.ones(len(self))
-        if surface == -1:
-            return self.rows.total_impressions.astype(float)
-        return self.rows.impressions[:, surface].astype(float)
+        """Each row's base on `surface` (1 for users), computed once."""
+        if surface not in self._bases:
+            if surface is None:
+                self._bases[surface] = np.ones(len(self))
+            elif surface == -1:
+                self._bases[surface] = self.rows.total_impressions.astype(float)
+            else:
+                self._bases[surface] = self.rows.impressions[:, surface].astype(float)
+        return self._bases[surface]
 
     def target_sums(self, targets: list[Target]) -> dict[Target, Sums]:
         """Per-stratum sum y and sum y^2 of each target: y is 1 per reached user (surface None), or the
@@ -131,19 +137,26 @@ class SampleRows:
             )
         return found
 
-    def rate_sums(self, targets: list[Target]) -> dict[Target, Cells]:
-        """For each fall-back node (with every term of an `and` / `or` in it, `closure`) and base: the
-        weighted sums w * base of the rows it reaches (with a positive base), overall and per cell."""
+    def rate_sums(self, targets: list[Target], lazy: bool = True) -> Mapping[Target, Cells]:
+        """For each fall-back node and base: the weighted sums w * base of the rows it reaches (with a
+        positive base), overall and per cell. `lazy` (in process): each node's sums are computed when
+        the estimator first reads them, for any node; else (a shard answering over the network) every
+        node of each target's `closure` at once, since the estimator may need any of them."""
+        if lazy:
+            return _LazyCells(self)
         cache: dict = {}
         found = {}
         for node, surface in targets:
             for part in closure(node):
                 if (part, surface) not in found:
-                    hit = mask(part, self.rows, cache)
-                    base = self.base(surface)
-                    rows = np.flatnonzero(hit & (base > 0)) if surface is not None else np.flatnonzero(hit)
-                    found[(part, surface)] = self._cells(rows, self.weights[rows] * base[rows])
+                    found[(part, surface)] = self.cells_of(part, surface, cache)
         return found
+
+    def cells_of(self, node: Node, surface: Surface, cache: dict) -> Cells:
+        hit = mask(node, self.rows, cache)
+        base = self.base(surface)
+        rows = np.flatnonzero(hit & (base > 0)) if surface is not None else np.flatnonzero(hit)
+        return self._cells(rows, self.weights[rows] * base[rows])
 
     def base_sums(self, surfaces: list[Surface]) -> dict[Surface, Cells]:
         """The weighted sums w * base of every row, per base: the fall-back rates' denominators."""
@@ -166,3 +179,21 @@ class SampleRows:
             ],
             [np.bincount(c, minlength=size) for c, size in zip(cells, self.cell_sizes, strict=True)],
         )
+
+
+class _LazyCells(Mapping):
+    """`SampleRows.rate_sums` computed on first read, per (node, surface), sharing leaf masks."""
+
+    def __init__(self, rows: SampleRows):
+        self.rows, self.found, self.cache = rows, {}, {}
+
+    def __getitem__(self, key: Target) -> Cells:
+        if key not in self.found:
+            self.found[key] = self.rows.cells_of(*key, self.cache)
+        return self.found[key]
+
+    def __iter__(self) -> Iterator[Target]:
+        return iter(self.found)
+
+    def __len__(self) -> int:
+        return len(self.found)
