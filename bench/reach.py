@@ -238,11 +238,12 @@ def main() -> None:
         print("Ray shards: skipped (Ray is not installed: pip install 'fxrec[ray]')")
     elif not args.no_ray and first is not None:
         ray_shards = _ray_shards(first, queries, truth[: len(queries), 0])
-        title = (
-            f"{len(queries)} queries, {SHARDS} shards x {REPLICAS} replicas on a local Ray of {RAY_CPUS} CPUs"
+        print(
+            f"Ray: {SHARDS} shards x {REPLICAS} replicas on a local Ray of {RAY_CPUS} CPUs, started in "
+            f"{ray_shards['start_s']:.1f}s; fxrec's first sample, {len(queries)} queries"
         )
         print_table(
-            f"Ray vs in-process latency, same sample ({title}; Ray started in {ray_shards['start_s']:.1f}s)",
+            "query latency",
             [
                 {
                     "path": "in process",
