@@ -40,6 +40,11 @@ data_app.add_typer(import_app, name="import")
 app.add_typer(train_app, name="train")
 experiment_app = typer.Typer(help="Experiments over a run: transfer channels x VMs x seeds.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
+audience_app = typer.Typer(
+    help="Audience tools: simulate a population, build a reach index, estimate a targeting query's reach.",
+    no_args_is_help=True,
+)
+app.add_typer(audience_app, name="audience")
 console = Console()
 STOPPED_EXIT = 1  # `max_steps` reached: the checkpoint is written, run again to resume
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
