@@ -161,7 +161,7 @@ def table_rows(report: dict) -> list[dict]:
                 "rank": s["rank"],
                 "segments": s["segments"],
                 "precision": s["precision"],
-                "ci95": f"±{Z * s['precision_se']:.3f}",
+                "ci95": Z * s["precision_se"],
                 "fpr": s["false_positive_rate"],
                 "recall": s["recall"],
                 "cv_err_mle": s["cv_error"]["mle"],
