@@ -30,23 +30,15 @@ class _Commands(TyperGroup):
 
 
 app = typer.Typer(
-    cls=_Commands,
-    help="fxrec: train one foundation model, make every expert model better with it.",
-    no_args_is_help=True,
+    cls=_Commands, help="fxrec: train one foundation model, make every expert model better with it.", no_args_is_help=True
 )
-data_app = typer.Typer(
-    help="Create event logs: simulate an ads world or import a dataset.", no_args_is_help=True
-)
+data_app = typer.Typer(help="Create event logs: simulate an ads world or import a dataset.", no_args_is_help=True)
 import_app = typer.Typer(help="Import a dataset into an fxrec event log.", no_args_is_help=True)
-train_app = typer.Typer(
-    help="Train the foundation model or the expert models of a run.", no_args_is_help=True
-)
+train_app = typer.Typer(help="Train the foundation model or the expert models of a run.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 data_app.add_typer(import_app, name="import")
 app.add_typer(train_app, name="train")
-experiment_app = typer.Typer(
-    help="Experiments over a run: transfer channels x VMs x seeds.", no_args_is_help=True
-)
+experiment_app = typer.Typer(help="Experiments over a run: transfer channels x VMs x seeds.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 audience_app = typer.Typer(
     help="Audience tools: simulate a population, build a reach index, estimate a targeting query's reach.",
@@ -78,9 +70,7 @@ def _config(path: Path, events: Path | None = None):
 
 
 @data_app.command("simulate")
-def simulate(
-    config: Path = ConfigOption, out: Path = typer.Option(Path("runs/demo/events"), "--out", "-o")
-) -> None:
+def simulate(config: Path = ConfigOption, out: Path = typer.Option(Path("runs/demo/events"), "--out", "-o")) -> None:
     """Simulate the ads world of a config's `simulator:` section into an event log."""
     from fxrec.jobs import data
 
@@ -131,9 +121,7 @@ def _report_import(run, out: Path) -> None:
     except (EventLogError, FileNotFoundError, ValueError) as error:
         _fail(error)
     log = open_log(out)
-    console.print(
-        f"wrote {log.num_rows():,} events over {len(log.days)} days to {out} (spec: {out / 'spec.yaml'})"
-    )
+    console.print(f"wrote {log.num_rows():,} events over {len(log.days)} days to {out} (spec: {out / 'spec.yaml'})")
     print_profile(log, console)
 
 
@@ -160,10 +148,7 @@ EventsOption = typer.Option(None, "--events", help="use this event log instead o
 
 
 NprocOption = typer.Option(
-    1,
-    "--nproc",
-    min=1,
-    help="train on this many local ranks, tables sharded as the config's `sharding:` says",
+    1, "--nproc", min=1, help="train on this many local ranks, tables sharded as the config's `sharding:` says"
 )
 
 
@@ -210,12 +195,8 @@ def plan(
         "1e9x128,1e8x128*2,1e7x128*2,1e6x64*3", "--tables", help="ROWSxDIM[*COUNT][@POOLING], comma-separated"
     ),
     ranks: str = typer.Option("64,256,1024", "--ranks", help="world sizes to plan for, comma-separated"),
-    group: int = typer.Option(
-        64, "--group", help="2D: ranks a sharding group spans (replicated across groups)"
-    ),
-    sync_every: int = typer.Option(
-        1, "--sync-every", min=1, help="2D: steps between replica all-reduces (K)"
-    ),
+    group: int = typer.Option(64, "--group", help="2D: ranks a sharding group spans (replicated across groups)"),
+    sync_every: int = typer.Option(1, "--sync-every", min=1, help="2D: steps between replica all-reduces (K)"),
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="examples a rank a step"),
     hbm: float = typer.Option(80.0, "--hbm", help="GiB of device memory a rank"),
     sharding_types: str | None = typer.Option(None, "--sharding-types", help="only these, comma-separated"),
@@ -235,13 +216,9 @@ def plan(
 @app.command("probe")
 def probe(
     run: Path = RunOption,
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="the model to probe (default: the run's FM)"
-    ),
+    model: str | None = typer.Option(None, "--model", "-m", help="the model to probe (default: the run's FM)"),
     write_plan: bool = typer.Option(
-        False,
-        "--write-plan",
-        help="write the dispatch plan the probe chooses into the model's card (used on every load)",
+        False, "--write-plan", help="write the dispatch plan the probe chooses into the model's card (used on every load)"
     ),
 ) -> None:
     """Low-precision probe: per Linear of a trained model, each format's error and speed-up, and its choice."""
@@ -256,22 +233,16 @@ def probe(
         plan = write_dispatch_plan(run, probed)
         low = {name: format for name, format in plan.items() if format != "fp32"}
         chosen = ", ".join(f"{name}: {format}" for name, format in low.items()) or "every Linear stays fp32"
-        console.print(
-            f"dispatch plan for {probed.model} ({len(low)} of {len(plan)} Linears): {chosen}", highlight=False
-        )
+        console.print(f"dispatch plan for {probed.model} ({len(low)} of {len(plan)} Linears): {chosen}", highlight=False)
 
 
 @app.command("quantize")
 def quantize(
     run: Path = RunOption,
     name: str = typer.Option(..., "--name", "-n", help="the trained model to quantize, e.g. vm_feed"),
-    budget: float = typer.Option(
-        0.02, "--budget", help="largest relative NE change allowed, in percent (0.02 = 0.02%)"
-    ),
+    budget: float = typer.Option(0.02, "--budget", help="largest relative NE change allowed, in percent (0.02 = 0.02%)"),
     out: str | None = typer.Option(None, "--out", help="the quantized model's name (default: <name>_q)"),
-    monitor: bool = typer.Option(
-        False, "--monitor", help="re-check a quantized model (--name) on each snapshot of its source"
-    ),
+    monitor: bool = typer.Option(False, "--monitor", help="re-check a quantized model (--name) on each snapshot of its source"),
 ) -> None:
     """Quantize a model for serving: int8/int4 tables and int8/bf16 Linears within an NE budget."""
     from fxrec.jobs.quantize import monitor as monitor_job
@@ -285,20 +256,12 @@ def quantize(
 
 @app.command("publish")
 def publish_fm(
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="run config (default: the run's config.yaml)"
-    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="run config (default: the run's config.yaml)"),
     run: Path = RunOption,
-    delay: list[int] = typer.Option(
-        [], "--delay", help="extra days of FM staleness (repeatable; default: the config's publish.delays)"
-    ),
+    delay: list[int] = typer.Option([], "--delay", help="extra days of FM staleness (repeatable; default: the config's publish.delays)"),
     fresh: bool = FreshOption,
-    engine: str = typer.Option(
-        "embedded", "--engine", help="where the FM runs: embedded (this process) or ray (Ray Data)"
-    ),
-    address: str | None = typer.Option(
-        None, "--address", help="with --engine ray: join the Ray cluster at host:port (default: a local Ray)"
-    ),
+    engine: str = typer.Option("embedded", "--engine", help="where the FM runs: embedded (this process) or ray (Ray Data)"),
+    address: str | None = typer.Option(None, "--address", help="with --engine ray: join the Ray cluster at host:port (default: a local Ray)"),
     actors: int = typer.Option(2, "--actors", min=1, help="with --engine ray: FM actors (one CPU each)"),
 ) -> None:
     """Run the FM's snapshots over the log as online: logits, user embeddings, LoopFM codes, TAEs."""
@@ -308,9 +271,7 @@ def publish_fm(
         if engine != "embedded" or address is not None:
             from fxrec.jobs.publish_ray import publish_delays_ray
 
-            publish_delays_ray(
-                run, config, delay, fresh, console, engine=engine, address=address, actors=actors
-            )
+            publish_delays_ray(run, config, delay, fresh, console, engine=engine, address=address, actors=actors)
             return
         publish_delays(run, config, delays=delay, fresh=fresh, console=console)
     except (FileNotFoundError, ValueError) as error:
@@ -319,9 +280,7 @@ def publish_fm(
 
 @experiment_app.command("transfer")
 def experiment_transfer(
-    config: Path = typer.Option(
-        Path("configs/transfer.yaml"), "--config", "-c", help="run config with an `experiment:` section"
-    ),
+    config: Path = typer.Option(Path("configs/transfer.yaml"), "--config", "-c", help="run config with an `experiment:` section"),
     run: Path | None = typer.Option(None, "--run", "-r", help="run directory (default: runs/<config name>)"),
     fresh: bool = FreshOption,
 ) -> None:
