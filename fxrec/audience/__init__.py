@@ -7,5 +7,8 @@
 - `strata`: stratification learned from past logs, Neyman allocation; `sample`: two-pass sampling;
 - `reach`: `ReachIndex.query(expr) -> Estimate` (users and impressions, with intervals and the fuzzy
   fall-back); `build`: a ReachIndex from a population in chunks;
-- `sketches`: the theta-sketch baseline; `workload`: random advertiser queries.
+- `sketches`: the theta-sketch baseline; `workload`: random advertiser queries;
+- `campaigns`: campaigns run over a population and the agency's aggregate truth about them;
+  `quality`: a provider's precision and false-positive rate from those aggregates (constrained least
+  squares, binomial MLE, cross-validation, qualified reach); `quality_report`: every provider ranked.
 """

@@ -350,3 +350,12 @@ def _register_serving() -> None:
 
 
 _register_serving()
+
+
+def _register_audience_quality() -> None:
+    from fxrec.cli.audience_quality import register
+
+    register(audience_app)
+
+
+_register_audience_quality()
