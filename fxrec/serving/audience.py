@@ -16,14 +16,12 @@ in-process one keeps caches) is queried one request at a time.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import FastAPI
@@ -34,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fxrec.audience.query import And, Query, QueryError, Surface, parse
 from fxrec.audience.reach import Estimate
 from fxrec.audience.schema import AudienceSchema
+from fxrec.serving.audience_quality import QualityTable
 from fxrec.serving.audience_schemas import (
     AudienceHealth,
     QualityRequest,
@@ -117,58 +116,6 @@ class Counted:
         finally:
             self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
-
-
-def _finite(value: Any) -> Any:
-    """JSON values with NaN and infinities as null (a JSON body cannot carry them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-class QualityTable:
-    """Provider quality rows (per provider and segment) and the providers' ranking, as
-    `fxrec audience quality` writes them to quality.json."""
-
-    def __init__(self, rows: list[dict], providers: list[dict]):
-        self.rows = [_finite(row) for row in rows]
-        self.providers = [_finite(row) for row in providers]
-
-    @classmethod
-    def load(cls, path: Path) -> QualityTable:
-        data = json.loads(Path(path).read_text())
-        return cls.from_dict(data)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> QualityTable:
-        rows = data.get("segments", data.get("rows", []))
-        providers = data.get("providers", [])
-        if not isinstance(rows, list) or not all(isinstance(r, dict) and "provider" in r for r in rows):
-            raise ValueError("a quality table needs a list of rows, each with its provider")
-        return cls(rows, providers if isinstance(providers, list) else [])
-
-    def select(self, provider: str | None, segment: str | None) -> dict:
-        rows = self.rows
-        if provider is not None:
-            known = sorted({str(r["provider"]) for r in self.rows})
-            rows = [r for r in rows if str(r["provider"]).lower() == provider.lower()]
-            if not rows:
-                raise RequestError(
-                    404, f"unknown provider {provider!r}", [f"known providers: {', '.join(known)}"]
-                )
-        if segment is not None:
-            known = sorted({str(r.get("segment")) for r in rows if r.get("segment") is not None})
-            rows = [r for r in rows if str(r.get("segment", "")).lower() == segment.lower()]
-            if not rows:
-                shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
-                raise RequestError(404, f"unknown segment {segment!r}", [f"known segments: {shown}"])
-        chosen = {str(r["provider"]) for r in rows}
-        providers = [p for p in self.providers if str(p.get("provider")) in chosen]
-        return {"rows": rows, "providers": providers}
 
 
 def query_error(error: QueryError) -> JSONResponse:

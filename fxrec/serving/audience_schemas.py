@@ -73,17 +73,44 @@ class QualityRequest(BaseModel):
 
 
 class QualityRow(BaseModel):
-    """One provider's segment, as the quality table estimated it (extra columns pass through)."""
+    """One provider's segment as `fxrec audience quality` estimated it from campaign aggregates."""
 
     model_config = ConfigDict(extra="allow")
 
     provider: str
-    segment: str | None = None
+    segment: str
+    rank: int | None = Field(default=None, description="the provider's rank (1: best)")
+    campaigns: int | None = Field(default=None, description="campaigns usable for this label")
+    precision: float | None = None
+    precision_ci: list[float | None] | None = Field(default=None, description="95% interval")
+    false_positive_rate: float | None = None
+    recall: float | None = None
+    cv_error: float | None = Field(
+        default=None, description="held-out campaigns' aggregate error (cross-validation)"
+    )
+    methods: dict[str, dict] | None = Field(
+        default=None, description="every estimator's numbers (least_squares, mle, naive, ...)"
+    )
+    skipped: str | None = Field(default=None, description="why the segment has no estimate")
+
+
+class ProviderQuality(BaseModel):
+    """A provider's summary over its segments (mean precision, false-positive rate, recall, rank)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provider: str
+    rank: int | None = None
+    segments: int | None = None
+    precision: float | None = None
+    false_positive_rate: float | None = None
 
 
 class QualityResponse(BaseModel):
-    rows: list[QualityRow] = Field(description="per provider and segment: the quality estimates")
-    providers: list[dict] = Field(description="per provider: the summary row (ranking), best first")
+    method: str = Field(description="the estimator of the top-level numbers, e.g. mle")
+    campaigns: int | None = Field(description="campaigns the estimates come from")
+    rows: list[QualityRow] = Field(description="per provider and segment, providers in rank order")
+    providers: list[ProviderQuality] = Field(description="the providers of `rows`, best first")
 
 
 class AudienceHealth(BaseModel):

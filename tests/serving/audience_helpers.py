@@ -3,25 +3,16 @@ targeting queries (valid ones from the index's schema, broken ones by mutating t
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
+import numpy as np
 from hypothesis import strategies as st
 
 from fxrec.audience.population import PopulationConfig, audience_schema, iter_chunks, past_users
 
 CONFIG = PopulationConfig(users=20_000, chunk_size=10_000, interests=40)
 SCHEMA = audience_schema(CONFIG)
-QUALITY = {
-    "providers": [
-        {"provider": "dmp_a", "precision": 0.9, "rank": 1},
-        {"provider": "dmp_b", "precision": 0.8, "rank": 2},
-    ],
-    "segments": [
-        {"provider": "dmp_a", "segment": "sports", "precision": 0.91, "fpr": 0.02},
-        {"provider": "dmp_a", "segment": "travel", "precision": 0.88, "fpr": float("nan")},
-        {"provider": "dmp_b", "segment": "sports", "precision": 0.79, "fpr": 0.05},
-    ],
-}
 
 
 @lru_cache(maxsize=1)
@@ -38,6 +29,35 @@ def small_index():
         budget=2000,
         population=CONFIG.users,
     )
+
+
+@lru_cache(maxsize=1)
+def quality_report() -> dict:
+    """quality.json's content from 12 noiseless campaigns: dmp_a (precise) ranks above dmp_b and dmp_c;
+    every campaign targeted dmp_c's travel label, so that segment is skipped."""
+    from fxrec.audience.campaigns import CampaignAggregates
+    from fxrec.audience.quality_report import assess
+
+    rng = np.random.default_rng(3)
+    campaigns = 12
+    agency = rng.uniform(0.05, 0.5, (campaigns, 2))
+    recall, fpr = np.array([0.6, 0.8, 0.5]), np.array([0.01, 0.05, 0.1])
+    labels = recall[:, None, None] * agency[None] + fpr[:, None, None] * (1 - agency[None])
+    targeted = np.zeros((3, campaigns, 2), dtype=bool)
+    targeted[2, :, 1] = True
+    aggregates = CampaignAggregates(
+        ["sports", "travel"],
+        ["dmp_a", "dmp_b", "dmp_c"],
+        ["country:US"] * campaigns,
+        np.full(campaigns, 1000),
+        np.full(campaigns, 5000),
+        agency,
+        labels,
+        targeted,
+        20_000,
+        np.full((3, 2), 0.1),
+    )
+    return json.loads(json.dumps(assess(aggregates), default=float))  # as read back from quality.json
 
 
 def _values(field: str) -> list[str]:

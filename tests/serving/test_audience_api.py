@@ -6,17 +6,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from audience_helpers import QUALITY, SCHEMA, small_index
+from audience_helpers import SCHEMA, quality_report, small_index
 from fastapi.testclient import TestClient
 
-from fxrec.serving.audience import AudienceService, QualityTable, create_audience_app
+from fxrec.errors import InputError
+from fxrec.serving.audience import AudienceService, create_audience_app
+from fxrec.serving.audience_quality import QualityTable
 
 QUERY = "age in 18..24 and (interest:sports or interest:outdoor) and not country:US"
 
 
 @pytest.fixture(scope="module")
 def client():
-    service = AudienceService(small_index(), QualityTable.from_dict(QUALITY), describe={"kind": "in-process"})
+    service = AudienceService(
+        small_index(), QualityTable.from_report(quality_report()), describe={"kind": "in-process"}
+    )
     with TestClient(create_audience_app(service, max_body_bytes=64 * 1024)) as client:
         yield client
 
@@ -105,34 +109,55 @@ def test_schema_errors_bodies_and_sizes(client):
 
 
 def test_quality_rows_filter_by_provider_and_segment(client):
+    report = quality_report()
     every = client.post("/v1/quality", json={}).json()
-    assert len(every["rows"]) == 3 and [p["provider"] for p in every["providers"]] == ["dmp_a", "dmp_b"]
-    assert every["rows"][1]["fpr"] is None  # NaN in the table: null in JSON
-    one = client.post("/v1/quality", json={"provider": "DMP_B"}).json()
-    assert one["rows"] == [QUALITY["segments"][2]] and one["providers"] == [QUALITY["providers"][1]]
+    assert every["method"] == "mle" and every["campaigns"] == 12
+    assert [(r["provider"], r["segment"]) for r in every["rows"]] == [
+        (p, s) for p in ("dmp_a", "dmp_b", "dmp_c") for s in ("sports", "travel")
+    ]
+    assert [(p["provider"], p["rank"]) for p in every["providers"]] == [
+        ("dmp_a", 1),
+        ("dmp_b", 2),
+        ("dmp_c", 3),
+    ]
+    one = client.post("/v1/quality", json={"provider": "DMP_B", "segment": "Sports"}).json()
+    (row,) = one["rows"]
+    fitted = report["providers"]["dmp_b"]["segments"]["sports"]
+    assert row["precision"] == pytest.approx(fitted["mle"]["precision"])
+    assert row["false_positive_rate"] == pytest.approx(0.05, abs=1e-6) and row["recall"] == pytest.approx(0.8)
+    assert row["methods"]["least_squares"] == fitted["least_squares"] and row["rank"] == 2
+    assert one["providers"] == [{"provider": "dmp_b", **report["providers"]["dmp_b"]["summary"]}]
+    skipped = client.post("/v1/quality", json={"provider": "dmp_c", "segment": "travel"}).json()["rows"][0]
+    assert "fewer than" in skipped["skipped"] and skipped["precision"] is None
     sports = client.post("/v1/quality", json={"segment": "sports"}).json()
-    assert {r["provider"] for r in sports["rows"]} == {"dmp_a", "dmp_b"}
-    both = client.post("/v1/quality", json={"provider": "dmp_a", "segment": "travel"}).json()
-    assert [r["precision"] for r in both["rows"]] == [0.88]
+    assert {r["provider"] for r in sports["rows"]} == {"dmp_a", "dmp_b", "dmp_c"}
     body = _error(client.post("/v1/quality", json={"provider": "dmp_z"}), 404)
-    assert body["details"] == ["known providers: dmp_a, dmp_b"]
-    assert "unknown segment" in _error(client.post("/v1/quality", json={"segment": "opera"}), 404)["error"]
+    assert body["details"] == ["known providers: dmp_a, dmp_b, dmp_c"]
+    body = _error(client.post("/v1/quality", json={"provider": "dmp_a", "segment": "opera"}), 404)
+    assert body["details"] == ["known segments: sports, travel"]
 
 
-def test_quality_without_a_table_is_404_and_says_how(tmp_path):
+def test_quality_without_a_table_is_404_and_says_how():
     with TestClient(create_audience_app(AudienceService(small_index()))) as client:
         body = _error(client.post("/v1/quality", json={}), 404)
         assert "--quality" in body["details"][0]
         assert client.get("/healthz").json()["quality"] is False
 
 
-def test_quality_table_loads_from_json(tmp_path):
+def test_quality_table_loads_quality_json_and_nulls_what_json_cannot_carry(tmp_path):
+    report = quality_report()
+    report["providers"]["dmp_a"]["segments"]["sports"]["mle"]["precision_se"] = float("nan")
+    report["providers"]["dmp_a"]["segments"]["sports"]["mle"]["cv_error"] = float("inf")
     path = tmp_path / "quality.json"
-    path.write_text(json.dumps(QUALITY))  # NaN written as the bare NaN json.dumps allows
-    table = QualityTable.load(path)
-    assert table.select("dmp_a", "travel")["rows"][0]["fpr"] is None
-    with pytest.raises(ValueError, match="provider"):
-        QualityTable.from_dict({"segments": [{"segment": "sports"}]})
+    path.write_text(json.dumps(report))  # NaN and Infinity, as Python's json writes them
+    row = QualityTable.load(path).select("dmp_a", "sports")["rows"][0]
+    assert row["cv_error"] is None and row["methods"]["mle"]["precision_se"] is None
+    for broken, words in [("{", "not JSON"), ('{"method": "mle"}', "not a quality report")]:
+        path.write_text(broken)
+        with pytest.raises(InputError, match=words):
+            QualityTable.load(path)
+    with pytest.raises(InputError, match="no such file"):
+        QualityTable.load(tmp_path / "missing.json")
 
 
 def test_healthz_and_metrics_count_every_status(client):

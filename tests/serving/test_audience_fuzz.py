@@ -11,14 +11,15 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from audience_helpers import QUALITY, QUERIES, VALID_QUERIES, small_index
+from audience_helpers import QUERIES, VALID_QUERIES, quality_report, small_index
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from fxrec.serving.audience import AudienceService, QualityTable, create_audience_app
+from fxrec.serving.audience import AudienceService, create_audience_app
+from fxrec.serving.audience_quality import QualityTable
 from fxrec.serving.server import BackgroundServer
 
 LIMIT = 64 * 1024
@@ -28,7 +29,9 @@ FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database
 @pytest.fixture(scope="module")
 def live():
     """A real audience server on loopback: the fuzzers talk HTTP to it, as a client would."""
-    service = AudienceService(small_index(), QualityTable.from_dict(QUALITY), describe={"kind": "in-process"})
+    service = AudienceService(
+        small_index(), QualityTable.from_report(quality_report()), describe={"kind": "in-process"}
+    )
     with BackgroundServer(service, app=create_audience_app(service, max_body_bytes=LIMIT)) as server:
         yield server
 
