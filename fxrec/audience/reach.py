@@ -1,9 +1,13 @@
 """Reach estimation: how many users (and impressions) a targeting query reaches, from a sample.
 
-`ReachIndex.query(expr) -> Estimate` answers in-process from a `StratifiedSample`. The seam for
-sharding (part 2: Ray actors, each holding a ReachIndex over a shard of the rows and the full census):
-every sum below (per stratum, per cell of a dimension) is additive over shards, so a scatter-gather
-adds the shards' sums before taking the estimates, rates and the support.
+`ReachIndex.query(expr) -> Estimate` answers in-process from a `StratifiedSample`. It is two halves:
+the `ReachEstimator` holds what every replica of the index shares (schema, strata, census, allocation)
+and turns *summed* statistics into the estimate; the sample rows (fxrec.audience.statistics.SampleRows)
+give those statistics: per stratum, per cell of a dimension, all additive over any split of the rows.
+In process one `SampleRows` holds the whole sample; on Ray (fxrec.audience.shards) each shard actor
+holds a part, a query scatters and the estimator adds the shards' sums before taking the estimates,
+rates and the support: both paths run this one estimator. A query asks the rows at most twice: the
+targets' per-stratum sums (always), then the fall-back's rates (only when it engages).
 
 The estimate, for a target y (1 per reached user, or the user's reached impressions on one surface,
 summed over surfaces):
@@ -31,15 +35,16 @@ Setting `exact_strata=False, min_support=0` gives the plain stratified estimator
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from fxrec.audience.evaluate import mask
 from fxrec.audience.query import And, Node, Or, Query, leaves, parse, substitute
-from fxrec.audience.sample import StratifiedSample
+from fxrec.audience.sample import Census, StratifiedSample
 from fxrec.audience.schema import AudienceSchema
-from fxrec.audience.strata import TRUE, UNKNOWN, kleene
+from fxrec.audience.statistics import Cells, SampleRows, Sums, Surface, Target
+from fxrec.audience.strata import TRUE, UNKNOWN, Stratification, kleene
 
 
 @dataclass(frozen=True)
@@ -58,79 +63,115 @@ class Estimate:
         return asdict(self)
 
 
+class Statistics(Protocol):
+    """Where the estimator gets its sums: sample rows in process, or the shards' sums added up."""
+
+    def target_sums(self, targets: list[Target]) -> dict[Target, Sums]: ...
+
+    def rate_sums(self, targets: list[Target]) -> dict[Target, Cells]: ...
+
+    def base_sums(self, surfaces: list[Surface]) -> dict[Surface, Cells]: ...
+
+
 @dataclass
 class _Total:
     value: float
     variance: float
 
 
-class ReachIndex:
-    """A stratified sample ready to answer targeting queries."""
+@dataclass
+class _Target:
+    """One target of a query: its node and surface, the strata totals it scales, the strata the query
+    decides for it, and (filled in) the residual queries its fall-back needs, per group of strata."""
+
+    node: Node
+    surface: Surface
+    totals: np.ndarray
+    true: np.ndarray
+    undecided: np.ndarray
+    borrowed: list[tuple[Node, np.ndarray]] = field(default_factory=list)  # strata the budget missed
+    synthetic: list[tuple[Node, np.ndarray]] = field(default_factory=list)  # the fall-back's strata
+
+
+class ReachEstimator:
+    """What every copy of a reach index shares: the schema, the strata with their census and allocation
+    (n_h), the fall-back's settings. `answer(expr, statistics)` turns summed statistics into an Estimate."""
 
     def __init__(
         self,
         schema: AudienceSchema,
-        sample: StratifiedSample,
+        strata: Stratification,
+        census: Census,
+        taken: np.ndarray,
         min_support: int = 50,
         z: float = 1.96,
         exact_strata: bool = True,
     ):
-        self.schema, self.sample = schema, sample
+        self.schema, self.strata, self.census, self.taken = schema, strata, census, np.asarray(taken)
         self.min_support, self.z, self.exact_strata = min_support, z, exact_strata
-        self.coordinates = sample.strata.coordinates(sample.census.keys)
-        self.weights = sample.weights
-        self.strata = len(sample.census.keys)
+        self.coordinates = strata.coordinates(census.keys)
+        self.size = len(census.keys)
+        self.stratum_impressions = census.impressions.sum(1)
         self._decisions: dict[Node, np.ndarray] = {}
-        self.row_impressions = sample.rows.total_impressions.astype(float)
-        self.stratum_impressions = sample.census.impressions.sum(1)
-        self.row_cells = self.coordinates[sample.row_stratum]
-        self._base_sums: dict = {}  # [rows, depth]: each row's cell per dimension
+        self._bases: dict[Surface, Cells] | None = None
 
-    def nbytes(self) -> int:
-        return self.sample.nbytes()
+    @classmethod
+    def of(cls, schema: AudienceSchema, sample: StratifiedSample, **options) -> ReachEstimator:
+        return cls(schema, sample.strata, sample.census, sample.taken, **options)
 
-    def query(self, expr: str | Query) -> Estimate:
+    def sample_rows(self, sample: StratifiedSample) -> SampleRows:
+        """The sample's rows with their strata, weights and cells: the statistics of this estimator."""
+        weights = (self.census.users / np.maximum(self.taken, 1))[sample.row_stratum]
+        return SampleRows(
+            sample.rows,
+            sample.row_stratum,
+            weights.astype(float),
+            self.coordinates[sample.row_stratum],
+            self.size,
+            tuple(d.size for d in self.strata.dimensions),
+        )
+
+    def surfaces(self) -> list[Surface]:
+        return [None, -1, *range(len(self.schema.surfaces))]
+
+    def answer(self, expr: str | Query, statistics: Statistics) -> Estimate:
         query = parse(expr, self.schema) if isinstance(expr, str) else expr
-        rows, census = self.sample.rows, self.sample.census
         surfaces = len(self.schema.surfaces)
-        cache: dict = {}
         users_node = query.users(surfaces)
-        reached = mask(users_node, rows, cache)
         t, f = self._kleene(users_node)
         undecided = ~(t | f)
-        support = int((reached & undecided[self.sample.row_stratum]).sum())
+        targets = [_Target(users_node, None, self.census.users, t, undecided)]
+        if not query.uses_surface:  # one target: all of a reached user's impressions
+            targets.append(_Target(users_node, -1, self.stratum_impressions, t, undecided))
+        for s, node in enumerate(query.per_surface(surfaces) if query.uses_surface else []):
+            ts, fs = self._kleene(node)
+            targets.append(_Target(node, s, self.census.impressions[:, s], ts, ~(ts | fs)))
+        sums = statistics.target_sums([(target.node, target.surface) for target in targets])
+        reached = sums[(users_node, None)].total  # reached sample users per stratum
+        support = int(round(float(reached[undecided].sum())))
         fallback = bool(
-            self.min_support > 0
-            and support < self.min_support
-            and undecided.any()
-            and self.sample.strata.depth
+            self.min_support > 0 and support < self.min_support and undecided.any() and self.strata.depth
         )
         share = support / self.min_support if fallback else None
-        ones = np.ones(len(rows))
-        users = self._total(
-            users_node, reached.astype(float), ones, census.users, t, undecided, share, cache, None
-        )
+        # the fall-back's residual queries, then their rates' sums in one more request (when needed)
+        requests: dict[Target, None] = {}
+        for target in targets:
+            empty = target.undecided & (self.taken == 0)
+            if empty.any() and self.min_support > 0 and self.strata.depth:
+                target.borrowed = self._residuals(target.node, empty)
+            if fallback:
+                target.synthetic = self._residuals(target.node, target.undecided)
+            for residual, _ in target.borrowed + target.synthetic:
+                requests[(residual, target.surface)] = None
+        rates = {"cells": statistics.rate_sums(list(requests)) if requests else {}}
+        if requests and self._bases is None:
+            self._bases = statistics.base_sums(self.surfaces())
+        users = self._total(targets[0], sums[(users_node, None)], share, rates)
         impressions = _Total(0.0, 0.0)
-        if not query.uses_surface:  # one target: all of a reached user's impressions
-            y = np.where(reached, self.row_impressions, 0.0)
-            impressions = self._total(
-                users_node,
-                y,
-                self.row_impressions,
-                self.stratum_impressions,
-                t,
-                undecided,
-                share,
-                cache,
-                -1,
-            )
-        for s, node in enumerate(query.per_surface(surfaces) if query.uses_surface else []):
-            on_s = rows.impressions[:, s].astype(float)
-            ts, fs = self._kleene(node)
-            y = np.where(mask(node, rows, cache), on_s, 0.0)
-            part = self._total(node, y, on_s, census.impressions[:, s], ts, ~(ts | fs), share, cache, s)
+        for target in targets[1:]:
+            part = self._total(target, sums[(target.node, target.surface)], share, rates)
             impressions = _Total(impressions.value + part.value, impressions.variance + part.variance)
-        exact_users = float(census.users[t].sum())
+        exact_users = float(self.census.users[t].sum())
         return Estimate(
             users=users.value,
             users_low=max(users.value - self.z * users.variance**0.5, exact_users),
@@ -145,136 +186,146 @@ class ReachIndex:
 
     def _decide(self, leaf: Node | None) -> np.ndarray:
         if leaf is None or not self.exact_strata:
-            return np.full(self.strata, UNKNOWN, dtype=np.int8)
+            return np.full(self.size, UNKNOWN, dtype=np.int8)
         if leaf not in self._decisions:
-            self._decisions[leaf] = self.sample.strata.decisions(leaf, self.coordinates)
+            self._decisions[leaf] = self.strata.decisions(leaf, self.coordinates)
         return self._decisions[leaf]
 
     def _kleene(self, node: Node) -> tuple[np.ndarray, np.ndarray]:
         return kleene(node, self._decide)
 
-    def _total(self, node, y, base, totals, t, undecided, fallback, cache, surface) -> _Total:
-        """Exact strata + weighted count over undecided strata for one target y; with `fallback` (the
-        weighted count's share, None when the fall-back is off) blended with the fall-back."""
-        sample = self.sample
-        exact = float(totals[t].sum())
-        h, n, big_n = sample.row_stratum, sample.taken, sample.census.users
-        sums = np.bincount(h, weights=y, minlength=self.strata)
-        squares = np.bincount(h, weights=y * y, minlength=self.strata)
+    def _total(self, target: _Target, sums: Sums, share: float | None, rates: dict) -> _Total:
+        """Exact strata + weighted count over undecided strata for one target; with `share` (the weighted
+        count's share, None when the fall-back is off) blended with the fall-back."""
+        totals, undecided = target.totals, target.undecided
+        exact = float(totals[target.true].sum())
+        n, big_n = self.taken, self.census.users
         counts = np.maximum(n, 1)
-        s2 = np.where(n > 1, (squares - sums * sums / counts) / np.maximum(n - 1, 1), 0.0).clip(min=0)
-        value = float((big_n / counts * sums)[undecided].sum())
+        s2 = np.where(
+            n > 1, (sums.squares - sums.total * sums.total / counts) / np.maximum(n - 1, 1), 0.0
+        ).clip(min=0)
+        value = float((big_n / counts * sums.total)[undecided].sum())
         variance = float(
             (big_n.astype(float) ** 2 * (1 - n / np.maximum(big_n, 1)) * s2 / counts)[undecided].sum()
         )
-        empty = undecided & (n == 0)  # strata the budget could not reach borrow from their parents
-        if empty.any() and self.min_support > 0 and sample.strata.depth:
-            borrowed = self._fallback(node, base, totals, empty, cache, surface, 0.0)
+        if target.borrowed:  # strata the budget could not reach borrow from their parents
+            borrowed = self._synthetic(target.borrowed, totals, target.surface, rates)
             value, variance = value + borrowed.value, variance + borrowed.variance
-        if fallback is None:
+        if share is None:
             return _Total(exact + value, variance)
         # the fall-back, blended with the weighted count by the support: weight support / min_support
         # on the count, the rest on the parents' rescaled rates
-        synthetic = self._fallback(node, base, totals, undecided, cache, surface, 0.0)
-        share = fallback
+        synthetic = self._synthetic(target.synthetic, totals, target.surface, rates)
         return _Total(
             exact + share * value + (1 - share) * synthetic.value,
             share**2 * variance + (1 - share) ** 2 * synthetic.variance,
         )
 
-    def _fallback(self, node, base, totals, undecided, cache, surface, exact) -> _Total:
-        """Each undecided stratum h takes its residual query's rate from coarser strata, rescaled: the
-        root's weighted rate R times, for each dimension d, the ratio R_d(c_d(h)) / R of the parent
-        that keeps only h's cell on d (when that parent has `min_support` reached sample users; else 1)."""
+    def _residuals(self, node: Node, chosen: np.ndarray) -> list[tuple[Node, np.ndarray]]:
+        """The `chosen` strata grouped by how the strata decide the node's leaves, each group with its
+        residual query (the node with the decided leaves fixed)."""
         own = list(dict.fromkeys(leaves(node)))
         decided = (
             np.stack([self._decide(leaf) for leaf in own], axis=1)
             if own
-            else np.zeros((self.strata, 0), np.int8)
+            else np.zeros((self.size, 0), np.int8)
         )
         patterns, pattern_of = np.unique(decided, axis=0, return_inverse=True)
         pattern_of = pattern_of.reshape(-1)
-        value, variance = exact, 0.0
+        found = []
         for p, pattern in enumerate(patterns):
-            strata = np.flatnonzero(undecided & (pattern_of == p))
+            strata = np.flatnonzero(chosen & (pattern_of == p))
             if not len(strata):
                 continue
             fixed = {leaf: bool(d == TRUE) for leaf, d in zip(own, pattern, strict=True) if d != UNKNOWN}
-            residual = substitute(node, lambda leaf, fixed=fixed: fixed.get(leaf))
-            rate, relvar = self._rate(residual, strata, base, surface, cache)
-            rate = rate.clip(0, 1)
-            estimate = totals[strata] * rate
+            found.append((substitute(node, lambda leaf, fixed=fixed: fixed.get(leaf)), strata))
+        return found
+
+    def _synthetic(self, residuals, totals, surface, rates) -> _Total:
+        """Each stratum takes its residual query's rate from coarser strata, rescaled: the root's
+        weighted rate R times, for each dimension d, the ratio R_d(c_d(h)) / R of the parent that keeps
+        only h's cell on d (when that parent has `min_support` reached sample users; else 1)."""
+        value, variance = 0.0, 0.0
+        for residual, strata in residuals:
+            rate, relvar = self._rate(residual, strata, surface, rates)
+            estimate = totals[strata] * rate.clip(0, 1)
             value += float(estimate.sum())
             variance += float((estimate**2 * relvar).sum())
         return _Total(value, variance)
 
-    def _rate(self, node, strata, base, surface, cache) -> tuple[np.ndarray, np.ndarray]:
+    def _rate(self, node, strata, surface, rates) -> tuple[np.ndarray, np.ndarray]:
         """The residual's rate (share of users, or of impressions on the surface) for each of `strata`,
         with its relative variance: an `and` / `or` that reaches fewer than `min_support` sample users
         takes its terms as independent given the stratum (rate: the product of its terms' rates / one
         minus the product of their complements); any other node is rescaled from its parents along each
-        dimension (see `_fallback`). Computed for every stratum once per node and query (`cache`)."""
+        dimension (see `_synthetic`). Computed for every stratum once per node and query."""
         key = ("rate", node, surface)
-        if key not in cache:
-            cache[key] = self._rate_all(node, base, surface, cache)
-        rate, relvar = cache[key]
+        if key not in rates:
+            rates[key] = self._rate_all(node, surface, rates)
+        rate, relvar = rates[key]
         return rate[strata], relvar[strata]
 
-    def _bases(self, base: np.ndarray, surface) -> tuple[float, float, list[tuple[np.ndarray, np.ndarray]]]:
-        """sum w*base and sum (w*base)^2, overall and per cell of each dimension (the denominators of
-        every rate on this target), computed once per target."""
-        if surface not in self._base_sums:
-            wb = self.weights * base
-            cells = [
-                (
-                    np.bincount(self.row_cells[:, d], weights=wb, minlength=dim.size),
-                    np.bincount(self.row_cells[:, d], weights=wb * wb, minlength=dim.size),
-                )
-                for d, dim in enumerate(self.sample.strata.dimensions)
-            ]
-            self._base_sums[surface] = (float(wb.sum()), float((wb * wb).sum()), cells)
-        return self._base_sums[surface]
-
-    def _rate_all(self, node, base, surface, cache) -> tuple[np.ndarray, np.ndarray]:
-        everything = np.arange(self.strata)
-        hit = mask(node, self.sample.rows, cache)
-        rows = np.flatnonzero(hit & (base > 0)) if surface is not None else np.flatnonzero(hit)
-        if isinstance(node, And | Or) and len(rows) < self.min_support:
+    def _rate_all(self, node, surface, rates) -> tuple[np.ndarray, np.ndarray]:
+        everything = np.arange(self.size)
+        hit: Cells = rates["cells"][(node, surface)]
+        if isinstance(node, And | Or) and hit.rows < self.min_support:
             # too thin together: its terms taken as independent given the stratum
-            rate, relvar = np.ones(self.strata), np.zeros(self.strata)
+            rate, relvar = np.ones(self.size), np.zeros(self.size)
             for item in node.items:
-                part, part_relvar = self._rate(item, everything, base, surface, cache)
+                part, part_relvar = self._rate(item, everything, surface, rates)
                 part = part.clip(0, 1)
                 rate, relvar = rate * (part if isinstance(node, And) else 1 - part), relvar + part_relvar
             return (rate if isinstance(node, And) else 1 - rate), relvar
-        # only the reached rows carry y: every sum over y is a sum over them
-        wb = self.weights[rows] * base[rows]
-        wy = wb if surface is not None else self.weights[rows]
-        total_b, total_b2, cells_b = self._bases(base, surface)
+        # the reached rows carry y = base: sum (w y)(w base) = sum (w y)^2 = hit.squares
+        assert self._bases is not None
+        base = self._bases[surface]
 
-        def ratio(numerator, cross, square, denominator, denominator2):
+        def ratio(numerator, square, denominator, denominator2):
             r = numerator / np.maximum(denominator, 1e-12)
-            residual = square - 2 * r * cross + r * r * denominator2  # sum (w y - r w base)^2
+            residual = square - 2 * r * square + r * r * denominator2  # sum (w y - r w base)^2
             return r, residual.clip(min=0) / np.maximum(denominator, 1e-12) ** 2 / np.maximum(r, 1e-12) ** 2
 
-        root, root_relvar = ratio(wy.sum(), (wy * wb).sum(), (wy * wy).sum(), total_b, total_b2)
-        rate = np.full(self.strata, root)
-        relvar = np.full(self.strata, root_relvar if root > 0 else 0.0)
-        for d, dimension in enumerate(self.sample.strata.dimensions):
-            cells = self.row_cells[rows, d]
-            size = dimension.size
+        root, root_relvar = ratio(hit.total, hit.squares, base.total, base.squares)
+        rate = np.full(self.size, root)
+        relvar = np.full(self.size, root_relvar if root > 0 else 0.0)
+        for d in range(self.strata.depth):
             cell_rate, cell_relvar = ratio(
-                np.bincount(cells, weights=wy, minlength=size),
-                np.bincount(cells, weights=wy * wb, minlength=size),
-                np.bincount(cells, weights=wy * wy, minlength=size),
-                *cells_b[d],
+                hit.cell_total[d], hit.cell_squares[d], base.cell_total[d], base.cell_squares[d]
             )
-            support = np.bincount(cells, minlength=size)
             mine = self.coordinates[:, d]
-            ok = (support[mine] >= self.min_support) & (cells_b[d][0][mine] > 0) & (root > 0)
+            ok = (hit.count[d][mine] >= self.min_support) & (base.cell_total[d][mine] > 0) & (root > 0)
             rate = np.where(ok, rate * cell_rate[mine] / max(root, 1e-12), rate)
             relvar = np.where(ok, relvar + cell_relvar[mine], relvar)
         return rate, relvar
 
 
-__all__ = ["Estimate", "ReachIndex"]
+class ReachIndex:
+    """A stratified sample ready to answer targeting queries, in process: the estimator over the whole
+    sample's rows."""
+
+    def __init__(
+        self,
+        schema: AudienceSchema,
+        sample: StratifiedSample,
+        min_support: int = 50,
+        z: float = 1.96,
+        exact_strata: bool = True,
+    ):
+        self.schema, self.sample = schema, sample
+        self.estimator = ReachEstimator.of(
+            schema, sample, min_support=min_support, z=z, exact_strata=exact_strata
+        )
+        self.rows = self.estimator.sample_rows(sample)
+
+    @property
+    def min_support(self) -> int:
+        return self.estimator.min_support
+
+    def nbytes(self) -> int:
+        return self.sample.nbytes()
+
+    def query(self, expr: str | Query) -> Estimate:
+        return self.estimator.answer(expr, self.rows)
+
+
+__all__ = ["Estimate", "ReachEstimator", "ReachIndex", "Statistics"]
