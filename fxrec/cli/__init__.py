@@ -359,3 +359,12 @@ def _register_audience_quality() -> None:
 
 
 _register_audience_quality()
+
+
+def _register_audience_serve() -> None:
+    from fxrec.cli.audience_serve import register
+
+    register(audience_app)
+
+
+_register_audience_serve()

@@ -7,8 +7,8 @@ detail per problem; a query that does not parse or names what the index lacks is
 and a caret line under the offending token; an unknown provider or segment is 404. Nothing a client
 sends produces a 500: an index that cannot answer (a Ray cluster gone) is 503.
 
-The index is anything with a `schema` and `query(Query) -> Estimate`: the in-process
-`fxrec.audience.reach.ReachIndex`, or the Ray-sharded one. Queries run on a worker thread, so a slow
+The index is anything with `query(Query) -> Estimate` and a schema (its own or its estimator's): the
+in-process `fxrec.audience.reach.ReachIndex`, or the Ray-sharded `fxrec.audience.shards` one. Queries run on a worker thread, so a slow
 one never blocks `/healthz`; an index that is not safe to query from several threads at once (the
 in-process one keeps caches) is queried one request at a time.
 """
@@ -57,9 +57,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class ReachAnswering(Protocol):
-    """What the API needs of a reach index (in-process or sharded)."""
-
-    schema: AudienceSchema
+    """What the API needs of a reach index (in-process or sharded): `query`, and a `schema` of its
+    own or its estimator's."""
 
     def query(self, expr: str | Query) -> Estimate: ...
 
@@ -143,17 +142,19 @@ class AudienceService:
         self,
         index: ReachAnswering,
         quality: QualityTable | None = None,
-        describe: dict | None = None,
+        describe: dict | Callable[[], dict] | None = None,
         serialize: bool = True,
         on_stop: Callable[[], None] | None = None,
     ):
         self.index, self.quality_table = index, quality
-        self.schema = index.schema
+        estimator = getattr(index, "estimator", None)
+        self.schema: AudienceSchema = getattr(index, "schema", None) or estimator.schema
         self.describe = describe or {"kind": type(index).__name__}
         self.metrics = AudienceMetrics()
         self._lock = threading.Lock() if serialize else None
         self._on_stop = on_stop
-        self.confidence = math.erf(float(getattr(index, "z", 1.96)) / math.sqrt(2))
+        z = getattr(estimator, "z", getattr(index, "z", 1.96))
+        self.confidence = math.erf(float(z) / math.sqrt(2))
 
     def close(self) -> None:
         if self._on_stop is not None:
@@ -235,7 +236,8 @@ class AudienceService:
         return self.quality_table.select(body.provider, body.segment)
 
     def health(self) -> dict:
-        return {"status": "ok", "index": self.describe, "quality": self.quality_table is not None}
+        index = self.describe() if callable(self.describe) else self.describe
+        return {"status": "ok", "index": index, "quality": self.quality_table is not None}
 
 
 def create_audience_app(service: AudienceService, max_body_bytes: int = 1 << 20) -> FastAPI:
