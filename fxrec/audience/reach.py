@@ -134,7 +134,10 @@ class ReachEstimator:
     def surfaces(self) -> list[Surface]:
         return [None, -1, *range(len(self.schema.surfaces))]
 
-    def answer(self, expr: str | Query, statistics: Statistics) -> Estimate:
+    def answer(self, expr: str | Query, statistics: Statistics, detail: dict | None = None) -> Estimate:
+        """The estimate for a query, from `statistics`' sums. `detail`, when given, receives the strata
+        whose users' count the fall-back entered (`fallback_strata`: stratum indices) and the number of
+        strata the query left to the sample (`undecided_strata`)."""
         query = parse(expr, self.schema) if isinstance(expr, str) else expr
         surfaces = len(self.schema.surfaces)
         users_node = query.users(surfaces)
@@ -163,6 +166,10 @@ class ReachEstimator:
                 target.synthetic = self._residuals(target.node, target.undecided)
             for residual, _ in target.borrowed + target.synthetic:
                 requests[(residual, target.surface)] = None
+        if detail is not None:
+            entered = [strata for _, strata in targets[0].borrowed + targets[0].synthetic]
+            detail["fallback_strata"] = sorted({int(h) for group in entered for h in group})
+            detail["undecided_strata"] = int(undecided.sum())
         rates = {"cells": statistics.rate_sums(list(requests)) if requests else {}}
         if requests and self._bases is None:
             self._bases = statistics.base_sums(self.surfaces())
@@ -183,6 +190,24 @@ class ReachEstimator:
             fallback=fallback,
             exact=not undecided.any(),
         )
+
+    def stratum_label(self, stratum: int) -> str:
+        """A stratum in words: each dimension's cell, e.g. `age band 18-24, country US, surfaces feed+video`."""
+        parts = []
+        for dimension, cell in zip(self.strata.dimensions, self.coordinates[stratum], strict=True):
+            value = dimension.cells[int(cell)]
+            if dimension.kind == "categorical":
+                names = self.schema.categorical[dimension.field]
+                codes = sorted(value)
+                shown = names[codes[0]] if len(codes) == 1 else f"{len(codes)} others"
+            elif dimension.kind == "surfaces":
+                shown = "+".join(s for i, s in enumerate(self.schema.surfaces) if (int(cell) + 1) >> i & 1)
+            elif dimension.kind == "band":
+                shown = f"{value[0]}-{value[1]}"
+            else:
+                shown = f"[{value[0]}, {value[1] if value[1] < 2**62 else 'inf'})"
+            parts.append(f"{dimension.name.split(' (')[0]} {shown}")
+        return ", ".join(parts) or "everyone"
 
     def _decide(self, leaf: Node | None) -> np.ndarray:
         if leaf is None or not self.exact_strata:

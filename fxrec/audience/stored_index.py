@@ -96,7 +96,7 @@ def save_index(
         "surfaces": list(schema.surfaces),
         **(card or {}),
     }
-    (out / CARD).write_text(json.dumps(written, indent=1))
+    (out / CARD).write_text(json.dumps(written, indent=1) + "\n")
     return written
 
 

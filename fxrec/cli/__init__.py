@@ -352,6 +352,15 @@ def _register_serving() -> None:
 _register_serving()
 
 
+def _register_reach() -> None:
+    from fxrec.cli.reach import register
+
+    register(audience_app)
+
+
+_register_reach()
+
+
 def _register_audience_quality() -> None:
     from fxrec.cli.audience_quality import register
 
