@@ -44,7 +44,8 @@ def test_both_estimators_recover_rates_from_exact_aggregates(recall, fpr):
     prevalence = 0.05
     population_label = recall * prevalence + fpr * (1 - prevalence)
     precision = recall * prevalence / population_label
-    for rates in (fit_least_squares(shares), fit_mle(shares), fit_mle(shares, start=(0.5, 0.5))):
+    fits = (fit_least_squares(shares), fit_least_squares(shares, weighted=True), fit_mle(shares))
+    for rates in (*fits, fit_mle(shares, start=(0.5, 0.5))):
         assert rates.recall == pytest.approx(recall, abs=1e-3)
         assert rates.false_positive_rate == pytest.approx(fpr, abs=1e-3)
         assert rates.precision(population_label) == pytest.approx(precision, abs=1e-3)
@@ -121,12 +122,12 @@ ADVERSARIAL = {
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
 def test_constrained_estimates_stay_in_the_unit_interval(name):
     shares = ADVERSARIAL[name]
-    for fit in (fit_least_squares, fit_mle):
+    for fit in (fit_least_squares, lambda s: fit_least_squares(s, weighted=True), fit_mle):
         rates = fit(shares)
         values = [rates.recall, rates.false_positive_rate]
         values += [rates.precision(q) for q in (0.0, 1e-9, 0.3, 1.0)]
         values += list(rates.truth_share(np.array([0.0, 0.5, 1.0])))
-        assert all(np.isfinite(v) and 0 <= v <= 1 for v in values), (fit.__name__, values)
+        assert all(np.isfinite(v) and 0 <= v <= 1 for v in values), values
     assert all(0 <= v <= 1 for v in (*naive(shares), *fit_backward(shares)))
 
 
