@@ -13,7 +13,7 @@ whatever else the campaign targeted, and whatever weight (impressions) a user ca
 (r, f) in [0, 1]^2 two ways:
 
 - `fit_least_squares`: constrained least squares of (1) across campaigns, one equation per campaign
-  (scipy.optimize.lsq_linear with bounds);
+  (scipy.optimize.lsq_linear with bounds; `weighted=True` weighs each by its impressions);
 - `fit_mle`: the binomial maximum likelihood with each campaign's impressions as its trials,
   sum_c n_c [q_c log mu_c + (1 - q_c) log(1 - mu_c)] with mu_c = (1), a concave problem solved with
   L-BFGS-B inside the unit square.
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import lsq_linear, minimize
+from scipy.stats import t as student_t
 
 EPS = 1e-12  # keeps the binomial likelihood finite at shares of exactly 0 or 1
 IDENTIFIED = 1e-9  # r - f below this: labels carry no information about the segment
@@ -102,12 +103,18 @@ class Rates:
         return float(np.clip(members / labelled, 0.0, 1.0)) if labelled > 0 else 0.0
 
 
-def fit_least_squares(shares: Shares) -> Rates:
-    """(1) by least squares across campaigns, r and f constrained to [0, 1]."""
+def fit_least_squares(shares: Shares, weighted: bool = False) -> Rates:
+    """(1) by least squares across campaigns, r and f constrained to [0, 1]: one equation per
+    campaign (the paper's), or with `weighted` each campaign's squared error counted once per
+    impression (a campaign's label share is that much less noisy)."""
     design = np.stack([shares.truth, 1 - shares.truth], axis=1)
     if len(shares) == 0:
         return Rates(0.0, 0.0)
-    solved = lsq_linear(design, shares.label, bounds=(0.0, 1.0), method="bvls")
+    target = shares.label
+    if weighted and shares.weight.sum() > 0:
+        root = np.sqrt(shares.weight / shares.weight.mean())
+        design, target = design * root[:, None], target * root
+    solved = lsq_linear(design, target, bounds=(0.0, 1.0), method="bvls")
     r, f = np.clip(solved.x, 0.0, 1.0)
     return Rates(float(r), float(f), shares.mean_truth())
 
@@ -182,12 +189,21 @@ class CrossValidation:
     extra: dict = field(default_factory=dict)
 
     def jackknife(self, statistic: Callable[[Rates], float]) -> float:
-        """Delete-a-group jackknife standard error of `statistic` over the folds."""
+        """Delete-a-group jackknife standard error of `statistic` over the folds (len(folds) - 1
+        degrees of freedom: `interval` takes Student's t)."""
         values = np.array([statistic(r) for r in self.rates])
         k = len(values)
         if k < 2:
             return float("nan")
         return float(np.sqrt((k - 1) / k * ((values - values.mean()) ** 2).sum()))
+
+
+def interval(estimate: float, se: float, folds: int, level: float = 0.95) -> tuple[float, float]:
+    """A jackknife interval around `estimate`, Student's t with folds - 1 degrees of freedom, in [0, 1]."""
+    if not np.isfinite(se) or folds < 2:
+        return 0.0, 1.0
+    half = float(student_t.ppf(0.5 + level / 2, folds - 1)) * se
+    return max(0.0, estimate - half), min(1.0, estimate + half)
 
 
 def fold_rows(count: int, folds: int, seed: int = 0) -> list[np.ndarray]:

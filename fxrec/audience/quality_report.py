@@ -23,6 +23,7 @@ from fxrec.audience.quality import (
     fit_backward,
     fit_least_squares,
     fit_mle,
+    interval,
     naive,
 )
 from fxrec.errors import InputError
@@ -30,7 +31,6 @@ from fxrec.errors import InputError
 METHODS = {"least_squares": fit_least_squares, "mle": fit_mle}
 PRIMARY = "mle"
 MIN_CAMPAIGNS = 3  # a provider's segment needs this many usable campaigns (two rates, one to spare)
-Z = 1.96
 
 
 def shares_for(aggregates: CampaignAggregates, provider: int, segment: int) -> Shares:
@@ -43,11 +43,14 @@ def shares_for(aggregates: CampaignAggregates, provider: int, segment: int) -> S
     )
 
 
-def assess_segment(shares: Shares, population_label: float, folds: int = 5, seed: int = 0) -> dict:
+def assess_segment(
+    shares: Shares, population_label: float, folds: int = 5, seed: int = 0, methods: dict | None = None
+) -> dict:
     """One provider's segment: per method, recall, false-positive rate, precision (at the population's
-    label share), cross-validated aggregate error and a jackknife interval; plus the two baselines."""
+    label share), cross-validated aggregate error and a 95% jackknife interval; plus the two
+    baselines."""
     row: dict = {"campaigns": len(shares), "population_label_share": population_label}
-    for name, fit in METHODS.items():
+    for name, fit in (methods or METHODS).items():
         rates = fit(shares)
         cv = cross_validate(shares, fit, folds, seed)
         precision = rates.precision(population_label)
@@ -57,7 +60,7 @@ def assess_segment(shares: Shares, population_label: float, folds: int = 5, seed
             "false_positive_rate": rates.false_positive_rate,
             "precision": precision,
             "precision_se": se,
-            "precision_ci": [max(0.0, precision - Z * se), min(1.0, precision + Z * se)],
+            "precision_ci": list(interval(precision, se, len(cv.folds))),
             "false_positive_rate_se": cv.jackknife(lambda r: r.false_positive_rate),
             "cv_error": cv.error,
             "cv_error_weighted": cv.weighted_error,
@@ -68,8 +71,11 @@ def assess_segment(shares: Shares, population_label: float, folds: int = 5, seed
     return row
 
 
-def assess(aggregates: CampaignAggregates, folds: int = 5, seed: int = 0) -> dict:
-    """quality.json's content: per provider and segment (`segments`), per provider a summary and rank."""
+def assess(
+    aggregates: CampaignAggregates, folds: int = 5, seed: int = 0, methods: dict | None = None
+) -> dict:
+    """quality.json's content: per provider and segment (`segments`), per provider a summary and rank.
+    `methods` (name -> fit) replaces METHODS; it must hold PRIMARY."""
     if len(aggregates) < MIN_CAMPAIGNS:
         raise InputError(
             f"campaign aggregates: {len(aggregates)} campaign(s); at least {MIN_CAMPAIGNS} are needed "
@@ -85,8 +91,9 @@ def assess(aggregates: CampaignAggregates, folds: int = 5, seed: int = 0) -> dic
             if len(shares) < MIN_CAMPAIGNS:
                 rows[segment] = {"campaigns": len(shares), "skipped": f"fewer than {MIN_CAMPAIGNS} campaigns"}
                 continue
-            rows[segment] = assess_segment(shares, float(aggregates.population_labels[j, k]), folds, seed)
-        providers[provider] = {"segments": rows, "summary": _summary(rows)}
+            label = float(aggregates.population_labels[j, k])
+            rows[segment] = assess_segment(shares, label, folds, seed, methods)
+        providers[provider] = {"segments": rows, "summary": _summary(rows, list(methods or METHODS), folds)}
     order = sorted(
         (p for p in providers if providers[p]["summary"]["segments"]),
         key=lambda p: (-providers[p]["summary"]["precision"], providers[p]["summary"]["false_positive_rate"]),
@@ -104,7 +111,7 @@ def assess(aggregates: CampaignAggregates, folds: int = 5, seed: int = 0) -> dic
     }
 
 
-def _summary(rows: dict) -> dict:
+def _summary(rows: dict, methods: list[str], folds: int) -> dict:
     fitted = [r for r in rows.values() if "skipped" not in r]
     if not fitted:
         return {"segments": 0, "rank": None}
@@ -112,15 +119,17 @@ def _summary(rows: dict) -> dict:
     def mean(method: str, key: str) -> float:
         return float(np.mean([r[method][key] for r in fitted]))
 
+    precision = mean(PRIMARY, "precision")
+    # the segments' errors taken as independent (each segment has its own aggregates and labels)
+    se = float(np.sqrt(np.sum([r[PRIMARY]["precision_se"] ** 2 for r in fitted])) / len(fitted))
     return {
         "segments": len(fitted),
-        "precision": mean(PRIMARY, "precision"),
-        "precision_se": float(
-            np.sqrt(np.sum([r[PRIMARY]["precision_se"] ** 2 for r in fitted])) / len(fitted)
-        ),
+        "precision": precision,
+        "precision_se": se,
+        "precision_ci": list(interval(precision, se, folds)),
         "false_positive_rate": mean(PRIMARY, "false_positive_rate"),
         "recall": mean(PRIMARY, "recall"),
-        "cv_error": {m: mean(m, "cv_error") for m in METHODS},
+        "cv_error": {m: mean(m, "cv_error") for m in methods},
         "precision_least_squares": mean("least_squares", "precision"),
         "precision_naive": mean("naive", "precision"),
         "rank": None,
@@ -161,7 +170,7 @@ def table_rows(report: dict) -> list[dict]:
                 "rank": s["rank"],
                 "segments": s["segments"],
                 "precision": s["precision"],
-                "ci95": Z * s["precision_se"],
+                "ci95": (s["precision_ci"][1] - s["precision_ci"][0]) / 2,
                 "fpr": s["false_positive_rate"],
                 "recall": s["recall"],
                 "cv_err_mle": s["cv_error"]["mle"],
