@@ -155,6 +155,8 @@ class AudienceService:
         self._on_stop = on_stop
         z = getattr(estimator, "z", getattr(index, "z", 1.96))
         self.confidence = math.erf(float(z) / math.sqrt(2))
+        if self.schema.surfaces:  # build the parser now, not on the first request
+            parse(f"surface = {self.schema.surfaces[0]}", self.schema)
 
     def close(self) -> None:
         if self._on_stop is not None:
