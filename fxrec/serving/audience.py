@@ -47,6 +47,7 @@ from fxrec.serving.schemas import ErrorResponse
 from fxrec.serving.validation import RequestError
 
 log = logging.getLogger(__name__)
+MAX_STRATA_SHOWN = 10  # fall-back strata a reach answer names
 ENDPOINTS = ("/v1/reach", "/v1/quality", "/healthz", "/metrics")
 _BLANKS = {ord(c): " " for c in "\t\r\n\v\f"}  # one line, so a caret lines up under its column
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -179,18 +180,38 @@ class AudienceService:
             )
         return Query(text, And((query.node, Surface(frozenset({code})))))
 
-    def _answer(self, query: Query) -> Estimate:
+    def _answer(self, query: Query) -> tuple[Estimate, list[dict], int]:
         if self._lock is None:
-            return self.index.query(query)
+            return self._explained(query)
         with self._lock:
-            return self.index.query(query)
+            return self._explained(query)
+
+    def _explained(self, query: Query) -> tuple[Estimate, list[dict], int]:
+        """The estimate, and the strata the fall-back entered (the first MAX_STRATA_SHOWN, in words)
+        with their count, when the index exposes its estimator (fxrec's in-process and Ray indexes:
+        the estimator's statistics are the index's `rows`, or the sharded index itself)."""
+        estimator = getattr(self.index, "estimator", None)
+        if estimator is None or not hasattr(estimator, "stratum_label"):
+            return self.index.query(query), [], 0
+        detail: dict = {}
+        estimate = estimator.answer(query, getattr(self.index, "rows", self.index), detail)
+        entered = detail.get("fallback_strata", [])
+        shown = [
+            {
+                "stratum": estimator.stratum_label(h),
+                "users": int(estimator.census.users[h]),
+                "sampled": int(estimator.taken[h]),
+            }
+            for h in entered[:MAX_STRATA_SHOWN]
+        ]
+        return estimate, shown, len(entered)
 
     async def reach(self, body: ReachRequest) -> dict:
         started = time.perf_counter()
         try:
             query = self.bind(body)
             parsed = time.perf_counter()
-            estimate = await asyncio.to_thread(self._answer, query)
+            estimate, strata, entered = await asyncio.to_thread(self._answer, query)
         except (QueryError, RequestError):
             raise
         except RecursionError:
@@ -221,6 +242,8 @@ class AudienceService:
             "confidence": round(self.confidence, 4),
             "support": int(estimate.support),
             "fell_back": bool(estimate.fallback),
+            "fallback_strata": strata,
+            "fallback_strata_count": entered,
             "exact": bool(estimate.exact),
             "timings_ms": {
                 "parse": round((parsed - started) * 1000, 3),

@@ -42,6 +42,12 @@ class Interval(BaseModel):
     high: float
 
 
+class FallbackStratum(BaseModel):
+    stratum: str = Field(description="each dimension's cell, e.g. `country US, impression tier [1, 3)`")
+    users: int = Field(description="users in the stratum (census)")
+    sampled: int = Field(description="of them in the sample")
+
+
 class ReachResponse(BaseModel):
     request_id: str | None
     query: str
@@ -51,6 +57,10 @@ class ReachResponse(BaseModel):
     confidence: float = Field(description="the intervals' confidence level, e.g. 0.95")
     support: int = Field(description="sampled users the query reaches in the strata it leaves undecided")
     fell_back: bool = Field(description="too few sampled users: coarser strata's rates were blended in")
+    fallback_strata: list[FallbackStratum] = Field(
+        default_factory=list, description="the first strata the fall-back entered, in words"
+    )
+    fallback_strata_count: int = Field(default=0, description="how many strata the fall-back entered")
     exact: bool = Field(description="every stratum was decided by the query: the counts are exact")
     timings_ms: dict[str, float]
 

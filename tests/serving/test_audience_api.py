@@ -65,6 +65,9 @@ def test_a_fallback_answer_says_so(client):
     rare = " and ".join(f"interest:{name}" for name in SCHEMA.segments["interest"][-3:])
     body = client.post("/v1/reach", json={"query": rare}).json()
     assert body["fell_back"] is True and body["support"] < small_index().min_support
+    strata = body["fallback_strata"]
+    assert 0 < len(strata) <= 10 and body["fallback_strata_count"] >= len(strata)
+    assert all(s["stratum"].startswith("country ") and s["users"] >= s["sampled"] >= 0 for s in strata)
 
 
 @pytest.mark.parametrize(
