@@ -261,8 +261,11 @@ class AudienceService:
         return self.quality_table.select(body.provider, body.segment)
 
     def health(self) -> dict:
+        """`degraded` while a Ray shard has no live replica (its supervisor is replacing it)."""
         index = self.describe() if callable(self.describe) else self.describe
-        return {"status": "ok", "index": index, "quality": self.quality_table is not None}
+        live = index.get("live_replicas")
+        status = "degraded" if live is not None and min(live, default=1) == 0 else "ok"
+        return {"status": status, "index": index, "quality": self.quality_table is not None}
 
 
 def create_audience_app(service: AudienceService, max_body_bytes: int = 1 << 20) -> FastAPI:

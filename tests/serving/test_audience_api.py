@@ -203,3 +203,13 @@ def test_deeply_nested_queries_within_the_size_limit_answer(client):
     for query in ("(" * 990 + "country:US" + ")" * 990, "not " * 497 + "country:US"):
         response = client.post("/v1/reach", json={"query": query})
         assert response.status_code in (200, 422), response.text
+
+
+def test_health_is_degraded_while_a_shard_has_no_live_replica():
+    live = {"replicas": [2, 2]}
+    service = AudienceService(
+        small_index(), describe=lambda: {"kind": "ray", "live_replicas": live["replicas"]}
+    )
+    assert service.health()["status"] == "ok"
+    live["replicas"] = [2, 0]
+    assert service.health()["status"] == "degraded" and service.health()["index"]["live_replicas"] == [2, 0]
