@@ -8,9 +8,9 @@ and a caret line under the offending token; an unknown provider or segment is 40
 sends produces a 500: an index that cannot answer (a Ray cluster gone) is 503.
 
 The index is anything with `query(Query) -> Estimate` and a schema (its own or its estimator's): the
-in-process `fxrec.audience.reach.ReachIndex`, or the Ray-sharded `fxrec.audience.shards` one. Queries run on a worker thread, so a slow
-one never blocks `/healthz`; an index that is not safe to query from several threads at once (the
-in-process one keeps caches) is queried one request at a time.
+in-process `fxrec.audience.reach.ReachIndex`, or the Ray-sharded `fxrec.audience.shards` one. Queries
+run on a worker thread, so a slow one never blocks `/healthz`; an index that is not safe to query from
+several threads at once (the in-process one keeps caches) is queried one request at a time.
 """
 
 from __future__ import annotations
