@@ -3,8 +3,9 @@
 
 Each row carries the report's primary estimate (precision with its 95% interval, false-positive rate,
 recall, cross-validated aggregate error) at the top level and every method's estimates under
-`methods`; a segment with too few usable campaigns has them null and says why in `skipped`. Providers come in rank
-order with their summary. NaN and infinities become null: a JSON body cannot carry them.
+`methods`; a segment with too few usable campaigns has them null and says why in `skipped`.
+Providers come in rank order with their summary. NaN and infinities become null: a JSON body cannot
+carry them.
 """
 
 from __future__ import annotations
