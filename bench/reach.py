@@ -12,10 +12,18 @@ relative error of unique users (and of impressions, for the samples), the share 
 interval covers the truth, and in-process query latency p50 / p99. Goals (issue 28, full run): median
 error <= 5% at >= 10^5 and <= 25% at <= 10^3, every bucket better than uniform and proportional;
 p99 <= 50 ms. `--population DIR` writes the population there as Parquet once and reads it back.
+
+Then the same queries on Ray (fxrec.audience.shards; `--no-ray` skips it): fxrec's first sample split
+into 4 shards x 2 replicas on a local Ray of 2 CPUs. Reported: query p50 / p99 next to in-process on
+the same sample, the largest difference from the in-process answers (the same estimator over summed
+statistics: float rounding only), and a fault run: the queries stream while one replica is killed
+(`ray.kill`) once the stream is under way; the failed queries (goal: 0), the seconds until the shard
+has its 2 replicas again, and the median relative error of the queries answered in between.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -77,6 +85,7 @@ def main() -> None:
                 ("--sample-rate",),
                 {"type": float, "default": None, "help": "sample rows per user (default 0.01; --quick 0.02)"},
             ),
+            (("--no-ray",), {"action": "store_true", "help": "skip the Ray shards' latency and fault run"}),
         ],
     )
     setup = dict(QUICK if args.quick else FULL)
@@ -152,10 +161,12 @@ def main() -> None:
     answers: dict[str, np.ndarray] = {}
     latency: dict[str, np.ndarray] = {}
     extra: dict[str, dict] = {}
+    first: ReachIndex | None = None  # fxrec's first sample: the one the Ray shards hold
     for name in allocations:
         rows, times = [], []
         for r in range(REPLICATES):
             index = ReachIndex(schema, samplers[(name, r)].result(), **options[name])
+            first = index if (name, r) == ("fxrec", 0) else first
             for query in queries:
                 t0 = time.perf_counter()
                 e = index.query(query)
@@ -222,6 +233,33 @@ def main() -> None:
                 )
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
+    ray_shards = None
+    if not args.no_ray and first is not None and importlib.util.find_spec("ray") is None:
+        print("Ray shards: skipped (Ray is not installed: pip install 'fxrec[ray]')")
+    elif not args.no_ray and first is not None:
+        ray_shards = _ray_shards(first, queries, truth[: len(queries), 0])
+        title = (
+            f"{len(queries)} queries, {SHARDS} shards x {REPLICAS} replicas on a local Ray of {RAY_CPUS} CPUs"
+        )
+        print_table(
+            f"Ray vs in-process latency, same sample ({title}; Ray started in {ray_shards['start_s']:.1f}s)",
+            [
+                {
+                    "path": "in process",
+                    "p50_ms": ray_shards["in_process_p50_ms"],
+                    "p99_ms": ray_shards["in_process_p99_ms"],
+                },
+                {
+                    "path": "Ray shards",
+                    "p50_ms": ray_shards["ray_p50_ms"],
+                    "p99_ms": ray_shards["ray_p99_ms"],
+                },
+            ],
+        )
+        print(
+            f"largest relative difference Ray vs in-process: {ray_shards['max_rel_diff_vs_in_process']:.2e}"
+        )
+        print_table("one replica killed mid-stream", [ray_shards["fault"]])
     write_result(
         args,
         NAME,
@@ -232,6 +270,7 @@ def main() -> None:
         strata_count=len(counts.keys),
         methods=extra,
         queries_zero_reach=int((~nonzero).sum()) // REPLICATES,
+        ray_shards=ray_shards,
         seconds={
             "learn": learned_s,
             "pass1": pass1_s,
@@ -239,6 +278,96 @@ def main() -> None:
             "total": time.perf_counter() - started,
         },
     )
+
+
+SHARDS, REPLICAS, RAY_CPUS = 4, 2, 2
+KILL_AFTER = 50  # queries answered before the fault run kills a replica
+
+
+def _ray_shards(local: ReachIndex, queries: list, truth: np.ndarray) -> dict:
+    """Latency on S x R Ray shards next to in-process (same sample, same queries), the largest relative
+    difference between the two answers, and the fault run (see the module docstring)."""
+    import threading
+
+    import ray
+
+    from fxrec.audience.reach import ReachEstimator
+    from fxrec.audience.shards import ShardedReachIndex
+
+    started = time.perf_counter()
+    estimator = ReachEstimator.of(local.schema, local.sample, min_support=local.min_support)
+    sharded = ShardedReachIndex(estimator, local.rows.split(SHARDS), REPLICAS, num_cpus=RAY_CPUS)
+    start_s = time.perf_counter() - started
+    try:
+        for query in queries[:20]:  # warm both paths (the estimator's decisions, Ray's connections)
+            sharded.query(query), local.query(query)
+        in_process, on_ray, difference = [], [], 0.0
+        for query in queries:
+            t0 = time.perf_counter()
+            a = local.query(query)
+            t1 = time.perf_counter()
+            b = sharded.query(query)
+            on_ray.append(time.perf_counter() - t1)
+            in_process.append(t1 - t0)
+            for x, y in ((a.users, b.users), (a.impressions, b.impressions)):
+                difference = max(difference, abs(x - y) / max(abs(x), 1e-9))
+        # the fault run: stream the queries, kill one replica once KILL_AFTER have been answered
+        victim = sharded.replicas(0)[0]
+        answered = threading.Event()
+        state = {"count": 0, "killed_at": None}
+
+        def kill() -> None:
+            answered.wait()
+            state["killed_at"] = time.perf_counter()
+            ray.kill(victim)
+
+        killer = threading.Thread(target=kill)
+        killer.start()
+        failed, during, errors, replaced_s = 0, [], [], None
+        deadline = time.perf_counter() + 120
+        i = 0
+        while i < len(queries) or (replaced_s is None and time.perf_counter() < deadline):
+            q = i % len(queries)
+            i += 1
+            try:
+                estimate = sharded.query(queries[q])
+            except Exception:  # noqa: BLE001 - counted: the goal is none
+                failed += 1
+                continue
+            state["count"] += 1
+            if truth[q] > 0:
+                errors.append(abs(estimate.users - truth[q]) / truth[q])
+            if state["count"] >= KILL_AFTER:
+                answered.set()
+            if state["killed_at"] is not None and replaced_s is None:
+                if sharded.replaced >= 1 and min(sharded.live()) >= REPLICAS:
+                    replaced_s = time.perf_counter() - state["killed_at"]
+                elif truth[q] > 0:
+                    during.append(abs(estimate.users - truth[q]) / truth[q])
+        answered.set()  # a stream too short to reach KILL_AFTER still ends the killer
+        killer.join()
+        fault = {
+            "queries": i,
+            "failed": failed,
+            "retried": sharded.retried,
+            "replaced_s": replaced_s,
+            "answered_during_replacement": len(during),
+            "median_rel_err_during": float(np.median(during)) if during else None,
+            "median_rel_err_stream": float(np.median(errors)) if errors else None,
+        }
+    finally:
+        sharded.close()
+    return {
+        "shards": SHARDS,
+        "replicas": REPLICAS,
+        "start_s": start_s,
+        "ray_p50_ms": float(np.median(on_ray) * 1e3),
+        "ray_p99_ms": float(np.quantile(on_ray, 0.99) * 1e3),
+        "in_process_p50_ms": float(np.median(in_process) * 1e3),
+        "in_process_p99_ms": float(np.quantile(in_process, 0.99) * 1e3),
+        "max_rel_diff_vs_in_process": difference,
+        "fault": fault,
+    }
 
 
 def _sketch_sizes(schema, pilot: Columns, scale: float) -> list[float]:

@@ -349,8 +349,9 @@ class ReachIndex:
     def nbytes(self) -> int:
         return self.sample.nbytes()
 
-    def query(self, expr: str | Query) -> Estimate:
-        return self.estimator.answer(expr, self.rows)
+    def query(self, expr: str | Query, detail: dict | None = None) -> Estimate:
+        """The estimate (`detail`, when given, receives which strata fell back: `ReachEstimator.answer`)."""
+        return self.estimator.answer(expr, self.rows, detail)
 
 
 __all__ = ["Estimate", "ReachEstimator", "ReachIndex", "Statistics"]

@@ -159,8 +159,9 @@ class ShardedReachIndex:
         self._supervisor.start()
 
     # what callers use
-    def query(self, expr: str | Query) -> Estimate:
-        return self.estimator.answer(expr, self)
+    def query(self, expr: str | Query, detail: dict | None = None) -> Estimate:
+        """The estimate, as `ReachIndex.query` gives it (`detail`: see `ReachEstimator.answer`)."""
+        return self.estimator.answer(expr, self, detail)
 
     def replicas(self, shard: int) -> list[Any]:
         """The shard's live replicas (actor handles), as the index knows them now."""

@@ -45,7 +45,9 @@ def register(group: typer.Typer) -> None:
             None, "--spec", help="with --events: which columns hold which fields (YAML)"
         ),
         nbytes: int | None = typer.Option(
-            None, "--bytes", help="memory budget of the sample (default: 1% of the users as rows)"
+            None,
+            "--bytes",
+            help="about how many bytes the sample may take (default: 1% of the users as rows)",
         ),
         shards: int = typer.Option(4, "--shards", help="shard files the sample is written in"),
         min_support: int = typer.Option(

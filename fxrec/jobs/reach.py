@@ -9,8 +9,9 @@ is written at the end, whole (fxrec.audience.stored_index): a bad input stops be
 written, and a build that fails midway leaves no half index.
 
 `estimate_reach` checks the index and the query before it starts anything, then answers in process
-or on `ShardedReachIndex` (S shards x R replicas; each actor reads its own shard file when S is the
-index's shard count, else the rows are split again and put in Ray's object store).
+or on `ShardedReachIndex` (S shards x R replicas; on a local Ray each actor reads its own shard file
+when S is the index's shard count; otherwise, and on a cluster whose nodes may not see the folder,
+the rows are split here and travel through Ray's object store).
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def estimate_reach(
         count = shards or stored.shards
         sources = (
             [ShardFile(stored.path, s) for s in range(count)]
-            if count == stored.shards
+            if count == stored.shards and not address  # a cluster's nodes may not see the folder
             else stored.rows().split(count)
         )
         with ShardedReachIndex(estimator, sources, replicas, address=address, num_cpus=num_cpus) as sharded:

@@ -129,3 +129,26 @@ def test_cli_reach_on_ray_answers_as_in_process(local_ray, tmp_path):
     ]
     assert answers[1]["mode"] == "Ray, 2 shards x 1 replicas"
     assert answers[0]["users"] == pytest.approx(answers[1]["users"], rel=1e-9)
+
+
+def test_a_shard_whose_only_replica_dies_comes_back_from_its_file(indexes, tmp_path):
+    """One replica per shard, read from the index folder's shard files: killing it leaves the shard with
+    none; the query waits for the supervisor, which starts a new actor from the shard file."""
+    from fxrec.audience.shards import ShardFile
+    from fxrec.audience.stored_index import load_index, save_index
+
+    local, _ = indexes
+    save_index(tmp_path / "idx", SCHEMA, local.sample, shards=2, card={"min_support": 10})
+    stored = load_index(tmp_path / "idx")
+    estimator = stored.estimator(min_support=10)
+    files = [ShardFile(stored.path, s) for s in range(stored.shards)]
+    with ShardedReachIndex(estimator, files, replicas=1, timeout=120, check_every=0.2) as sharded:
+        text = THIN[0]
+        before = sharded.query(text).users
+        ray.kill(sharded.replicas(0)[0])
+        deadline = time.monotonic() + 120
+        while sharded.replaced == 0 and time.monotonic() < deadline:  # every query answers meanwhile
+            assert sharded.query(text).users == pytest.approx(before, rel=1e-12)
+        assert sharded.replaced == 1 and sharded.live() == [1, 1]
+        assert sharded.query(text).users == pytest.approx(before, rel=1e-12)
+    assert before == pytest.approx(local.query(text).users, rel=1e-9)
