@@ -19,6 +19,16 @@ ranked by mean precision over the segments) and the mean per-segment ranking Spe
 the share of 95% jackknife intervals covering the truth; the 5-fold cross-validated error of the
 held-out campaigns' aggregates. A sweep over the number of campaigns (first replicate) shows how the
 error falls with more campaigns. Goals (issue 28): MAE <= 0.05 with >= 200 campaigns, Spearman >= 0.9.
+
+Qualified reach (the population's first 10^6 users, a ReachIndex on a 1% sample of them; --quick:
+2x10^5 and 2%):
+for attribute-only targets x providers x the first QUALIFIED_SEGMENTS segments, the expected true
+members among the provider-labelled audience (fxrec.audience.quality.qualified_reach with the MLE
+rates) against the exact count of true members in it, from exact counts (the model's error alone)
+and through the ReachIndex; beside the labelled reach undiscounted and discounted by the provider's
+population-wide precision (labelled reach exact, and through the ReachIndex). Median and p90
+relative error over the audiences with at least QUALIFIED_MEMBERS true members, and the median over
+those with at least QUALIFIED_LARGE.
 """
 
 from __future__ import annotations
@@ -26,27 +36,42 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterator
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 from _common import parse_args, print_table, write_result
 from scipy.stats import spearmanr
 
-from fxrec.audience.campaigns import CampaignAggregates, CampaignConfig, measure_campaigns
-from fxrec.audience.population import PopulationConfig, audience_schema, iter_chunks, provider_truth
-from fxrec.audience.quality import fit_least_squares
+from fxrec.audience.build import build_reach_index
+from fxrec.audience.campaigns import CampaignAggregates, CampaignConfig, campaign_queries, measure_campaigns
+from fxrec.audience.evaluate import mask
+from fxrec.audience.population import (
+    PopulationConfig,
+    audience_schema,
+    generate_chunk,
+    iter_chunks,
+    past_users,
+    provider_truth,
+)
+from fxrec.audience.quality import fit_least_squares, qualified_reach
 from fxrec.audience.quality_report import METHODS as QUALITY_METHODS
-from fxrec.audience.quality_report import assess, estimates
+from fxrec.audience.quality_report import assess, estimates, rates_of
+from fxrec.audience.query import parse
 from fxrec.audience.schema import Columns, has_bit
+from fxrec.audience.workload import random_queries
 
 NAME = "data_quality"
 FULL = {"users": 2_000_000, "chunk_size": 100_000, "campaigns": 300, "replicates": 3}
 QUICK = {"users": 200_000, "chunk_size": 100_000, "campaigns": 200, "replicates": 1}
+# qualified reach: users (the population's first), the reach index's sample rate
+FULL_QUALIFIED, QUICK_QUALIFIED = (1_000_000, 0.01), (200_000, 0.02)
 SEGMENTS, FOLDS = 20, 5
 FITS = {**QUALITY_METHODS, "least_squares_weighted": partial(fit_least_squares, weighted=True)}
 METHODS = ("mle", "least_squares", "least_squares_weighted", "backward", "naive")
 SWEEP = (50, 100, 200, 300)
 GOAL_MAE, GOAL_SPEARMAN = 0.05, 0.9
+QUALIFIED_TARGETS, QUALIFIED_SEGMENTS, QUALIFIED_MEMBERS = 30, 5, 50  # audiences with >= 50 true members
+QUALIFIED_LARGE = 1000  # ... and the larger ones (>= 1,000 true members), where the reach error is small
 
 
 class Realised:
@@ -128,6 +153,63 @@ def score(report: dict, true_precision: np.ndarray, true_fpr: np.ndarray, realis
     return out
 
 
+def qualified_check(config: PopulationConfig, report: dict, users: int, rate: float) -> list[dict]:
+    """Qualified reach against the exact number of true members in provider-labelled audiences."""
+    schema = audience_schema(config)
+    chunks = [generate_chunk(config, i) for i in range(-(-min(users, config.users) // config.chunk_size))]
+    users = sum(len(c) for c in chunks)
+    index = build_reach_index(
+        schema,
+        lambda: chunks,
+        past_users(config, 20_000),
+        random_queries(schema, 200, seed=1),
+        budget=int(rate * users),
+        population=users,
+    )
+    targets = campaign_queries(schema, CampaignConfig(seed=11, campaigns=QUALIFIED_TARGETS, targeted=0.0))
+
+    @cache
+    def exact(expr: str) -> float:
+        node = parse(expr, schema).users(len(schema.surfaces))
+        return float(sum(mask(node, chunk).sum() for chunk in chunks))
+
+    names = ("exact counts", "reach index", "global precision", "reach index, global precision", "none")
+    errors: dict[str, list[float]] = {name: [] for name in names}
+    sizes: list[float] = []
+    for target in targets:
+        for provider in report["providers"]:
+            for segment in report["segments"][:QUALIFIED_SEGMENTS]:
+                rates = rates_of(report, provider, segment)
+                members = exact(f"({target}) and {provider}:{segment} and interest:{segment}")
+                if members < QUALIFIED_MEMBERS:
+                    continue
+                labelled = exact(f"({target}) and {provider}:{segment}")
+                precision = report["providers"][provider]["segments"][segment]["mle"]["precision"]
+                found = {
+                    "exact counts": qualified_reach(exact, rates, provider, segment, target).qualified,
+                    "reach index": qualified_reach(index, rates, provider, segment, target).qualified,
+                    "global precision": labelled * precision,
+                    "reach index, global precision": index.query(f"({target}) and {provider}:{segment}").users
+                    * precision,
+                    "none": labelled,
+                }
+                for name, value in found.items():
+                    errors[name].append(abs(value - members) / members)
+                sizes.append(members)
+    large = np.array(sizes) >= QUALIFIED_LARGE
+    return [
+        {
+            "qualified reach": name,
+            "audiences": len(values),
+            "median_rel_error": float(np.median(values)),
+            "p90_rel_error": float(np.quantile(values, 0.9)),
+            "large_audiences": int(large.sum()),
+            "median_rel_error_large": float(np.median(np.array(values)[large])) if large.any() else None,
+        }
+        for name, values in errors.items()
+    ]
+
+
 def main() -> None:
     args = parse_args(
         NAME,
@@ -204,6 +286,13 @@ def main() -> None:
         sweep[-1]["spearman_mle"] = s["mle"]["spearman_providers"]
     print_table("precision error against the number of campaigns (first replicate)", sweep)
 
+    started = time.perf_counter()
+    qualified = qualified_check(config, first, *(QUICK_QUALIFIED if args.quick else FULL_QUALIFIED))
+    print_table(
+        f"qualified reach: true members in provider-labelled audiences ({time.perf_counter() - started:.0f}s)",
+        qualified,
+    )
+
     by = {row["method"]: row for row in rows}
     ratios = {
         "mae_precision_mle": by["mle"]["mae_precision"],
@@ -213,6 +302,7 @@ def main() -> None:
         "spearman_providers_mle": by["mle"]["spearman_providers"],
         "spearman_providers_least_squares": by["least_squares"]["spearman_providers"],
         "naive_over_mle_mae": by["naive"]["mae_precision"] / by["mle"]["mae_precision"],
+        "qualified_median_rel_error": {q["qualified reach"]: q["median_rel_error"] for q in qualified},
         "goal_mae": GOAL_MAE,
         "goal_spearman": GOAL_SPEARMAN,
         "goals_met": bool(
@@ -231,6 +321,7 @@ def main() -> None:
         setup={**setup, "segments": SEGMENTS, "folds": FOLDS, "providers": providers},
         per_provider=per_provider,
         sweep=sweep,
+        qualified=qualified,
         seconds={"measure": measure_s, "assess": assess_s},
     )
 
