@@ -35,8 +35,8 @@ class InProcessIndex:
     def schema(self) -> AudienceSchema:
         return self.estimator.schema
 
-    def query(self, expr: str | Query) -> Estimate:
-        return self.estimator.answer(expr, self.rows)
+    def query(self, expr: str | Query, detail: dict | None = None) -> Estimate:
+        return self.estimator.answer(expr, self.rows, detail)
 
 
 @dataclass
@@ -71,7 +71,7 @@ def open_index(
     count = shards or stored.shards
     sources = (
         [ShardFile(stored.path, s) for s in range(count)]
-        if count == stored.shards
+        if count == stored.shards and not address  # a cluster's nodes may not see the folder
         else stored.rows().split(count)
     )
     sharded = ShardedReachIndex(estimator, sources, replicas, address=address, num_cpus=num_cpus)

@@ -61,7 +61,7 @@ class ReachAnswering(Protocol):
     """What the API needs of a reach index (in-process or sharded): `query`, and a `schema` of its
     own or its estimator's."""
 
-    def query(self, expr: str | Query) -> Estimate: ...
+    def query(self, expr: str | Query, detail: dict | None = None) -> Estimate: ...
 
 
 class AudienceMetrics:
@@ -188,13 +188,13 @@ class AudienceService:
 
     def _explained(self, query: Query) -> tuple[Estimate, list[dict], int]:
         """The estimate, and the strata the fall-back entered (the first MAX_STRATA_SHOWN, in words)
-        with their count, when the index exposes its estimator (fxrec's in-process and Ray indexes:
-        the estimator's statistics are the index's `rows`, or the sharded index itself)."""
+        with their count, when the index has fxrec's estimator (`query(expr, detail)`: in process and
+        on Ray alike)."""
         estimator = getattr(self.index, "estimator", None)
         if estimator is None or not hasattr(estimator, "stratum_label"):
             return self.index.query(query), [], 0
         detail: dict = {}
-        estimate = estimator.answer(query, getattr(self.index, "rows", self.index), detail)
+        estimate = self.index.query(query, detail)
         entered = detail.get("fallback_strata", [])
         shown = [
             {
