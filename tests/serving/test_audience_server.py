@@ -1,6 +1,6 @@
 """`fxrec audience serve` on an index folder: a real uvicorn server in a subprocess answers reach and
 quality requests; a missing index or quality file exits 2 before anything starts; on Ray shards the
-API answers what the in-process index answers."""
+API answers what the in-process index answers, and keeps answering while a killed replica is replaced."""
 
 from __future__ import annotations
 
@@ -103,5 +103,15 @@ def test_reach_on_ray_shards_answers_like_in_process(folders):
                 assert answer.json()["fell_back"] is expected.fallback
             health = httpx.get(server.url + "/healthz").json()["index"]
             assert health["kind"] == "ray" and health["live_replicas"] == [2, 2]
+            import ray
+
+            ray.kill(opened.index.replicas(0)[0])  # requests keep coming while the shard is replaced
+            statuses = [
+                httpx.post(server.url + "/v1/reach", json={"query": QUERY}, timeout=60).status_code
+                for _ in range(20)
+            ]
+            assert statuses == [200] * 20
+            assert opened.index.wait_replicated(2, timeout=60)
+            assert httpx.get(server.url + "/healthz").json()["index"]["live_replicas"] == [2, 2]
     finally:
         opened.close()
