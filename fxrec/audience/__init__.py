@@ -11,5 +11,8 @@
   `reach.ReachEstimator` turns into the estimate, in process and sharded alike;
 - `shards`: the sample on Ray, S shards x R replicas, a dead replica retried around and replaced;
   `stored_index`: a reach index on disk (`fxrec audience build` writes it, `reach` reads it);
-- `sketches`: the theta-sketch baseline; `workload`: random advertiser queries.
+- `sketches`: the theta-sketch baseline; `workload`: random advertiser queries;
+- `campaigns`: campaigns run over a population and the agency's aggregate truth about them;
+  `quality`: a provider's precision and false-positive rate from those aggregates (constrained least
+  squares, binomial MLE, cross-validation, qualified reach); `quality_report`: every provider ranked.
 """

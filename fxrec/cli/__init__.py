@@ -359,3 +359,21 @@ def _register_reach() -> None:
 
 
 _register_reach()
+
+
+def _register_audience_quality() -> None:
+    from fxrec.cli.audience_quality import register
+
+    register(audience_app)
+
+
+_register_audience_quality()
+
+
+def _register_audience_serve() -> None:
+    from fxrec.cli.audience_serve import register
+
+    register(audience_app)
+
+
+_register_audience_serve()

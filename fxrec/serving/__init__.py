@@ -12,4 +12,8 @@ models (what served channels need), windows (a request's `window_s`: Personalize
 with the VM's saved delay rates), service (wiring), app (FastAPI), server (running it;
 `python -m fxrec.serving` is its child process). The commands, the load test, the SOLARIS offline
 replay and the demo's closing step are jobs (`fxrec.jobs`).
+
+The audience API (`fxrec audience serve`: POST /v1/reach, POST /v1/quality) is audience (app and
+service), audience_schemas, audience_quality (quality.json as rows); http holds what both APIs share
+(body limit, error bodies).
 """

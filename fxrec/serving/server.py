@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
 
 from fxrec.serving.app import create_app
 from fxrec.serving.service import Service, ServingConfig
@@ -45,17 +46,23 @@ def serve(
 
 
 class BackgroundServer:
-    """A live server on a loopback port, in a daemon thread of this process.
+    """A live server on a loopback port, in a daemon thread of this process (`app`: another fxrec
+    API to serve instead of the scoring one, e.g. the audience API).
 
     with BackgroundServer(Service(run, "vm_feed")) as server:
         httpx.post(server.url + "/v1/score", json=...)
     """
 
     def __init__(
-        self, service: Service, host: str = DEFAULT_HOST, port: int = 0, startup_timeout: float = 60.0
+        self,
+        service: Service,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        startup_timeout: float = 60.0,
+        app: ASGIApp | None = None,
     ):
         self.service = service
-        self.app = create_app(service, service.config.max_body_bytes)
+        self.app = app if app is not None else create_app(service, service.config.max_body_bytes)
         self._server = uvicorn.Server(_uvicorn_config(self.app, host, port, "warning"))
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
         self._thread = threading.Thread(target=self._server.run, name="fxrec-server", daemon=True)
