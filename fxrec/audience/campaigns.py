@@ -242,6 +242,11 @@ def measure_campaigns(
 ) -> CampaignAggregates:
     """Run the campaigns over a population read once in chunks, and aggregate as the agency and the
     platform would. `queries` overrides the drawn targeting (one campaign each)."""
+    if TRUTH_NAMESPACE not in schema.segments or len(schema.segments) < 2:
+        raise InputError(
+            f"campaigns need the true segments ({TRUTH_NAMESPACE!r}) and at least one provider's labels; "
+            f"the population has segment namespaces {', '.join(schema.segments) or 'none'}"
+        )
     texts = campaign_queries(schema, config) if queries is None else list(queries)
     parsed = [parse(text, schema) for text in texts]
     providers = [n for n in schema.segments if n != TRUTH_NAMESPACE]
