@@ -227,6 +227,11 @@ def test_campaigns_aggregate_what_they_reach():
     share = (weights * truth).sum() / weights.sum()
     assert whole.agency[0, 4] == pytest.approx(share, abs=0.01)  # frequency thins impressions at random
     assert campaign_queries(schema, config) == aggregates.queries  # seeded
+    # the first k of n campaigns are the k campaigns measured alone
+    fewer = measure_campaigns(schema, chunks, config.model_copy(update={"campaigns": 5}))
+    assert fewer.queries == aggregates.queries[:5]
+    assert np.array_equal(fewer.impressions, aggregates.impressions[:5])
+    assert np.array_equal(fewer.labels, aggregates.labels[:, :5])
 
 
 def test_campaign_aggregates_round_trip_and_reject_bad_input():
