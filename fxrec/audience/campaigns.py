@@ -11,9 +11,9 @@ provider's precision and false-positive rate from these two columns of numbers.
 
 `measure_campaigns` reads a population once, chunk by chunk (10^7 users never sit in memory): per
 chunk it evaluates every campaign's targeting, draws who the campaign reaches (seeded per chunk and
-campaign, so the result does not depend on how the population is chunked into memory) and adds the
-reached impressions of users in each segment (truth and every provider's labels) with one matrix
-product per block of campaigns. The result, `CampaignAggregates`, is what `campaigns.json` holds:
+campaign: the first k of n campaigns are the k campaigns drawn alone) and adds the reached
+impressions of users in each segment (truth and every provider's labels) with one matrix product per
+block of campaigns. The result, `CampaignAggregates`, is what `campaigns.json` holds:
 
 - per campaign: its query, reached users and impressions, the agency's true shares per segment, each
   provider's label shares, and the provider labels its targeting selected on (`targeted`: a campaign
@@ -242,6 +242,11 @@ def measure_campaigns(
 ) -> CampaignAggregates:
     """Run the campaigns over a population read once in chunks, and aggregate as the agency and the
     platform would. `queries` overrides the drawn targeting (one campaign each)."""
+    if TRUTH_NAMESPACE not in schema.segments or len(schema.segments) < 2:
+        raise InputError(
+            f"campaigns need the true segments ({TRUTH_NAMESPACE!r}) and at least one provider's labels; "
+            f"the population has segment namespaces {', '.join(schema.segments) or 'none'}"
+        )
     texts = campaign_queries(schema, config) if queries is None else list(queries)
     parsed = [parse(text, schema) for text in texts]
     providers = [n for n in schema.segments if n != TRUTH_NAMESPACE]
@@ -252,9 +257,10 @@ def measure_campaigns(
         for leaf in leaves(query.node):
             if isinstance(leaf, Segment) and leaf.namespace in providers and leaf.index < s:
                 targeted[providers.index(leaf.namespace), i, leaf.index] = True
-    rng = np.random.default_rng([config.seed, 1])
-    rates = np.exp(rng.uniform(np.log(config.reach_low), np.log(config.reach_high), c))
-    frequency = rng.uniform(0.3, 1.0, c)  # share of a reached user's impressions the campaign gets
+    low, high = np.log(config.reach_low), np.log(config.reach_high)
+    rates = np.exp(np.random.default_rng([config.seed, 1]).uniform(low, high, c))
+    # the share of a reached user's impressions the campaign gets
+    frequency = np.random.default_rng([config.seed, 3]).uniform(0.3, 1.0, c)
     sums = np.zeros((c, s * (1 + len(providers))))
     users, impressions = np.zeros(c, dtype=np.int64), np.zeros(c, dtype=np.int64)
     population_users, population_labels = 0, np.zeros(s * len(providers))

@@ -223,6 +223,8 @@ def cross_validate(shares: Shares, fit: Fit, folds: int = 5, seed: int = 0) -> C
         rates = fit(shares.take(train))
         fitted.append(rates)
         predicted[held] = rates.truth_share(shares.label[held])
+    if not len(shares):
+        return CrossValidation(groups, fitted, predicted, float("nan"), float("nan"))
     errors = np.abs(predicted - shares.truth)
     weight = shares.weight.sum()
     weighted = float((shares.weight * errors).sum() / weight) if weight > 0 else float(errors.mean())

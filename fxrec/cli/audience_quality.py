@@ -50,8 +50,7 @@ def campaigns(
     segments: int = typer.Option(20, "--segments", help="the agency measures this many segments"),
     seed: int = typer.Option(7, "--seed"),
 ) -> None:
-    """Run seeded campaigns over a population and write their agency aggregates and label shares
-    (campaigns.json)."""
+    """Run seeded campaigns over a population; write their agency aggregates and label shares."""
     from pydantic import ValidationError
 
     from fxrec.audience.campaigns import CampaignConfig, measure_campaigns
@@ -83,8 +82,7 @@ def quality(
     ),
     budget: int = typer.Option(20_000, "--budget", help="sample users of the reach index for --target"),
 ) -> None:
-    """Data-provider quality from campaign aggregates: precision, false-positive rate, a 95% interval,
-    the cross-validated error and the ranking; writes quality.json."""
+    """Provider precision, false-positive rate, interval, CV error and rank from campaign aggregates."""
     from fxrec.audience.campaigns import CampaignAggregates
     from fxrec.audience.quality_report import assess, table_rows, write_report
 

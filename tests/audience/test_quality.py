@@ -131,6 +131,21 @@ def test_constrained_estimates_stay_in_the_unit_interval(name):
     assert all(0 <= v <= 1 for v in (*naive(shares), *fit_backward(shares)))
 
 
+def test_constrained_estimates_stay_in_the_unit_interval_on_random_shares():
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        n = int(rng.integers(0, 30))
+        kind = rng.integers(3)
+        label = rng.random(n) if kind else rng.choice([0.0, 1.0], n)
+        truth = rng.random(n) ** rng.uniform(0.2, 5) if kind != 2 else np.full(n, rng.random())
+        shares = Shares(label, truth, rng.integers(0, 10 ** int(rng.integers(1, 9)), n))
+        for rates in (fit_least_squares(shares), fit_mle(shares)):
+            values = [rates.recall, rates.false_positive_rate, rates.precision(float(rng.random()))]
+            assert all(np.isfinite(v) and 0 <= v <= 1 for v in values), values
+        cv = cross_validate(shares, fit_mle, folds=4, seed=0)
+        assert np.all((cv.predicted >= 0) & (cv.predicted <= 1))
+
+
 def test_cross_validation_never_fits_on_a_held_out_aggregate():
     shares = _exact(0.7, 0.03, campaigns=30)
     shares = Shares(
@@ -227,6 +242,11 @@ def test_campaigns_aggregate_what_they_reach():
     share = (weights * truth).sum() / weights.sum()
     assert whole.agency[0, 4] == pytest.approx(share, abs=0.01)  # frequency thins impressions at random
     assert campaign_queries(schema, config) == aggregates.queries  # seeded
+    # the first k of n campaigns are the k campaigns measured alone
+    fewer = measure_campaigns(schema, chunks, config.model_copy(update={"campaigns": 5}))
+    assert fewer.queries == aggregates.queries[:5]
+    assert np.array_equal(fewer.impressions, aggregates.impressions[:5])
+    assert np.array_equal(fewer.labels, aggregates.labels[:, :5])
 
 
 def test_campaign_aggregates_round_trip_and_reject_bad_input():
