@@ -109,7 +109,7 @@ VM = VMConfig(
     heads={"hidden": [64, 32]},
     channels=["sum"],
 )
-ESR = EsrTrainConfig()
+ESR = EsrTrainConfig(passes=2)  # every ESR: two passes over the days before the first evaluation day
 THREADS = 2
 
 
