@@ -61,7 +61,7 @@ from fxrec.funnel import (
     published_user_embeddings,
 )
 from fxrec.funnel.esr import TASKS, EsrFeatures, SeparateRankers
-from fxrec.funnel.esr.evaluate import evaluate_rankers
+from fxrec.funnel.esr.evaluate import evaluate_rankers, prediction_metrics
 from fxrec.funnel.esr.train import EsrTrainConfig, train_esr
 from fxrec.funnel.final_stage import FinalStage
 from fxrec.run import Run
@@ -109,7 +109,7 @@ VM = VMConfig(
     heads={"hidden": [64, 32]},
     channels=["sum"],
 )
-ESR = EsrTrainConfig(passes=2)  # every ESR: two passes over the days before the first evaluation day
+ESR = EsrTrainConfig()  # every ESR: one pass over the days before the first evaluation day, batches of 256
 THREADS = 2
 
 
@@ -172,6 +172,8 @@ def early_stage(config: RunConfig, run: Path, log: EventLog, days: list[str], ti
     timings["train_esr_single_s"] = time.perf_counter() - started
     started = time.perf_counter()
     result = evaluate_rankers(log, rankers, final, days, features=features)
+    # the final stage's row: its soft recall of the oracle value, and the NE/AUC of its own predictions
+    result.tasks["final_stage_vs_oracle"] = prediction_metrics(Run(run, config).model(VM.name), days)
     timings["evaluate_esr_s"] = time.perf_counter() - started
     return result
 

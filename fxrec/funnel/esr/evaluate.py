@@ -8,9 +8,10 @@ the caller chose):
 - per task, NE and AUC of each ranker on the day's impressions against the matured labels: click
   P(click), conversion P(click and conversion) = pCTR x pCVR, hide P(hide).
 
-Reference rows: `final_stage` (its own value against the simulator's oracle value, where the log has
-oracle columns: how much of the attainable value the final stage itself keeps), `bid` (ranking by
-bid alone) and `random`.
+Reference rows: `final_stage_vs_oracle` (the final stage's own value against the simulator's oracle
+value, where the log has oracle columns: how much of the attainable value the final stage itself
+keeps), `bid` (ranking by bid alone) and `random`; `prediction_metrics` gives the final stage's own
+NE / AUC from its progressive predictions.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from fxrec.funnel.esr.rank import esr_scores, impression_probabilities
 from fxrec.funnel.soft_recall import soft_recall_at_k
 from fxrec.funnel.value import HIDE_PENALTY, value
 from fxrec.metrics.ranking import auc, ne
+from fxrec.run import ModelDir
 
 KS = (10, 50)
 
@@ -109,6 +111,23 @@ def evaluate_rankers(
     result.seconds = {k: round(v, 2) for k, v in seconds.items()}
     result.tasks = impression_metrics(log, rankers, days, features)
     return result
+
+
+def prediction_metrics(model_dir: ModelDir, days: list[str]) -> dict[str, dict[str, float]]:
+    """{task: {ne, auc}} of a trained model's progressive predictions on the impressions of `days` (each
+    day predicted by the model trained through the day before): the final stage's row of the table."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(model_dir.prediction(d)) for d in days if model_dir.prediction(d).exists()]
+    if not tables:
+        return {}
+    table = pa.concat_tables(tables)
+    out = {}
+    for task in ("click", "conversion", "hide"):
+        if f"pred_{task}" in table.column_names:
+            y, p = table.column(f"label_{task}").to_numpy(), table.column(f"pred_{task}").to_numpy()
+            out[task] = {"ne": round(float(ne(y, p)), 4), "auc": round(float(auc(y, p)), 4)}
+    return out
 
 
 def _oracle_value(log: EventLog, day: str, hide_penalty: float) -> np.ndarray | None:

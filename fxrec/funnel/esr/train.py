@@ -57,7 +57,7 @@ class EsrTrainConfig(BaseModel):
     hidden: list[int] = [128]
     out: int = 64
     head_dim: int = 32
-    batch_size: int = Field(default=1024, ge=1)
+    batch_size: int = Field(default=256, ge=1)
     lr: float = 0.003
     passes: int = Field(default=1, ge=1)
     distill_weight: float = 1.0
