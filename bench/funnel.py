@@ -20,11 +20,12 @@ how much the user graph knows, as the mean true-interest cosine between a user a
 Early-stage ranking, on the same log (its candidate log and hide events on; the impression log is
 otherwise the same): the final stage is a VM over every surface with click, conversion and hide heads
 and the FM's published user embedding (`sum`), trained progressively with a snapshot per day, so each
-day's logged candidates are scored by the VM that served that day (`fxrec.funnel.final_stage`). Every
-ESR is trained on the days before the first evaluation day (`fxrec.funnel.esr.train_esr`):
+day's logged candidates are scored by the VM that served that day (`fxrec.funnel.final_stage`). For
+each evaluation day t, every ESR is trained afresh on the days before t (`fxrec.funnel.esr.train_esr`:
+a daily refresh, reading nothing of day t or later):
 
-- esr_mt_distilled: the two-tower multi-task ESR, distilled from the final stage's scores on the
-  candidates of those days;
+- esr_mt_distilled: the two-tower multi-task ESR, distilled from the final stage as it stands at the
+  start of t (the VM snapshot that serves t) scoring the logged candidates of the days before t;
 - esr_mt: the same without distillation;
 - esr_single: one two-tower model per task (click; post-click conversion on clicks; hide), combined by
   the same value formula;
@@ -145,33 +146,41 @@ def graph_quality(publish_dir: Path, interests: dict, days: list[str], k: int = 
 
 
 def early_stage(config: RunConfig, run: Path, log: EventLog, days: list[str], timings: dict):
-    """The final-stage VM, its scores on every logged candidate, the ESRs trained before days[0], and
-    their soft recall and NE/AUC over `days`."""
+    """The final-stage VM and its scores on the logged candidates of `days`; for each of `days`, the
+    ESRs trained on the days before it (the distilled one on the final stage as it stands that day,
+    scoring the earlier days' candidates); their soft recall and NE/AUC over `days`."""
     from fxrec.jobs.train import train_model
 
     started = time.perf_counter()
     train_model(VM, config, run, log, quiet=True)
     timings["train_final_stage_s"] = time.perf_counter() - started
+    stage = FinalStage.from_run(Run(run, config), VM.name)
     started = time.perf_counter()
-    final = dict(FinalStage.from_run(Run(run, config), VM.name).score_log())
+    final = dict(stage.score_log(days))
     timings["score_candidates_s"] = time.perf_counter() - started
-    first = days[0]
     features = EsrFeatures(log.spec)
-    teacher = {day: scores for day, scores in final.items() if day < first}
-    rankers = {}
+    rankers: dict[str, dict] = {}
+    for name in ("teacher", "esr_mt_distilled", "esr_mt", "esr_single"):
+        timings[f"train_{name}_s"] = 0.0
+    for day in days:
+        started = time.perf_counter()
+        teacher = dict(stage.score_log(as_of=day))
+        timings["train_teacher_s"] += time.perf_counter() - started
+        started = time.perf_counter()
+        distilled = train_esr(log, day, TASKS, teacher=teacher, config=ESR, features=features)
+        timings["train_esr_mt_distilled_s"] += time.perf_counter() - started
+        del teacher
+        started = time.perf_counter()
+        plain = train_esr(log, day, TASKS, config=ESR, features=features)
+        timings["train_esr_mt_s"] += time.perf_counter() - started
+        started = time.perf_counter()
+        single = SeparateRankers(
+            {task: train_esr(log, day, [task], config=ESR, features=features) for task in TASKS}
+        )
+        timings["train_esr_single_s"] += time.perf_counter() - started
+        rankers[day] = {"esr_mt_distilled": distilled, "esr_mt": plain, "esr_single": single}
     started = time.perf_counter()
-    rankers["esr_mt_distilled"] = train_esr(log, first, TASKS, teacher=teacher, config=ESR, features=features)
-    timings["train_esr_mt_distilled_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    rankers["esr_mt"] = train_esr(log, first, TASKS, config=ESR, features=features)
-    timings["train_esr_mt_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    rankers["esr_single"] = SeparateRankers(
-        {task: train_esr(log, first, [task], config=ESR, features=features) for task in TASKS}
-    )
-    timings["train_esr_single_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    result = evaluate_rankers(log, rankers, final, days, features=features)
+    result = evaluate_rankers(log, rankers.__getitem__, final, days, features=features)
     # the final stage's row: its soft recall of the oracle value, and the NE/AUC of its own predictions
     result.tasks["final_stage_vs_oracle"] = prediction_metrics(Run(run, config).model(VM.name), days)
     timings["evaluate_esr_s"] = time.perf_counter() - started

@@ -24,7 +24,11 @@ The early-stage ranker (part 2) plugs in after `Retriever.retrieve`, reading the
 
 from fxrec.funnel.engagements import Engagements
 from fxrec.funnel.esr import EarlyStageRanker, EsrFeatures, SeparateRankers, TowerInputs
+from fxrec.funnel.esr.evaluate import EsrResult, evaluate_rankers
+from fxrec.funnel.esr.rank import esr_scores
+from fxrec.funnel.esr.train import EsrTrainConfig, predictions_teacher, train_esr
 from fxrec.funnel.evaluate import RetrievalResult, evaluate_retrieval
+from fxrec.funnel.final_stage import FinalStage
 from fxrec.funnel.neighbours import UserGraph, exact_neighbours, hnsw_neighbours
 from fxrec.funnel.recall import recall_at_k
 from fxrec.funnel.retrievers import (
@@ -44,6 +48,9 @@ __all__ = [
     "EarlyStageRanker",
     "Engagements",
     "EsrFeatures",
+    "EsrResult",
+    "EsrTrainConfig",
+    "FinalStage",
     "HIDE_PENALTY",
     "PopularityRetriever",
     "RetrievalResult",
@@ -52,12 +59,16 @@ __all__ = [
     "TowerInputs",
     "TwoTowerRetriever",
     "UserGraph",
+    "esr_scores",
+    "evaluate_rankers",
     "evaluate_retrieval",
     "exact_neighbours",
     "hnsw_neighbours",
+    "predictions_teacher",
     "published_user_embeddings",
     "recall_at_k",
     "soft_recall_at_k",
     "soft_recall_per_request",
+    "train_esr",
     "value",
 ]

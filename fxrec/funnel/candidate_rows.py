@@ -36,7 +36,10 @@ History = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def join_candidates(
-    impressions: pa.Table, history: History | None, candidates: pa.Table, labels: list[str] = ()
+    impressions: pa.Table,
+    history: History | None,
+    candidates: pa.Table,
+    labels: tuple[str, ...] | list[str] = (),
 ) -> tuple[pa.Table, History | None]:
     """(candidate rows, their histories): row i is the impression row of candidates[i]'s `event_id`
     with the candidate's AD_COLUMNS (those the impressions hold), plus `auctioned` and `won`; `labels`

@@ -64,6 +64,7 @@ class FinalStage:
         # day -> (model directory, weights file) that served it (from_run), or None: `model` as given
         self._weights_for_day = weights_for_day
         self._loaded: tuple[Path, str] | None = None
+        self._published_day: str | None = None
         self.features = [spec.feature(name) for name in model.features]
         channels = list(getattr(model, "channels", []))
         refused = [c.name for c in channels if c.num_tokens > 0 and c.name not in USER_SIDE_CHANNELS]
@@ -125,12 +126,18 @@ class FinalStage:
             self._loaded = (root, weights)
 
     @torch.no_grad()
-    def probabilities(self, day: str, rows: pa.Table, histories: History | None) -> dict[str, np.ndarray]:
-        """{task: (N,)} the VM's probabilities on candidate rows of `day` (every head it has)."""
-        self._use_weights_of(day)
+    def probabilities(
+        self, day: str, rows: pa.Table, histories: History | None, as_of: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """{task: (N,)} the VM's probabilities on candidate rows of `day` (every head it has), by the
+        weights that served `day` (or, with `as_of`, those that serve day `as_of`)."""
+        self._use_weights_of(as_of or day)
         frame = EventFrame(rows, self.spec, self.features, histories)
         frame.day = day
         if self.published is not None:
+            if self._published_day is not None and day < self._published_day:
+                self.published = PublishedFM(self.published.directory)  # it walks forward only: anew
+            self._published_day = day
             for channel in self.model.channels:
                 channel.attach(frame, self.published)
         chunks: dict[str, list[np.ndarray]] = {t: [] for t in self.model.tasks}
@@ -140,10 +147,12 @@ class FinalStage:
                 chunks[task].append(torch.sigmoid(logits[task]).numpy())
         return {t: np.concatenate(v) if v else np.zeros(0, np.float32) for t, v in chunks.items()}
 
-    def score_day(self, day: str, rows: pa.Table, histories: History | None) -> pa.Table:
+    def score_day(
+        self, day: str, rows: pa.Table, histories: History | None, as_of: str | None = None
+    ) -> pa.Table:
         """event_id, item_id, user_id, ts, bid, won (when given), p_click, p_conversion (post-click),
-        p_hide and value for each candidate row of `day`."""
-        probs = self.probabilities(day, rows, histories)
+        p_hide and value for each candidate row of `day` (`as_of`: see `probabilities`)."""
+        probs = self.probabilities(day, rows, histories, as_of)
         p_click = probs["click"].astype(np.float64)
         p_conversion = post_click_conversion(p_click, probs["conversion"].astype(np.float64))
         p_hide = probs["hide"].astype(np.float64) if self.has_hide else np.zeros_like(p_click)
@@ -165,10 +174,16 @@ class FinalStage:
         return pa.table(columns)
 
     def score_log(
-        self, days: list[str] | None = None, candidates: CandidateLog | None = None
+        self, days: list[str] | None = None, candidates: CandidateLog | None = None, as_of: str | None = None
     ) -> Iterator[tuple[str, pa.Table]]:
-        """(day, scores) for each logged day of `days` (default: every day after the first), in order."""
+        """(day, scores) for each logged day of `days` (default: every day after the first; with
+        `as_of`, every logged day before it), in order. Each day is scored by the weights that served
+        it; with `as_of`, every day by the weights that serve day `as_of`: the final stage as it stands
+        at 00:00 of `as_of` on earlier days' candidates, the teacher for an ESR trained then
+        (`fxrec.funnel.esr.train_esr(before=as_of)`), whose targets then agree with the final stage it
+        will sit in front of rather than with older versions of it."""
         candidates = candidates if candidates is not None else CandidateLog(self.log.path)
-        days = days if days is not None else [d for d in candidates.days if d > self.log.days[0]]
+        if days is None:
+            days = [d for d in candidates.days if (d < as_of if as_of else d > self.log.days[0])]
         for day, rows, histories in iter_candidate_rows(self.log, self.features, days, candidates):
-            yield day, self.score_day(day, rows, histories)
+            yield day, self.score_day(day, rows, histories, as_of)

@@ -17,6 +17,7 @@ NE / AUC from its progressive predictions.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,9 +59,18 @@ class EsrResult:
         }
 
 
+Ranker = EarlyStageRanker | SeparateRankers
+# the rankers of every day, or of each day (a ranker refreshed daily: trained before that day)
+Rankers = dict[str, Ranker] | Callable[[str], dict[str, Ranker]]
+
+
+def _of(rankers: Rankers, day: str) -> dict[str, Ranker]:
+    return rankers(day) if callable(rankers) else rankers
+
+
 def evaluate_rankers(
     log: EventLog,
-    rankers: dict[str, EarlyStageRanker | SeparateRankers],
+    rankers: Rankers,
     final_scores: dict[str, pa.Table],
     days: list[str],
     ks: tuple[int, ...] = KS,
@@ -69,13 +79,14 @@ def evaluate_rankers(
     seed: int = 0,
 ) -> EsrResult:
     """Every ranker over `days`; `final_scores` {day: FinalStage.score_day's table}, in the candidate
-    log's row order (as `FinalStage.score_log` yields it)."""
+    log's row order (as `FinalStage.score_log` yields it). `rankers`: {name: ranker}, or a function of
+    the day giving them (each day's own, e.g. trained on the days before it)."""
     features = features or EsrFeatures(log.spec)
     result = EsrResult(list(days), tuple(ks))
     rng = np.random.default_rng(seed)
     pooled: dict[str, list[np.ndarray]] = {}
     values, groups = [], []
-    seconds = dict.fromkeys(rankers, 0.0)
+    seconds: dict[str, float] = {}
     oracle: list[np.ndarray] = []
     for day, rows, history in iter_candidate_rows(log, features.specs(), days):
         final = final_scores[day]
@@ -86,10 +97,10 @@ def evaluate_rankers(
             raise ValueError(f"final_scores[{day!r}] is not in the candidate log's row order")
         values.append(final.column("value").to_numpy().astype(np.float64))
         groups.append(rows.column("event_id").to_numpy())
-        for name, ranker in rankers.items():
+        for name, ranker in _of(rankers, day).items():
             started = time.perf_counter()
-            pooled.setdefault(name, []).append(esr_scores(ranker, features, rows, history)["score"])
-            seconds[name] += time.perf_counter() - started
+            pooled.setdefault(name, []).append(esr_scores(ranker, features, rows, history, day)["score"])
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
         pooled.setdefault("bid", []).append(rows.column("bid").to_numpy().astype(np.float64))
         pooled.setdefault("random", []).append(rng.random(rows.num_rows))
         truth = _oracle_value(log, day, hide_penalty)
@@ -148,21 +159,20 @@ def _oracle_value(log: EventLog, day: str, hide_penalty: float) -> np.ndarray | 
 
 
 def impression_metrics(
-    log: EventLog,
-    rankers: dict[str, EarlyStageRanker | SeparateRankers],
-    days: list[str],
-    features: EsrFeatures,
+    log: EventLog, rankers: Rankers, days: list[str], features: EsrFeatures
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{ranker: {task: {ne, auc}}} on the impressions of `days` (matured labels)."""
-    probs: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in rankers}
+    probs: dict[str, dict[str, list[np.ndarray]]] = {}
     labels: dict[str, list[np.ndarray]] = {}
     tasks = [t for t in ("click", "conversion", "hide") if t in log.spec.tasks]
-    for _, table, history in iter_tables(log, features.specs(), days=days, meta=("bid",)):
+    for day, table, history in iter_tables(log, features.specs(), days=days, meta=("bid",)):
         for task in tasks:
             labels.setdefault(task, []).append(table.column(task).to_numpy(zero_copy_only=False))
-        for name, ranker in rankers.items():
-            for task, p in impression_probabilities(esr_scores(ranker, features, table, history)).items():
-                probs[name].setdefault(task, []).append(p)
+        for name, ranker in _of(rankers, day).items():
+            for task, p in impression_probabilities(
+                esr_scores(ranker, features, table, history, day)
+            ).items():
+                probs.setdefault(name, {}).setdefault(task, []).append(p)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, by_task in probs.items():
         out[name] = {}

@@ -9,11 +9,17 @@ and ranks candidates with one code path.
 Ids become table rows as everywhere in fxrec (`fxrec.data.batches.hash_rows`: row 0 is missing);
 multi-valued features and histories are padded with row 0; dense features go through sign(x) log1p|x|
 (ages in days and counts share one scale).
+
+With `published` (a publish directory of the FM, `fxrec publish`), the user tower also reads the FM's
+user embedding as of the request (SUM: the same vector a VM's `sum` channel reads, written by an
+earlier request and from a snapshot trained before the request's day, `fxrec.transfer.published`)
+and a found flag: what the request path fetches from the embedding store once per request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +28,7 @@ import torch
 from fxrec.data.batches import _cardinality, _ids, _list_ids, hash_rows
 from fxrec.data.schema import DatasetSpec, FeatureKind, FeatureSpec
 from fxrec.funnel.esr.model import TowerInputs
+from fxrec.transfer.published import PublishedFM
 
 USER_FEATURES = (
     "user_id",
@@ -44,13 +51,22 @@ History = dict[str, tuple[np.ndarray, np.ndarray]]
 
 @dataclass
 class EsrFeatures:
-    """Which features each tower reads (those of `user` / `ad` the log's spec has)."""
+    """Which features each tower reads (those of `user` / `ad` the log's spec has), and optionally the
+    publish directory whose FM user embedding the user tower reads too."""
 
     spec: DatasetSpec
     user: list[str] = field(default_factory=lambda: list(USER_FEATURES))
     ad: list[str] = field(default_factory=lambda: list(AD_FEATURES))
+    published: Path | str | None = None
 
     def __post_init__(self) -> None:
+        self._fm: PublishedFM | None = None
+        self._fm_day: str | None = None
+        self.embedding_dim = 0
+        if self.published is not None:
+            self.embedding_dim = int(PublishedFM(self.published).dims.get("user", 0))
+            if not self.embedding_dim:
+                raise ValueError(f"EsrFeatures: {self.published} publishes no user embedding (no user tower)")
         known = {f.name for f in self.spec.features}
         self.user = [f for f in self.user if f in known]
         self.ad = [f for f in self.ad if f in known]
@@ -77,12 +93,28 @@ class EsrFeatures:
             "tables": tables,
             "user": {f.name: f.table_name for f in self._ids(self.user)},
             "ad": {f.name: f.table_name for f in self._ids(self.ad)},
-            "user_dense": len(self._dense(self.user)),
+            "user_dense": len(self._dense(self.user)) + (self.embedding_dim + 1 if self.embedding_dim else 0),
             "ad_dense": len(self._dense(self.ad)),
         }
 
-    def user_inputs(self, table: pa.Table, history: History | None) -> TowerInputs:
-        return self._inputs(self.user, table, history)
+    def user_inputs(self, table: pa.Table, history: History | None, day: str | None = None) -> TowerInputs:
+        """The user tower's inputs; `day` (the rows' day) is needed with `published`."""
+        inputs = self._inputs(self.user, table, history)
+        if self.embedding_dim:
+            if day is None:
+                raise ValueError("EsrFeatures: with a published FM, user_inputs needs the rows' day")
+            vectors, found = self._user_embeddings(table, day)
+            inputs.dense = torch.cat([inputs.dense, vectors, found.unsqueeze(1)], dim=1)
+        return inputs
+
+    def _user_embeddings(self, table: pa.Table, day: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, d) the FM user embedding of each row's request as of its ts, and found (n,) 0/1."""
+        if self._fm is None or self._fm_day is None or day < self._fm_day:
+            self._fm = PublishedFM(self.published)  # it walks forward only: a new walk from the start
+        self._fm_day = day
+        rows = _Rows(day, table)
+        vectors, found, _ = self._fm.view(rows).user_embeddings()
+        return vectors, found.to(torch.float32)
 
     def ad_inputs(self, table: pa.Table) -> TowerInputs:
         return self._inputs(self.ad, table, None)
@@ -116,6 +148,17 @@ class EsrFeatures:
         else:
             dense = torch.zeros(n, 0)
         return TowerInputs(ids, dense)
+
+
+class _Rows:
+    """What `PublishedFM.view` joins on: the rows' day, event ids and timestamps."""
+
+    def __init__(self, day: str, table: pa.Table):
+        self.day = day
+        self.meta = {
+            "event_id": torch.from_numpy(table.column("event_id").to_numpy().astype(np.int64)),
+            "ts": torch.from_numpy(table.column("ts").to_numpy().astype(np.int64)),
+        }
 
 
 def _padded(offsets: np.ndarray, rows: np.ndarray, n: int) -> torch.Tensor:

@@ -28,15 +28,17 @@ def esr_scores(
     features: EsrFeatures,
     rows: pa.Table,
     history: History | None,
+    day: str | None = None,
     batch_size: int = 65536,
 ) -> dict[str, np.ndarray]:
     """{head: (N,) probability, "score": (N,) the value formula of the heads} for candidate (or
-    impression) rows; user vectors are computed per `event_id`, ad vectors per `item_id`."""
+    impression) rows of `day` (needed when the features read a published FM); user vectors are
+    computed per `event_id`, ad vectors per `item_id`."""
     model.eval()
     n = rows.num_rows
     user_first, user_of = _first_rows(rows.column("event_id").to_numpy())
     ad_first, ad_of = _first_rows(rows.column("item_id").to_numpy())
-    users = features.user_inputs(rows, history)
+    users = features.user_inputs(rows, history, day)
     ads = features.ad_inputs(rows)
     u = model.user_vectors(users.take(torch.from_numpy(user_first)))
     a = model.ad_vectors(ads.take(torch.from_numpy(ad_first)))

@@ -68,6 +68,9 @@ class EsrTrainConfig(BaseModel):
     # bce: soft BCE on the teacher's probability; logit_mse: squared error of the logits (log-odds), which
     # weighs a rare event's relative error as much as a common one's, as a product of heads does
     distill_loss: Literal["bce", "logit_mse"] = "logit_mse"
+    # the weight (times distill_weight) of a squared error of log(pCTR x pCVR) to the teacher's: the
+    # product the value formula reads, whatever each head's share of it
+    distill_product: float = 0.0
     distill_rows_per_day: int | None = 60_000  # candidate rows distilled per day (None: all)
     # the rows the teacher's scores apply to: the candidate log's (FinalStage.score_log), the impressions'
     # (predictions_teacher: the final stage's progressive predictions), or both
@@ -108,7 +111,12 @@ def _nan(n: int) -> torch.Tensor:
 
 
 def impression_examples(
-    features: EsrFeatures, table: pa.Table, history, cutoff_ts: int, scores: pa.Table | None = None
+    features: EsrFeatures,
+    table: pa.Table,
+    history,
+    cutoff_ts: int,
+    scores: pa.Table | None = None,
+    day: str | None = None,
 ) -> Examples:
     """Impression rows with their labels as observed at `cutoff_ts`, and the teacher's probabilities
     where `scores` has the impression's (event_id, item_id)."""
@@ -124,15 +132,17 @@ def impression_examples(
             label = np.where(ts + delay < cutoff_ts, label, 0.0).astype(np.float32)
         labels[task] = torch.from_numpy(label)
     teacher = _teacher_targets(table, scores)
-    return Examples(features.user_inputs(table, history), features.ad_inputs(table), labels, teacher)
+    return Examples(features.user_inputs(table, history, day), features.ad_inputs(table), labels, teacher)
 
 
-def candidate_examples(features: EsrFeatures, rows: pa.Table, history, scores: pa.Table) -> Examples:
+def candidate_examples(
+    features: EsrFeatures, rows: pa.Table, history, scores: pa.Table, day: str | None = None
+) -> Examples:
     """Candidate rows with the final stage's probabilities as targets (no labels); `scores` holds
     event_id, item_id and TEACHER_COLUMNS for (some of) the rows."""
     labels = {t: _nan(rows.num_rows) for t in TASKS}
     teacher = _teacher_targets(rows, scores)
-    return Examples(features.user_inputs(rows, history), features.ad_inputs(rows), labels, teacher)
+    return Examples(features.user_inputs(rows, history, day), features.ad_inputs(rows), labels, teacher)
 
 
 def _teacher_targets(rows: pa.Table, scores: pa.Table | None) -> dict[str, torch.Tensor]:
@@ -201,13 +211,13 @@ def training_days(
     for day, table, history in iter_tables(log, features.specs(), days=days, meta=extra):
         scores = teacher.get(day) if teacher else None
         on_impressions = scores if distill_on in ("impressions", "both") else None
-        parts = [impression_examples(features, table, history, cutoff, on_impressions)]
+        parts = [impression_examples(features, table, history, cutoff, on_impressions, day)]
         if candidates is not None and scores is not None and day in candidates.days:
             logged = candidates.read_day(day)
             logged = _sample_requests(logged, distill_rows_per_day, seed, day)
             if logged.num_rows:
                 rows, histories = join_candidates(table, history, logged)
-                parts.append(candidate_examples(features, rows, histories, scores))
+                parts.append(candidate_examples(features, rows, histories, scores, day))
         yield day, Examples.cat(parts) if len(parts) > 1 else parts[0]
 
 
@@ -239,7 +249,11 @@ def build_esr(
 
 
 def esr_loss(
-    model: EarlyStageRanker, batch: Examples, distill_weight: float, distill_loss: str = "bce"
+    model: EarlyStageRanker,
+    batch: Examples,
+    distill_weight: float,
+    distill_loss: str = "bce",
+    product_weight: float = 0.0,
 ) -> torch.Tensor:
     """The labelled losses of the model's heads plus `distill_weight` x their distillation losses."""
     logits = model.logits(model.user_vectors(batch.user), model.ad_vectors(batch.ad))
@@ -271,6 +285,14 @@ def esr_loss(
                 total = total + distill_weight * F.binary_cross_entropy_with_logits(
                     logit[distilled], target[distilled]
                 )
+    if product_weight > 0 and distill_weight > 0 and {"click", "conversion"} <= logits.keys():
+        # what the value formula reads: log(pCTR x pCVR) against the teacher's log(pCTR x pCVR)
+        target = batch.teacher["p_click"] * batch.teacher["p_conversion"]
+        distilled = ~torch.isnan(target)
+        if distilled.any():
+            mine = F.logsigmoid(logits["click"][distilled]) + F.logsigmoid(logits["conversion"][distilled])
+            goal = torch.log(target[distilled].clamp_min(1e-9))
+            total = total + distill_weight * product_weight * F.mse_loss(mine, goal)
     return total
 
 
@@ -303,7 +325,13 @@ def train_esr(
             order = torch.randperm(examples.size, generator=generator)
             for start in range(0, examples.size, config.batch_size):
                 batch = examples.take(order[start : start + config.batch_size])
-                loss = esr_loss(model, batch, config.distill_weight if teacher else 0.0, config.distill_loss)
+                loss = esr_loss(
+                    model,
+                    batch,
+                    config.distill_weight if teacher else 0.0,
+                    config.distill_loss,
+                    config.distill_product,
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
