@@ -187,6 +187,13 @@ def test_final_stage_scores_each_day_with_the_vm_that_served_it(events, tmp_path
     by_hand = FinalStage(served, log.spec, log).score_day(day, rows, histories)
     assert by_hand.column("value").equals(scored[day].column("value"))
     assert stage.note == "" and float(pc.max(scored[day].column("p_hide")).as_py()) > 0
+    # as_of: every earlier day by the weights that serve day `as_of` (an ESR's teacher on that day)
+    teacher = dict(stage.score_log(as_of=log.days[3]))
+    assert list(teacher) == log.days[:3]
+    latest, _, _ = load_model(run.model("vm").root, f"snapshots/day={log.days[2]}.pt")
+    (_, rows, histories), *_ = list(iter_candidate_rows(log, stage.features, [log.days[1]]))
+    by_hand = FinalStage(latest, log.spec, log).score_day(log.days[1], rows, histories)
+    assert by_hand.column("value").equals(teacher[log.days[1]].column("value"))
     # a VM without a hide head: p_hide = 0, the note says so, the value is bid x pCTR x pCVR
     no_hide = FinalStage.from_run(run, "vm_no_hide")
     last = dict(no_hide.score_log([log.days[-1]]))[log.days[-1]]
