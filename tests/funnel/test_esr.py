@@ -194,6 +194,24 @@ def test_final_stage_scores_each_day_with_the_vm_that_served_it(events, tmp_path
     (_, rows, histories), *_ = list(iter_candidate_rows(log, stage.features, [log.days[1]]))
     by_hand = FinalStage(latest, log.spec, log).score_day(log.days[1], rows, histories)
     assert by_hand.column("value").equals(teacher[log.days[1]].column("value"))
+    # the VM's progressive predictions on impressions as a teacher (post-click p_conversion)
+    from fxrec.funnel.esr.train import predictions_teacher
+
+    taught = predictions_teacher(run.model("vm"), log, log.days[1:3])
+    assert list(taught) == log.days[1:3]
+    first = taught[log.days[1]]
+    assert first.num_rows == log.read_day(log.days[1], ["event_id"]).num_rows
+    assert set(first.column_names) == {"event_id", "item_id", "p_click", "p_conversion", "p_hide"}
+    assert (
+        0 <= pc.min(first.column("p_conversion")).as_py() <= pc.max(first.column("p_conversion")).as_py() <= 1
+    )
+    esr = train_esr(
+        log, log.days[3], teacher=taught, config=TINY.model_copy(update={"distill_on": "impressions"})
+    )
+    assert (
+        esr.notes["distilled"]
+        and EsrFeatures.from_card(log.spec, esr.notes["features"]).ad == EsrFeatures(log.spec).ad
+    )
     # a VM without a hide head: p_hide = 0, the note says so, the value is bid x pCTR x pCVR
     no_hide = FinalStage.from_run(run, "vm_no_hide")
     last = dict(no_hide.score_log([log.days[-1]]))[log.days[-1]]

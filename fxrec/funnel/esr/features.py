@@ -75,6 +75,19 @@ class EsrFeatures:
                 f"EsrFeatures: no user or no ad features in the log's spec (features: {sorted(known)})"
             )
 
+    def card(self) -> dict:
+        """What an ESR's card records about its inputs (`EsrFeatures.from_card` rebuilds them)."""
+        return {
+            "user": list(self.user),
+            "ad": list(self.ad),
+            "published": str(self.published) if self.published is not None else None,
+        }
+
+    @classmethod
+    def from_card(cls, spec: DatasetSpec, card: dict) -> EsrFeatures:
+        """The features a saved ESR reads: `EsrFeatures.from_card(spec, model.notes["features"])`."""
+        return cls(spec, list(card["user"]), list(card["ad"]), card.get("published"))
+
     def specs(self) -> list[FeatureSpec]:
         """The features to read from the log (`fxrec.data.reader.iter_tables`)."""
         return [self.spec.feature(name) for name in [*self.user, *self.ad]]

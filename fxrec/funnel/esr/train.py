@@ -344,5 +344,6 @@ def train_esr(
         rows=rows,
         seconds=round(time.perf_counter() - started, 2),
         config=config.model_dump(),
+        features=features.card(),
     )
     return model
