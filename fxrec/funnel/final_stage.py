@@ -6,6 +6,8 @@ impression row with the candidate's ad in it, so the winner scores exactly as it
 Day d's candidates are scored by the VM as it served day d: the snapshot trained through the day
 before (`vm_snapshots: true` keeps one per day), or the final weights when they were trained through
 an earlier day only; anything trained on day d or later is refused (it would have seen the outcome).
+`score_log(as_of=t)` scores earlier days by the weights that serve day t instead: the final stage as
+it stands at the start of t, the teacher for an early-stage ranker trained then.
 
 The VM's heads: `click` is P(click); `conversion`, trained on the impression log's conversions, is
 P(click and conversion), turned into the formula's post-click rate by `value.post_click_conversion`;

@@ -4,9 +4,12 @@
   heads, `score` = the value formula of its heads) and `SeparateRankers` (the single-task baseline);
 - `features`: the towers' plain tensors from impression or candidate rows (`EsrFeatures`);
 - `train`: training on the impression log of the days before t only, optionally distilled from the
-  final stage's scores on earlier days' candidates (`train_esr`);
+  final stage's scores on earlier days' candidates (`train_esr`; the teacher: the final stage as it
+  stands at t, `FinalStage.score_log(as_of=t)`, or its progressive predictions, `predictions_teacher`);
 - `rank`: the ESR's probabilities and scores over candidate rows, each request's user vector and each
-  ad's vector computed once (`esr_scores`).
+  ad's vector computed once (`esr_scores`);
+- `evaluate`: rankers side by side over later days, soft recall@K and per-task NE / AUC
+  (`evaluate_rankers`).
 """
 
 from fxrec.funnel.esr.features import AD_FEATURES, USER_FEATURES, EsrFeatures
