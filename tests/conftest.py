@@ -108,3 +108,11 @@ def funnel_trained(tmp_path_factory, funnel_config, funnel_log):
     for vm in funnel_config.vms:
         train_model(vm, funnel_config, run, funnel_log, quiet=True)
     return run
+
+
+@pytest.fixture(scope="session")
+def funnel_ran(funnel_trained):
+    """`fxrec funnel` on the tiny funnel run: (run, what funnel.json holds)."""
+    from fxrec.jobs.funnel import run_funnel
+
+    return funnel_trained, run_funnel(funnel_trained, progress=False, quiet=True)

@@ -28,6 +28,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fxrec.funnel.retrievers import (
+    AlureRetriever,
+    CoEngagementRetriever,
+    PopularityRetriever,
+    Retriever,
+    TwoTowerRetriever,
+)
+
 STAGES = ("retrieval", "esr", "final")
 
 
@@ -192,3 +200,18 @@ class FunnelTally:
             out["oracle_value_kept"] = self.oracle_kept / self.oracle_best
             out["oracle_value_kept_scoring_everything"] = self.oracle_everything / self.oracle_best
         return out
+
+
+def configured_retriever(funnel, publish_dir, spec) -> Retriever:
+    """The retriever a run's `funnel:` block names (`fxrec.config.FunnelConfig`): ALURE over the FM user
+    embeddings published in `publish_dir`, or a baseline; `spec` (the log's DatasetSpec) sizes the
+    two-tower model's id tables."""
+    if funnel.retriever == "alure":
+        return AlureRetriever(publish_dir, neighbours=funnel.neighbours, search=funnel.search)
+    if funnel.retriever == "popularity":
+        return PopularityRetriever()
+    if funnel.retriever == "item_to_item":
+        return CoEngagementRetriever()
+    return TwoTowerRetriever(
+        spec.feature("user_id").cardinality, spec.feature("item_id").cardinality, seed=funnel.seed
+    )

@@ -35,15 +35,15 @@ from fxrec.config import FunnelConfig, RunConfig
 from fxrec.data.candidates import CANDIDATE_SPEC_FILE, CandidateLog, candidates_dir
 from fxrec.data.eventlog import EventLog
 from fxrec.errors import InputError
-from fxrec.funnel import (
-    AlureRetriever,
-    CoEngagementRetriever,
-    Engagements,
-    PopularityRetriever,
-    Retriever,
-    TwoTowerRetriever,
+from fxrec.funnel import Engagements, PopularityRetriever, Retriever
+from fxrec.funnel.cascade import (
+    STAGES,
+    FunnelTally,
+    configured_retriever,
+    retrieval_stage,
+    run_request,
+    top_by,
 )
-from fxrec.funnel.cascade import STAGES, FunnelTally, retrieval_stage, run_request, top_by
 from fxrec.funnel.value import HIDE_PENALTY, value
 from fxrec.run import Run
 
@@ -129,17 +129,7 @@ def check_inputs(run: Path | str, config: RunConfig | None = None) -> FunnelInpu
 
 def make_retriever(inputs: FunnelInputs) -> Retriever:
     """The configured retriever (`funnel.retriever`)."""
-    funnel = inputs.funnel
-    if funnel.retriever == "alure":
-        return AlureRetriever(inputs.publish_dir, neighbours=funnel.neighbours, search=funnel.search)
-    if funnel.retriever == "popularity":
-        return PopularityRetriever()
-    if funnel.retriever == "item_to_item":
-        return CoEngagementRetriever()
-    spec = inputs.log.spec
-    return TwoTowerRetriever(
-        spec.feature("user_id").cardinality, spec.feature("item_id").cardinality, seed=funnel.seed
-    )
+    return configured_retriever(inputs.funnel, inputs.publish_dir, inputs.log.spec)
 
 
 # -- requests of a day --------------------------------------------------------------------------------

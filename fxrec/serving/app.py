@@ -1,4 +1,4 @@
-"""The HTTP API: `POST /v1/score`, `GET /healthz`, `GET /metrics` (FastAPI).
+"""The HTTP API: `POST /v1/score`, `POST /v1/funnel`, `GET /healthz`, `GET /metrics` (FastAPI).
 
 Every way a request can be wrong ends as a 4xx whose body says what is wrong (`{"error": ...,
 "details": [...]}`): bodies over the size limit (413), bodies that are not JSON or do not fit the
@@ -9,7 +9,7 @@ did not get (422). Store faults degrade the answer's sources, never its status.
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fxrec.serving.funnel_schemas import FunnelRequest, FunnelResponse
 from fxrec.serving.schemas import ErrorResponse, Health, ScoreRequest, ScoreResponse
 from fxrec.serving.validation import RequestError
 
@@ -171,6 +172,15 @@ def create_app(service: Service, max_body_bytes: int = 1 << 20) -> FastAPI:
         """Score the candidates for one user; the user is queued for an asynchronous FM refresh."""
         with service.metrics.latency.time():
             result = await service.score(body)
+        service.metrics.requests.labels(status="200").inc()
+        return JSONResponse(result)
+
+    @app.post("/v1/funnel", response_model=FunnelResponse, responses=_ERRORS)
+    async def funnel(body: FunnelRequest) -> Response:
+        """One ad request through retrieval, the early-stage ranker and the served VM: the winners."""
+        timer = service.funnel.metrics.latency.time() if service.funnel is not None else nullcontext()
+        with timer:
+            result = await service.run_funnel(body)
         service.metrics.requests.labels(status="200").inc()
         return JSONResponse(result)
 

@@ -13,10 +13,8 @@ from fxrec.cli import app
 
 
 @pytest.fixture(scope="module")
-def funnel_result(funnel_trained):
-    from fxrec.jobs.funnel import run_funnel
-
-    return run_funnel(funnel_trained, progress=False, quiet=True)
+def funnel_result(funnel_ran):
+    return funnel_ran[1]
 
 
 def test_funnel_end_to_end(funnel_trained, funnel_result, funnel_config):
