@@ -100,7 +100,7 @@ def dataset_spec(config: SimulatorConfig) -> DatasetSpec:
     return DatasetSpec(
         name="simulated-ads",
         surfaces=[s.name for s in config.surfaces],
-        tasks=["click", "conversion"],
+        tasks=["click", "conversion", *(["hide"] if config.quality_events else [])],  # hide: the quality event
         history_length=config.history_length,
         features=[
             FeatureSpec(name="user_id", kind="sparse", cardinality=users, vm=False),
