@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -119,6 +118,19 @@ def check_inputs(run: Path | str, config: RunConfig | None = None) -> FunnelInpu
             problems.append(
                 f"{candidates.path}: no logged day after the log's first ({log.days[0]}); the funnel of day t "
                 "learns from the days before it"
+            )
+    if days and vm is not None and run_dir.model(vm).trained():
+        model_dir = run_dir.model(vm)
+        through = model_dir.trained_through()
+        unserved = [
+            d
+            for d in days
+            if not any(s < d for s in model_dir.snapshot_days()) and not (through is not None and through < d)
+        ]
+        if unserved:
+            problems.append(
+                f"{model_dir.root}: the final-stage VM {vm!r} has no weights trained only before {unserved[0]} "
+                "(each day is scored by the VM that served it); train it with `train: {vm_snapshots: true}`"
             )
     if problems:
         raise InputError(*problems)
@@ -317,30 +329,47 @@ def _oracle_values(oracle: pa.Table, rows: pa.Table, hide_penalty: float) -> np.
 # -- the early-stage ranker ---------------------------------------------------------------------------
 class EsrStage:
     """The ESR as a funnel stage: `score_day(day, rows, histories)` its value of each candidate row
-    (its towers over the row's user and ad sides, `EarlyStageRanker.score`)."""
+    (`fxrec.funnel.esr.rank.esr_scores`: a user vector per request, an ad vector per ad)."""
 
     def __init__(self, model, features):
         self.model, self.esr_features = model.eval(), features
         self.features = features.specs()
 
-    @torch.no_grad()
     def score_day(self, day: str, rows: pa.Table, histories) -> np.ndarray:
+        from fxrec.funnel.esr.rank import esr_scores
+
         del day
-        u = self.model.user_vectors(self.esr_features.user_inputs(rows, histories))
-        a = self.model.ad_vectors(self.esr_features.ad_inputs(rows))
-        bid = torch.from_numpy(rows.column("bid").to_numpy().astype(np.float32))
-        return self.model.score(u, a, bid).numpy()
+        return esr_scores(self.model, self.esr_features, rows, histories)["score"]
 
 
-def train_esr_for_day(inputs: FunnelInputs, day: str, final, previous=None):
-    """The ESR that serves day `day`: trained on the impression log before it (`esr_epochs` passes),
-    distilled from the final stage's scores when `funnel.distill` (fxrec.funnel.esr)."""
+def teacher_scores(inputs: FunnelInputs, final, before: str) -> dict[str, pa.Table]:
+    """The final stage's scores of the sampled requests of each logged day before `before` (after the
+    log's first), each day scored by the VM that served it: what the ESR distils from."""
+    days = [d for d in inputs.candidates.days if inputs.log.days[0] < d < before]
+    sampled = SampledCandidates(inputs.candidates, {d: sample_requests(inputs, d) for d in days})
+    return dict(final.score_log(days, candidates=sampled)) if days else {}
+
+
+def train_esr_for_day(inputs: FunnelInputs, day: str, teacher: dict | None, previous=None, after=None):
+    """The ESR that serves day `day`: trained on the impression log before it (`esr_epochs` passes;
+    continuing `previous` on the days from `after` on), distilled from `teacher` (the final stage's
+    scores of earlier days' requests) when `funnel.distill` (fxrec.funnel.esr.train)."""
     from fxrec.funnel.esr.features import EsrFeatures
-    from fxrec.funnel.esr.model import EarlyStageRanker
+    from fxrec.funnel.esr.train import EsrTrainConfig, train_esr
 
-    features = EsrFeatures(inputs.log.spec)
-    torch.manual_seed(inputs.funnel.seed)
-    model = EarlyStageRanker(**features.model_arguments(), hide_penalty=inputs.hide_penalty)
+    features = previous.esr_features if previous is not None else EsrFeatures(inputs.log.spec)
+    config = EsrTrainConfig(
+        passes=inputs.funnel.esr_epochs, seed=inputs.funnel.seed, hide_penalty=inputs.hide_penalty
+    )
+    model = train_esr(
+        inputs.log,
+        before=day,
+        teacher={d: t for d, t in (teacher or {}).items() if d < day} or None,
+        config=config,
+        features=features,
+        model=previous.model if previous is not None else None,
+        after=after,
+    )
     return EsrStage(model, features)
 
 
@@ -369,7 +398,7 @@ def run_funnel(
     engagements = Engagements.from_log(inputs.log)
     retriever = make_retriever(inputs)
     total = FunnelTally(funnel.final_k, sorted(set(funnel.recall_ks)))
-    per_day, seconds = {}, dict.fromkeys(STAGES, 0.0)
+    per_day, seconds = {}, {**dict.fromkeys(STAGES, 0.0), "esr_training": 0.0}
     esr = None
     with _progress(progress and not quiet) as bar:
         bars = {
@@ -377,10 +406,15 @@ def run_funnel(
             "esr": bar.add_task(f"early-stage ranker (top {funnel.esr_k})", total=0),
             "final": bar.add_task(f"final stage {inputs.vm} (top {funnel.final_k})", total=0),
         }
+        started = time.perf_counter()
+        teacher = teacher_scores(inputs, final, inputs.days[-1]) if funnel.distill else None
+        seconds["esr_training"] = time.perf_counter() - started
+        previous_day = None
         for day in inputs.days:
             started = time.perf_counter()
-            esr = train_esr_for_day(inputs, day, final, esr)
-            seconds["esr"] += time.perf_counter() - started
+            esr = train_esr_for_day(inputs, day, teacher, esr, previous_day)
+            seconds["esr_training"] += time.perf_counter() - started
+            previous_day = day
             day_result = funnel_day(inputs, day, retriever, esr, final, engagements, progress=bar, bars=bars)
             total.absorb(day_result.tally)
             per_day[day] = day_result.tally.result()
@@ -405,6 +439,7 @@ def _content(inputs: FunnelInputs, tally: FunnelTally, per_day: dict, seconds: d
     for name, k in (("retrieval", funnel.retrieval_k), ("esr", funnel.esr_k), ("final", funnel.final_k)):
         result["stages"][name].update(k=k, seconds=round(seconds[name], 3))
     return {
+        "esr_training_seconds": round(seconds["esr_training"], 2),
         "vm": inputs.vm,
         "retriever": funnel.retriever,
         "days": inputs.days,
