@@ -245,9 +245,11 @@ def funnel_day(
         started = time.perf_counter()
         esr_scores = np.asarray(esr.score_day(day, rows, histories), np.float64)
         result.seconds["esr"] += time.perf_counter() - started
+        _advance(progress, bars, "esr", len(np.unique(rows.column("event_id").to_numpy())))
         started = time.perf_counter()
         final_scores = final.score_day(day, rows, histories).column("value").to_numpy().astype(np.float64)
         result.seconds["final"] += time.perf_counter() - started
+        _advance(progress, bars, "final", len(np.unique(rows.column("event_id").to_numpy())))
         oracle_values = _oracle_values(oracle, rows, inputs.hide_penalty)
 
         event_ids = rows.column("event_id").to_numpy()
@@ -260,9 +262,7 @@ def funnel_day(
         lists = retriever.retrieve(np.unique(users), width)
         by_user = dict(zip(np.unique(users).tolist(), lists, strict=True))
         result.seconds["retrieval"] += time.perf_counter() - started
-        if progress is not None and bars is not None:
-            for name in STAGES:
-                progress.update(bars[name], total=(progress.tasks[bars[name]].total or 0) + len(ids))
+        _advance(progress, bars, "retrieval", len(ids))
         for event_id, start, end, user in zip(ids.tolist(), starts, ends, users.tolist(), strict=True):
             eligible = items[start:end]
             esr_of = dict(zip(eligible.tolist(), esr_scores[start:end].tolist(), strict=True))
@@ -301,10 +301,12 @@ def funnel_day(
                     funnelled.winner_values().tolist(),
                 )
             )
-            if progress is not None and bars is not None:
-                for name in STAGES:
-                    progress.advance(bars[name])
     return result
+
+
+def _advance(progress: Progress | None, bars: dict[str, int] | None, stage: str, requests: int) -> None:
+    if progress is not None and bars is not None:
+        progress.advance(bars[stage], requests)
 
 
 def _oracle_values(oracle: pa.Table, rows: pa.Table, hide_penalty: float) -> np.ndarray | None:
@@ -400,11 +402,13 @@ def run_funnel(
     total = FunnelTally(funnel.final_k, sorted(set(funnel.recall_ks)))
     per_day, seconds = {}, {**dict.fromkeys(STAGES, 0.0), "esr_training": 0.0}
     esr = None
+    requests = {day: sample_requests(inputs, day) for day in inputs.days}
+    count = sum(len(r) for r in requests.values())
     with _progress(progress and not quiet) as bar:
         bars = {
-            "retrieval": bar.add_task(f"retrieval ({funnel.retriever})", total=0),
-            "esr": bar.add_task(f"early-stage ranker (top {funnel.esr_k})", total=0),
-            "final": bar.add_task(f"final stage {inputs.vm} (top {funnel.final_k})", total=0),
+            "retrieval": bar.add_task(f"retrieval ({funnel.retriever})", total=count),
+            "esr": bar.add_task(f"early-stage ranker (top {funnel.esr_k})", total=count),
+            "final": bar.add_task(f"final stage {inputs.vm} (top {funnel.final_k})", total=count),
         }
         started = time.perf_counter()
         teacher = teacher_scores(inputs, final, inputs.days[-1]) if funnel.distill else None
@@ -415,7 +419,9 @@ def run_funnel(
             esr = train_esr_for_day(inputs, day, teacher, esr, previous_day)
             seconds["esr_training"] += time.perf_counter() - started
             previous_day = day
-            day_result = funnel_day(inputs, day, retriever, esr, final, engagements, progress=bar, bars=bars)
+            day_result = funnel_day(
+                inputs, day, retriever, esr, final, engagements, requests[day], progress=bar, bars=bars
+            )
             total.absorb(day_result.tally)
             per_day[day] = day_result.tally.result()
             for name in STAGES:

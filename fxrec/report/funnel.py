@@ -29,10 +29,15 @@ def recall_vs_k_figure(funnel: dict) -> Figure | None:
     if not curves:
         return None
     figure, axis = plt.subplots(figsize=(7, 4))
+    stages = funnel.get("stages", {})
+    retrieved = stages.get("retrieval", {}).get("k")
+    shown: set[int] = set()
     for name, by_k in curves.items():
         ks = sorted(int(k) for k in by_k)
+        if name == "esr" and retrieved:  # the ESR ranks only what retrieval kept
+            ks = [k for k in ks if k <= retrieved]
+        shown.update(ks)
         axis.plot(ks, [by_k[str(k)] for k in ks], marker="o", label=CURVE_NAMES.get(name, name))
-    stages = funnel.get("stages", {})
     for name, style in (("retrieval", ":"), ("esr", "--")):
         k = stages.get(name, {}).get("k")
         if k:
@@ -40,6 +45,8 @@ def recall_vs_k_figure(funnel: dict) -> Figure | None:
                 k, color="grey", linestyle=style, linewidth=0.8, label=f"{STAGE_NAMES[name]} K = {k}"
             )
     axis.set_xscale("log")
+    axis.set_xticks(sorted(shown), [str(k) for k in sorted(shown)])
+    axis.minorticks_off()
     axis.set_xlabel("K (ads kept per request)")
     axis.set_ylabel("recall of the ads the user clicked that day")
     axis.set_ylim(0, 1.02)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from fxrec.serving.schemas import Features, Id
 
 MAX_TOP = 100
+MAX_TS = 253_402_300_799  # 9999-12-31 23:59:59 UTC: retrieval names the request's day as YYYY-MM-DD
 
 
 class FunnelRequest(BaseModel):
@@ -32,7 +33,7 @@ class FunnelRequest(BaseModel):
         default=None, description="defaults to the final-stage VM's surface"
     )
     context: Features = Field(default_factory=dict, description="features of the request, e.g. hour")
-    ts: Annotated[StrictInt, Field(ge=0, le=2**40)] | None = Field(
+    ts: Annotated[StrictInt, Field(ge=0, le=MAX_TS)] | None = Field(
         default=None,
         description="event time in unix seconds (defaults to the server's clock): retrieval reads what was "
         "known before its day",

@@ -114,6 +114,7 @@ def test_bad_requests_are_4xx(funnel_service, live_funnel, funnel_log):
         ({**body, "context": {**body["context"], "hour": "noon"}}, 422),
         ({**body, "surface": "billboard"}, 422),
         ({**body, "top": 0}, 422),
+        ({**body, "ts": 2**40}, 422),  # a day after the year 9999
         ({**body, "candidates": []}, 422),
     ]
     for payload, status in cases:
