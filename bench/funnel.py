@@ -1,4 +1,4 @@
-"""The ads funnel, retrieval part: ALURE graph retrieval vs popularity, item-to-item and two-tower.
+"""The ads funnel: ALURE graph retrieval vs its baselines, then early-stage rankers vs the final stage.
 
 One simulated log (bench/_common.simulated_log); an FM with a SUM user tower is trained progressively
 (a snapshot per day) and published (delay 0), so the user embeddings of day d come from the snapshot
@@ -15,8 +15,23 @@ recall@{50, 200, 1000} of the ads each user clicked on day t, averaged over the 
 
 Lists shorter than K are filled up with the popularity list (the same for every method). Also reported:
 how much the user graph knows, as the mean true-interest cosine between a user and their neighbours
-(FM graph, oracle graph, random users). The early-stage ranker and end-to-end value (issue 26, part 2)
-come later.
+(FM graph, oracle graph, random users).
+
+Early-stage ranking, on the same log (its candidate log and hide events on; the impression log is
+otherwise the same): the final stage is a VM over every surface with click, conversion and hide heads
+and the FM's published user embedding (`sum`), trained progressively with a snapshot per day, so each
+day's logged candidates are scored by the VM that served that day (`fxrec.funnel.final_stage`). Every
+ESR is trained on the days before the first evaluation day (`fxrec.funnel.esr.train_esr`):
+
+- esr_mt_distilled: the two-tower multi-task ESR, distilled from the final stage's scores on the
+  candidates of those days;
+- esr_mt: the same without distillation;
+- esr_single: one two-tower model per task (click; post-click conversion on clicks; hide), combined by
+  the same value formula;
+- references: bid alone, random, and the final stage's own value against the simulator's oracle value.
+
+Reported: soft recall@{10, 50} against the final stage's value over the evaluation days' candidates,
+and per-task NE / AUC on their impressions.
 
     python bench/funnel.py [--quick] [--out FILE]
 """
@@ -32,7 +47,7 @@ import numpy as np
 import torch
 from _common import parse_args, print_table, simulated_log, write_result
 
-from fxrec.config import FMConfig, RunConfig
+from fxrec.config import FMConfig, RunConfig, VMConfig
 from fxrec.data.eventlog import EventLog
 from fxrec.data.simulator import AdsWorld, SimulatorConfig
 from fxrec.funnel import (
@@ -45,9 +60,16 @@ from fxrec.funnel import (
     exact_neighbours,
     published_user_embeddings,
 )
+from fxrec.funnel.esr import TASKS, EsrFeatures, SeparateRankers
+from fxrec.funnel.esr.evaluate import evaluate_rankers, prediction_metrics
+from fxrec.funnel.esr.train import EsrTrainConfig, train_esr
+from fxrec.funnel.final_stage import FinalStage
+from fxrec.run import Run
 
-SIMULATOR = SimulatorConfig(seed=11)  # 14 days of 72,000 impressions, 10,000 users (+300 a day)
+# 14 days of 72,000 impressions, 10,000 users (+300 a day); a candidate log of 0.3% of the requests
+SIMULATOR = SimulatorConfig(seed=11, candidate_log_rate=0.003, quality_events=True)
 QUICK = {
+    "candidate_log_rate": 0.01,
     "days": 5,
     "impressions_per_day": 12_000,
     "users": 2_000,
@@ -69,12 +91,25 @@ USER_FEATURES = [
 FM = FMConfig(
     name="fm",
     role="fm",
+    tasks=["click", "conversion"],  # as before the log had hide events: the retrieval part is unchanged
     embedding_dim=16,
     dense_layers=[32],
     interaction={"name": "dcnv2", "num_layers": 2, "low_rank": 16},
     heads={"hidden": [64]},
     user_tower={"features": USER_FEATURES, "dim": 32, "hidden": [64]},
 )
+# The final stage: one VM over every surface, its own features plus the FM's user embedding.
+VM = VMConfig(
+    name="vm",
+    role="vm",
+    tasks=["click", "conversion", "hide"],
+    embedding_dim=16,
+    dense_layers=[32],
+    interaction={"name": "dcnv2", "num_layers": 2, "low_rank": 16},
+    heads={"hidden": [64, 32]},
+    channels=["sum"],
+)
+ESR = EsrTrainConfig()  # every ESR: one pass over the days before the first evaluation day, batches of 256
 THREADS = 2
 
 
@@ -109,6 +144,40 @@ def graph_quality(publish_dir: Path, interests: dict, days: list[str], k: int = 
     return {name: round(float(np.mean(v)), 4) for name, v in values.items()}
 
 
+def early_stage(config: RunConfig, run: Path, log: EventLog, days: list[str], timings: dict):
+    """The final-stage VM, its scores on every logged candidate, the ESRs trained before days[0], and
+    their soft recall and NE/AUC over `days`."""
+    from fxrec.jobs.train import train_model
+
+    started = time.perf_counter()
+    train_model(VM, config, run, log, quiet=True)
+    timings["train_final_stage_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    final = dict(FinalStage.from_run(Run(run, config), VM.name).score_log())
+    timings["score_candidates_s"] = time.perf_counter() - started
+    first = days[0]
+    features = EsrFeatures(log.spec)
+    teacher = {day: scores for day, scores in final.items() if day < first}
+    rankers = {}
+    started = time.perf_counter()
+    rankers["esr_mt_distilled"] = train_esr(log, first, TASKS, teacher=teacher, config=ESR, features=features)
+    timings["train_esr_mt_distilled_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    rankers["esr_mt"] = train_esr(log, first, TASKS, config=ESR, features=features)
+    timings["train_esr_mt_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    rankers["esr_single"] = SeparateRankers(
+        {task: train_esr(log, first, [task], config=ESR, features=features) for task in TASKS}
+    )
+    timings["train_esr_single_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    result = evaluate_rankers(log, rankers, final, days, features=features)
+    # the final stage's row: its soft recall of the oracle value, and the NE/AUC of its own predictions
+    result.tasks["final_stage_vs_oracle"] = prediction_metrics(Run(run, config).model(VM.name), days)
+    timings["evaluate_esr_s"] = time.perf_counter() - started
+    return result
+
+
 def main() -> None:
     args = parse_args("funnel", __doc__.splitlines()[0])
     torch.set_num_threads(THREADS)
@@ -123,7 +192,14 @@ def main() -> None:
             simulator=None,
             events=str(log.path),
             fm=FM,
-            train={"batch_size": 512, "threads": THREADS, "report_days": 1, "checkpoint_every": 100_000},
+            vms=[VM],
+            train={
+                "batch_size": 512,
+                "threads": THREADS,
+                "report_days": 1,
+                "checkpoint_every": 100_000,
+                "vm_snapshots": True,
+            },
             publish={"delays": [0], "code_dim": 8, "store": False},
         )
         from fxrec.jobs.publish import publish
@@ -153,6 +229,7 @@ def main() -> None:
         result = evaluate_retrieval(engagements, days, retrievers)
         timings["retrieval_s"] = time.perf_counter() - started
         graph = graph_quality(publish_dir, interests, days)
+        esr = early_stage(config, run, log, days, timings)
     rows = [
         {
             "method": name,
@@ -174,11 +251,38 @@ def main() -> None:
         result.recall["alure"][200] > result.recall[b][200] for b in baselines
     )
     ratios["hnsw_over_exact@200"] = result.recall["alure"][200] / max(result.recall["alure_exact"][200], 1e-9)
+    esr_rows = [
+        {
+            "ranker": name,
+            **{f"soft_recall@{k}": round(v, 4) for k, v in by_k.items()},
+            **{
+                f"{task}_{metric}": value
+                for task, metrics in esr.tasks.get(name, {}).items()
+                for metric, value in metrics.items()
+            },
+        }
+        for name, by_k in esr.soft_recall.items()
+    ]
+    print_table(
+        f"funnel: early-stage rankers, soft recall@K of the final stage's value ({esr.requests} requests, "
+        f"{esr.candidates_per_request:.0f} candidates each) and NE/AUC on impressions",
+        esr_rows,
+    )
+    recall50 = {name: esr.soft_recall[name][50] for name in ("esr_mt_distilled", "esr_mt", "esr_single")}
+    ratios["esr_mt_distilled_soft_recall@50"] = recall50["esr_mt_distilled"]
+    ratios["esr_mt_distilled_keeps_95pct@50"] = recall50["esr_mt_distilled"] >= 0.95
+    ratios["esr_mt_distilled_beats_single@50"] = recall50["esr_mt_distilled"] > recall50["esr_single"]
+    ratios["esr_mt_distilled_over_single@50"] = recall50["esr_mt_distilled"] / max(
+        recall50["esr_single"], 1e-9
+    )
+    ratios["esr_mt_distilled_over_mt@50"] = recall50["esr_mt_distilled"] / max(recall50["esr_mt"], 1e-9)
     write_result(
         args,
         "funnel",
         rows,
         ratios,
+        esr_rows=esr_rows,
+        esr=esr.as_dict(),
         retrieval=result.as_dict(),
         graph=graph,
         timings=timings,

@@ -14,8 +14,11 @@ Days are trained in time order (each day's rows shuffled), `passes` times over. 
 - conversion: with a click head, ESMM-style BCE of pCTR x pCVR on the conversion label of every
   impression (pCVR is post-click); alone (the single-task baseline), BCE of pCVR on clicked impressions;
 - hide: BCE on the hide label;
-- distillation: `distill_weight` x soft BCE of each head on the final stage's same probability
-  (p_click, the post-click p_conversion, p_hide) over the candidate rows.
+- distillation: `distill_weight` x the squared error of each head's logit to the logit of the final
+  stage's same probability (p_click, the post-click p_conversion, p_hide) over the candidate rows
+  (`distill_loss: logit_mse`, the default; `bce`: soft BCE on the probability). The value formula
+  multiplies heads, so a head's relative error matters, which log-odds weigh evenly; on the quick
+  bench logit_mse kept 94.5% of the final stage's value at K=50 where soft BCE kept 89.7%.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -53,10 +57,13 @@ class EsrTrainConfig(BaseModel):
     hidden: list[int] = [128]
     out: int = 64
     head_dim: int = 32
-    batch_size: int = Field(default=1024, ge=1)
+    batch_size: int = Field(default=256, ge=1)
     lr: float = 0.003
     passes: int = Field(default=1, ge=1)
     distill_weight: float = 1.0
+    # bce: soft BCE on the teacher's probability; logit_mse: squared error of the logits (log-odds), which
+    # weighs a rare event's relative error as much as a common one's, as a product of heads does
+    distill_loss: Literal["bce", "logit_mse"] = "logit_mse"
     distill_rows_per_day: int | None = 60_000  # candidate rows distilled per day (None: all)
     seed: int = 0
     hide_penalty: float = HIDE_PENALTY
@@ -188,7 +195,9 @@ def build_esr(
     )
 
 
-def esr_loss(model: EarlyStageRanker, batch: Examples, distill_weight: float) -> torch.Tensor:
+def esr_loss(
+    model: EarlyStageRanker, batch: Examples, distill_weight: float, distill_loss: str = "bce"
+) -> torch.Tensor:
     """The labelled losses of the model's heads plus `distill_weight` x their distillation losses."""
     logits = model.logits(model.user_vectors(batch.user), model.ad_vectors(batch.ad))
     total = torch.zeros(())
@@ -212,9 +221,13 @@ def esr_loss(model: EarlyStageRanker, batch: Examples, distill_weight: float) ->
         target = batch.teacher[TEACHER_COLUMNS[task]]
         distilled = ~torch.isnan(target)
         if distill_weight > 0 and distilled.any():
-            total = total + distill_weight * F.binary_cross_entropy_with_logits(
-                logit[distilled], target[distilled]
-            )
+            if distill_loss == "logit_mse":
+                goal = torch.logit(target[distilled].clamp(1e-6, 1 - 1e-6))
+                total = total + distill_weight * F.mse_loss(logit[distilled], goal)
+            else:
+                total = total + distill_weight * F.binary_cross_entropy_with_logits(
+                    logit[distilled], target[distilled]
+                )
     return total
 
 
@@ -247,7 +260,7 @@ def train_esr(
             order = torch.randperm(examples.size, generator=generator)
             for start in range(0, examples.size, config.batch_size):
                 batch = examples.take(order[start : start + config.batch_size])
-                loss = esr_loss(model, batch, config.distill_weight if teacher else 0.0)
+                loss = esr_loss(model, batch, config.distill_weight if teacher else 0.0, config.distill_loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
