@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -388,10 +389,16 @@ def _progress(enabled: bool) -> Progress:
 
 
 def run_funnel(
-    run: Path | str, config: RunConfig | None = None, progress: bool = True, quiet: bool = False
+    run: Path | str,
+    config: RunConfig | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+    esr_for_day: Callable[[str], EsrStage] | None = None,
 ) -> dict:
     """`fxrec funnel`: every evaluation day's requests through the three stages; writes funnel.json,
-    funnel_recall.png and the last ESR (funnel/esr) into the run and returns what funnel.json holds."""
+    funnel_recall.png and the last ESR (funnel/esr) into the run and returns what funnel.json holds.
+    `esr_for_day(day)`, when given, is the ESR of each day instead of one trained here (it must have
+    been trained on days before `day` only)."""
     from fxrec.funnel.final_stage import FinalStage
 
     inputs = check_inputs(run, config)
@@ -411,12 +418,16 @@ def run_funnel(
             "final": bar.add_task(f"final stage {inputs.vm} (top {funnel.final_k})", total=count),
         }
         started = time.perf_counter()
-        teacher = teacher_scores(inputs, final, inputs.days[-1]) if funnel.distill else None
+        distill = funnel.distill and esr_for_day is None
+        teacher = teacher_scores(inputs, final, inputs.days[-1]) if distill else None
         seconds["esr_training"] = time.perf_counter() - started
         previous_day = None
         for day in inputs.days:
             started = time.perf_counter()
-            esr = train_esr_for_day(inputs, day, teacher, esr, previous_day)
+            if esr_for_day is not None:
+                esr = esr_for_day(day)
+            else:
+                esr = train_esr_for_day(inputs, day, teacher, esr, previous_day)
             seconds["esr_training"] += time.perf_counter() - started
             previous_day = day
             day_result = funnel_day(
