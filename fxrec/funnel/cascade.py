@@ -10,6 +10,8 @@ same winners as the offline pipeline for the same request. `FunnelTally` sums, o
 - size: the mean number of ads the stage hands on;
 - recall: of the ads the user clicked that day among the request's eligible ads, the share the stage
   still holds (mean over requests with at least one such click, as `recall_at_k`);
+- soft recall (the ESR's): Σ of the final stage's value over the ESR's top `esr_k` of the retrieved ads
+  ÷ Σ over the final stage's own top `esr_k` of them, per request, averaged (`fxrec.funnel.soft_recall`);
 - value kept: Σ over requests of the final stage's value of the `final_k` best ads it could still pick
   from the stage's set ÷ the same with every eligible ad scored by the final stage. Values below zero
   count as zero (an ad worth less than nothing is not shown), so a stage never keeps more than
@@ -118,6 +120,8 @@ class FunnelTally:
     oracle_everything: float = 0.0
     oracle_best: float = 0.0
     oracle_requests: int = 0
+    soft_recall_sum: float = 0.0  # the ESR's soft recall@esr_k over the retrieved ads, summed per request
+    soft_recall_requests: int = 0
 
     def add(
         self,
@@ -157,6 +161,13 @@ class FunnelTally:
             self.oracle_everything += float(np.maximum(oracle_values[everything], 0).sum())
             self.oracle_best += best_value(oracle_values, self.final_k)
 
+    def add_soft_recall(self, per_request: np.ndarray) -> None:
+        """Requests' soft recall of the ESR (`fxrec.funnel.soft_recall`; NaN: no value to keep)."""
+        known = np.asarray(per_request, np.float64)
+        known = known[np.isfinite(known)]
+        self.soft_recall_sum += float(known.sum())
+        self.soft_recall_requests += len(known)
+
     def absorb(self, other: FunnelTally) -> None:
         """Add another tally's sums (another day's requests) to this one's."""
         self.requests += other.requests
@@ -174,6 +185,8 @@ class FunnelTally:
         self.oracle_everything += other.oracle_everything
         self.oracle_best += other.oracle_best
         self.oracle_requests += other.oracle_requests
+        self.soft_recall_sum += other.soft_recall_sum
+        self.soft_recall_requests += other.soft_recall_requests
 
     def result(self) -> dict:
         n, clicked = max(self.requests, 1), max(self.recall_requests, 1)
@@ -196,6 +209,9 @@ class FunnelTally:
                 name: {str(k): s / clicked for k, s in sums.items()} for name, sums in self.curve_sum.items()
             },
         }
+        stages["esr"]["soft_recall"] = (
+            self.soft_recall_sum / self.soft_recall_requests if self.soft_recall_requests else None
+        )
         if self.oracle_requests and self.oracle_best > 0:
             out["oracle_value_kept"] = self.oracle_kept / self.oracle_best
             out["oracle_value_kept_scoring_everything"] = self.oracle_everything / self.oracle_best

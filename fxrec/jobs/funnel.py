@@ -44,6 +44,7 @@ from fxrec.funnel.cascade import (
     run_request,
     top_by,
 )
+from fxrec.funnel.soft_recall import soft_recall_per_request
 from fxrec.funnel.value import HIDE_PENALTY, value
 from fxrec.run import Run
 
@@ -264,6 +265,7 @@ def funnel_day(
         by_user = dict(zip(np.unique(users).tolist(), lists, strict=True))
         result.seconds["retrieval"] += time.perf_counter() - started
         _advance(progress, bars, "retrieval", len(ids))
+        soft = ([], [], [])  # the retrieved ads' ESR scores, final values and requests
         for event_id, start, end, user in zip(ids.tolist(), starts, ends, users.tolist(), strict=True):
             eligible = items[start:end]
             esr_of = dict(zip(eligible.tolist(), esr_scores[start:end].tolist(), strict=True))
@@ -283,6 +285,9 @@ def funnel_day(
                 "esr": top_by(funnelled.retrieved, funnelled.esr_scores, max(ks)),
                 "final_everything": top_by(eligible, final_scores[start:end], max(ks)),
             }
+            soft[0].append(funnelled.esr_scores)
+            soft[1].append(np.array([final_of[int(i)] for i in funnelled.retrieved]))
+            soft[2].append(np.full(len(funnelled.retrieved), event_id))
             user_clicks = clicked.item[clicked.user == user]
             result.tally.add(
                 funnelled,
@@ -302,6 +307,9 @@ def funnel_day(
                     funnelled.winner_values().tolist(),
                 )
             )
+        if soft[0] and sum(len(g) for g in soft[2]):
+            _, per_request = soft_recall_per_request(*(np.concatenate(part) for part in soft), funnel.esr_k)
+            result.tally.add_soft_recall(per_request)
     return result
 
 
@@ -507,5 +515,12 @@ def print_funnel(content: dict) -> None:
             f"ads' (scoring everything: {100 * content['oracle_value_kept_scoring_everything']:.1f}%)"
         )
     console.print(line, highlight=False)
+    soft = content["stages"]["esr"].get("soft_recall")
+    if soft is not None:
+        console.print(
+            f"the ESR's soft recall@{content['stages']['esr']['k']} of the final stage's value over the retrieved "
+            f"ads: {100 * soft:.1f}%",
+            highlight=False,
+        )
     for note in content.get("notes", []):
         console.print(f"note: {note}", highlight=False)

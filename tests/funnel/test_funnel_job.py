@@ -38,6 +38,7 @@ def test_funnel_end_to_end(funnel_trained, funnel_result, funnel_config):
     assert recall[0] >= recall[1] >= recall[2]
     assert set(funnel_result["recall_at_k"]) == {"retrieval", "esr", "final_everything"}
     assert funnel_result["days"] == sorted(funnel_result["per_day"])
+    assert 0 < stages["esr"]["soft_recall"] <= 1 + 1e-9
 
 
 def test_report_has_a_funnel_section(funnel_trained, funnel_result, tmp_path):
