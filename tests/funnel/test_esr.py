@@ -154,3 +154,42 @@ def test_won_candidate_rows_score_exactly_like_their_impression(events):
     at = np.array([imp_index[int(e)] for e in rows.column("event_id").to_numpy()[won_rows]])
     for head in ("click", "conversion", "hide", "score"):
         np.testing.assert_allclose(on_rows[head][won_rows], on_impressions[head][at], rtol=1e-6)
+
+
+def test_final_stage_scores_each_day_with_the_vm_that_served_it(events, tmp_path):
+    from fxrec.config import FMConfig, RunConfig
+    from fxrec.factory import load_model
+    from fxrec.jobs.train import train_model
+    from fxrec.run import Run
+
+    log = EventLog(events)
+    small = dict(embedding_dim=4, dense_layers=[8], heads={"hidden": [8]})
+    vms = [
+        VMConfig(name="vm", tasks=["click", "conversion", "hide"], **small),
+        VMConfig(name="vm_no_hide", tasks=["click", "conversion"], **small),
+    ]
+    config = RunConfig(
+        simulator=None,
+        events=str(events),
+        fm=FMConfig(name="fm", **small),
+        vms=vms,
+        train={"batch_size": 256, "threads": 1, "vm_snapshots": True, "probe": False},
+    )
+    run = Run(tmp_path / "run", config)
+    for vm in vms:
+        train_model(vm, config, run.root, log, quiet=True)
+    stage = FinalStage.from_run(run, "vm")
+    scored = dict(stage.score_log())
+    assert list(scored) == log.days[1:]  # day 0 has no VM that served it
+    day = log.days[2]
+    served, _, _ = load_model(run.model("vm").root, f"snapshots/day={log.days[1]}.pt")
+    (_, rows, histories), *_ = list(iter_candidate_rows(log, stage.features, [day]))
+    by_hand = FinalStage(served, log.spec, log).score_day(day, rows, histories)
+    assert by_hand.column("value").equals(scored[day].column("value"))
+    assert stage.note == "" and float(pc.max(scored[day].column("p_hide")).as_py()) > 0
+    # a VM without a hide head: p_hide = 0, the note says so, the value is bid x pCTR x pCVR
+    no_hide = FinalStage.from_run(run, "vm_no_hide")
+    last = dict(no_hide.score_log([log.days[-1]]))[log.days[-1]]
+    assert "no hide head" in no_hide.note and pc.max(last.column("p_hide")).as_py() == 0.0
+    bid, ctr, cvr = (last.column(c).to_numpy().astype(np.float64) for c in ("bid", "p_click", "p_conversion"))
+    np.testing.assert_allclose(last.column("value").to_numpy(), bid * ctr * cvr, rtol=1e-5)

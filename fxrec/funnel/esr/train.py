@@ -6,7 +6,9 @@
   with labels as observed at t: a conversion counts only once it has happened (`ts + delay < t`);
 - with a `teacher` ({day: the final stage's scores of that day's candidates}, `FinalStage.score_log`),
   the final stage's probabilities on the candidate rows of the days before t (each scored by the VM
-  that served its day), at most `distill_rows_per_day` of them per day, sampled by request.
+  that served its day), at most `distill_rows_per_day` of them per day, sampled by request; or, with
+  `distill_on: impressions` (or `both`), the final stage's progressive predictions on the impressions
+  of those days (`predictions_teacher`: day d's made by the VM trained through d-1).
 
 Days are trained in time order (each day's rows shuffled), `passes` times over. Losses, per head:
 
@@ -15,7 +17,7 @@ Days are trained in time order (each day's rows shuffled), `passes` times over. 
   impression (pCVR is post-click); alone (the single-task baseline), BCE of pCVR on clicked impressions;
 - hide: BCE on the hide label;
 - distillation: `distill_weight` x the squared error of each head's logit to the logit of the final
-  stage's same probability (p_click, the post-click p_conversion, p_hide) over the candidate rows
+  stage's same probability (p_click, the post-click p_conversion, p_hide) over the distilled rows
   (`distill_loss: logit_mse`, the default; `bce`: soft BCE on the probability). The value formula
   multiplies heads, so a head's relative error matters, which log-odds weigh evenly; on the quick
   bench logit_mse kept 94.5% of the final stage's value at K=50 where soft BCE kept 89.7%.
@@ -31,6 +33,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
@@ -42,7 +45,8 @@ from fxrec.data.reader import iter_tables
 from fxrec.funnel.candidate_rows import AD_COLUMNS, join_candidates
 from fxrec.funnel.esr.features import EsrFeatures
 from fxrec.funnel.esr.model import TASKS, EarlyStageRanker, TowerInputs
-from fxrec.funnel.value import HIDE_PENALTY
+from fxrec.funnel.value import HIDE_PENALTY, post_click_conversion
+from fxrec.run import ModelDir
 
 # The final stage's probability each head distils from.
 TEACHER_COLUMNS = {"click": "p_click", "conversion": "p_conversion", "hide": "p_hide"}
@@ -65,6 +69,9 @@ class EsrTrainConfig(BaseModel):
     # weighs a rare event's relative error as much as a common one's, as a product of heads does
     distill_loss: Literal["bce", "logit_mse"] = "logit_mse"
     distill_rows_per_day: int | None = 60_000  # candidate rows distilled per day (None: all)
+    # the rows the teacher's scores apply to: the candidate log's (FinalStage.score_log), the impressions'
+    # (predictions_teacher: the final stage's progressive predictions), or both
+    distill_on: Literal["candidates", "impressions", "both"] = "candidates"
     seed: int = 0
     hide_penalty: float = HIDE_PENALTY
 
@@ -100,8 +107,11 @@ def _nan(n: int) -> torch.Tensor:
     return torch.full((n,), float("nan"))
 
 
-def impression_examples(features: EsrFeatures, table: pa.Table, history, cutoff_ts: int) -> Examples:
-    """Impression rows with their labels as observed at `cutoff_ts` (no teacher)."""
+def impression_examples(
+    features: EsrFeatures, table: pa.Table, history, cutoff_ts: int, scores: pa.Table | None = None
+) -> Examples:
+    """Impression rows with their labels as observed at `cutoff_ts`, and the teacher's probabilities
+    where `scores` has the impression's (event_id, item_id)."""
     n, labels = table.num_rows, {}
     ts = table.column("ts").to_numpy().astype(np.float64)
     for task in TASKS:
@@ -113,28 +123,57 @@ def impression_examples(features: EsrFeatures, table: pa.Table, history, cutoff_
             delay = table.column(delay_column(task)).fill_null(0.0).to_numpy(zero_copy_only=False)
             label = np.where(ts + delay < cutoff_ts, label, 0.0).astype(np.float32)
         labels[task] = torch.from_numpy(label)
-    teacher = {c: _nan(n) for c in TEACHER_COLUMNS.values()}
+    teacher = _teacher_targets(table, scores)
     return Examples(features.user_inputs(table, history), features.ad_inputs(table), labels, teacher)
 
 
 def candidate_examples(features: EsrFeatures, rows: pa.Table, history, scores: pa.Table) -> Examples:
     """Candidate rows with the final stage's probabilities as targets (no labels); `scores` holds
     event_id, item_id and TEACHER_COLUMNS for (some of) the rows."""
-    n = rows.num_rows
-    keys = pa.table(
-        {"event_id": rows.column("event_id"), "item_id": rows.column("item_id"), "_row": np.arange(n)}
-    )
-    wanted = ["event_id", "item_id", *[c for c in TEACHER_COLUMNS.values() if c in scores.column_names]]
-    joined = keys.join(scores.select(wanted), ["event_id", "item_id"], join_type="inner")
-    index = joined.column("_row").to_numpy()
-    teacher = {}
-    for column in TEACHER_COLUMNS.values():
-        target = np.full(n, np.nan, dtype=np.float32)
-        if column in joined.column_names:
-            target[index] = joined.column(column).to_numpy(zero_copy_only=False)
-        teacher[column] = torch.from_numpy(target)
-    labels = {t: _nan(n) for t in TASKS}
+    labels = {t: _nan(rows.num_rows) for t in TASKS}
+    teacher = _teacher_targets(rows, scores)
     return Examples(features.user_inputs(rows, history), features.ad_inputs(rows), labels, teacher)
+
+
+def _teacher_targets(rows: pa.Table, scores: pa.Table | None) -> dict[str, torch.Tensor]:
+    """{TEACHER_COLUMNS: (N,)} the teacher's probability of each row's (event_id, item_id); NaN: none."""
+    n = rows.num_rows
+    targets = {column: np.full(n, np.nan, dtype=np.float32) for column in TEACHER_COLUMNS.values()}
+    if scores is not None and n:
+        keys = pa.table(
+            {"event_id": rows.column("event_id"), "item_id": rows.column("item_id"), "_row": np.arange(n)}
+        )
+        wanted = ["event_id", "item_id", *[c for c in targets if c in scores.column_names]]
+        joined = keys.join(scores.select(wanted), ["event_id", "item_id"], join_type="inner")
+        index = joined.column("_row").to_numpy()
+        for column, target in targets.items():
+            if column in joined.column_names:
+                target[index] = joined.column(column).to_numpy(zero_copy_only=False)
+    return {column: torch.from_numpy(target) for column, target in targets.items()}
+
+
+def predictions_teacher(model_dir: ModelDir, log: EventLog, days: list[str]) -> dict[str, pa.Table]:
+    """A teacher from a trained model's progressive predictions on impressions ({day: event_id, item_id,
+    p_click, p_conversion (post-click), p_hide}); day d's come from the model trained through d-1.
+    Train with `distill_on: impressions` (or `both`) to use it."""
+    out = {}
+    for day in days:
+        path = model_dir.prediction(day)
+        if not path.exists():
+            continue
+        predictions = pq.read_table(path)
+        items = log.read_day(day, ["event_id", "item_id"])
+        predictions = predictions.join(items, "event_id", join_type="inner")
+        p_click = predictions.column("pred_click").to_numpy().astype(np.float64)
+        columns = {"event_id": predictions.column("event_id"), "item_id": predictions.column("item_id")}
+        columns["p_click"] = pa.array(p_click.astype(np.float32))
+        if "pred_conversion" in predictions.column_names:
+            pctcvr = predictions.column("pred_conversion").to_numpy().astype(np.float64)
+            columns["p_conversion"] = pa.array(post_click_conversion(p_click, pctcvr).astype(np.float32))
+        if "pred_hide" in predictions.column_names:
+            columns["p_hide"] = predictions.column("pred_hide")
+        out[day] = pa.table(columns)
+    return out
 
 
 def training_days(
@@ -145,20 +184,24 @@ def training_days(
     distill_rows_per_day: int | None = None,
     seed: int = 0,
     after: str | None = None,
+    distill_on: str = "candidates",
 ) -> Iterator[tuple[str, Examples]]:
     """(day, that day's examples) for the log's days in [after, before), in time order. Reads nothing of
     day `before` or later: the impression log stops at the day before, labels are those observed at
-    00:00 UTC of `before`, the teacher's scores and the candidate log are read for earlier days only."""
+    00:00 UTC of `before`, the teacher's scores and the candidate log are read for earlier days only.
+    `distill_on`: the rows the teacher's scores apply to (candidates, impressions or both)."""
     days = [d for d in log.days if d < before and (after is None or d >= after)]
     if not days:
         return
     cutoff = day_start_ts(before)
     tasks = [t for t in TASKS if t in log.spec.tasks]
     extra = tuple(dict.fromkeys([*AD_COLUMNS, *tasks, *(delay_column(t) for t in tasks)]))
-    candidates = CandidateLog(log.path) if teacher else None
+    on_candidates = distill_on in ("candidates", "both")
+    candidates = CandidateLog(log.path) if teacher and on_candidates else None
     for day, table, history in iter_tables(log, features.specs(), days=days, meta=extra):
-        parts = [impression_examples(features, table, history, cutoff)]
         scores = teacher.get(day) if teacher else None
+        on_impressions = scores if distill_on in ("impressions", "both") else None
+        parts = [impression_examples(features, table, history, cutoff, on_impressions)]
         if candidates is not None and scores is not None and day in candidates.days:
             logged = candidates.read_day(day)
             logged = _sample_requests(logged, distill_rows_per_day, seed, day)
@@ -253,7 +296,7 @@ def train_esr(
     model.train()
     for repeat in range(config.passes):
         for day, examples in training_days(
-            log, features, before, teacher, config.distill_rows_per_day, config.seed, after
+            log, features, before, teacher, config.distill_rows_per_day, config.seed, after, config.distill_on
         ):
             if repeat == 0:
                 days_read.append(day)
