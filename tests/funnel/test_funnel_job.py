@@ -88,3 +88,28 @@ def test_bad_input_is_exit_2_and_writes_nothing(funnel_trained, tmp_path, broken
         broken
     ] in result.output
     assert _written(run) == before
+
+
+def test_demo_runs_the_funnel_when_the_log_has_candidates(tmp_path):
+    import yaml
+
+    config = {
+        "name": "tiny_funnel",
+        "simulator": {
+            "days": 4, "impressions_per_day": 3000, "users": 500, "new_users_per_day": 30, "advertisers": 15,
+            "ads": 100, "new_ads_per_day": 8, "history_length": 5, "candidate_log_rate": 0.02,
+            "quality_events": True,
+        },
+        "fm": {"name": "fm", "role": "fm", "embedding_dim": 8, "heads": {"hidden": [16]}},
+        "vms": [{"name": "vm_feed", "role": "vm", "surfaces": ["feed"], "embedding_dim": 8, "heads": {"hidden": [8]}}],
+        "train": {"batch_size": 256, "checkpoint_every": 50, "dense_lr": 1e-2, "vm_snapshots": True, "probe": False},
+        "funnel": {"retriever": "popularity", "retrieval_k": 30, "esr_k": 8, "final_k": 1, "eval_days": 1},
+    }  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["demo", "--config", str(path), "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "report.json").read_text())
+    assert report["funnel"]["stages"]["esr"]["k"] == 8 and report["funnel"]["retriever"] == "popularity"
+    assert "Funnel: retrieval, early-stage ranking, final stage" in (run / "report.html").read_text()
