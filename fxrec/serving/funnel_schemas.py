@@ -39,7 +39,9 @@ class FunnelRequest(BaseModel):
         "known before its day",
     )
     top: Annotated[StrictInt, Field(ge=1, le=MAX_TOP)] | None = Field(
-        default=None, description="winners to return (default: the run's funnel.final_k)"
+        default=None,
+        description="winners to return (default: the run's funnel.final_k; at most funnel.esr_k, what the "
+        "final stage ranks)",
     )
     request_id: Annotated[str, Field(max_length=128)] | None = None
 
