@@ -34,6 +34,12 @@ a daily refresh, reading nothing of day t or later):
 Reported: soft recall@{10, 50} against the final stage's value over the evaluation days' candidates,
 and per-task NE / AUC on their impressions.
 
+End to end (`bench/_funnel_end_to_end.py`): `fxrec funnel` over the evaluation days' logged requests
+(ALURE -> esr_mt_distilled, top 50 -> the final stage, top 1; at most 200 requests a day): per stage the
+ads handed on, recall of clicked ads and the final stage's value kept, the end-to-end value kept against
+scoring every candidate with the final stage; and the p50 / p99 milliseconds per stage of one
+`POST /v1/funnel` request (its path in process, requests replayed from the last day).
+
     python bench/funnel.py [--quick] [--out FILE]
 """
 
@@ -47,6 +53,7 @@ import _common  # noqa: F401  (puts the repo on sys.path)
 import numpy as np
 import torch
 from _common import parse_args, print_table, simulated_log, write_result
+from _funnel_end_to_end import end_to_end, request_latency
 
 from fxrec.config import FMConfig, RunConfig, VMConfig
 from fxrec.data.eventlog import EventLog
@@ -110,6 +117,7 @@ VM = VMConfig(
     heads={"hidden": [64, 32]},
     channels=["sum"],
 )
+FUNNEL = {"max_requests_per_day": 200}  # `fxrec funnel` end to end: K = 200 -> 50 -> 1 (the defaults)
 ESR = EsrTrainConfig()  # every ESR: one pass over the days before the first evaluation day, batches of 256
 THREADS = 2
 
@@ -184,7 +192,7 @@ def early_stage(config: RunConfig, run: Path, log: EventLog, days: list[str], ti
     # the final stage's row: its soft recall of the oracle value, and the NE/AUC of its own predictions
     result.tasks["final_stage_vs_oracle"] = prediction_metrics(Run(run, config).model(VM.name), days)
     timings["evaluate_esr_s"] = time.perf_counter() - started
-    return result
+    return result, rankers
 
 
 def main() -> None:
@@ -238,7 +246,13 @@ def main() -> None:
         result = evaluate_retrieval(engagements, days, retrievers)
         timings["retrieval_s"] = time.perf_counter() - started
         graph = graph_quality(publish_dir, interests, days)
-        esr = early_stage(config, run, log, days, timings)
+        esr, rankers = early_stage(config, run, log, days, timings)
+        started = time.perf_counter()
+        funnel = end_to_end(run, config, rankers["esr_mt_distilled"], VM.name, len(days), FUNNEL)
+        timings["funnel_end_to_end_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        latency = request_latency(run, VM.name, requests=100 if args.quick else 300)
+        timings["funnel_latency_s"] = time.perf_counter() - started
     rows = [
         {
             "method": name,
@@ -285,11 +299,36 @@ def main() -> None:
         recall50["esr_single"], 1e-9
     )
     ratios["esr_mt_distilled_over_mt@50"] = recall50["esr_mt_distilled"] / max(recall50["esr_mt"], 1e-9)
+    funnel_rows = [
+        {
+            "stage": name,
+            "k": stage["k"],
+            "ads": round(stage["mean_size"], 1),
+            "recall_of_clicked": None
+            if stage["recall_of_clicked"] is None
+            else round(stage["recall_of_clicked"], 4),
+            "value_kept": None if stage["value_kept"] is None else round(stage["value_kept"], 4),
+            "p50_ms": latency["ms"].get(name, {}).get("p50"),
+            "p99_ms": latency["ms"].get(name, {}).get("p99"),
+        }
+        for name, stage in funnel["stages"].items()
+    ]
+    print_table(
+        f"funnel end to end ({funnel['requests']} requests; one request: p50 {latency['ms']['total']['p50']} ms, "
+        f"p99 {latency['ms']['total']['p99']} ms over {latency['requests']})",
+        funnel_rows,
+    )
+    ratios["end_to_end_value_kept"] = funnel["end_to_end_value_kept"]
+    ratios["request_p50_ms"] = latency["ms"]["total"]["p50"]
+    ratios["request_p99_ms"] = latency["ms"]["total"]["p99"]
     write_result(
         args,
         "funnel",
         rows,
         ratios,
+        funnel_rows=funnel_rows,
+        funnel={k: v for k, v in funnel.items() if k != "per_day"},
+        latency=latency,
         esr_rows=esr_rows,
         esr=esr.as_dict(),
         retrieval=result.as_dict(),

@@ -340,6 +340,39 @@ class ReportConfig(BaseModel):
     resamples: int = Field(default=200, ge=10)
 
 
+class FunnelConfig(BaseModel):
+    """`funnel:` what `fxrec funnel` runs over a run's candidate log (fxrec.jobs.funnel): retrieval keeps
+    `retrieval_k` of each request's eligible ads, the early-stage ranker (ESR) the `esr_k` best of those,
+    and the final-stage VM picks `final_k` winners among them. Every default is what a run without a
+    `funnel:` block gets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retriever: Literal["alure", "popularity", "item_to_item", "two_tower"] = "alure"
+    retrieval_k: int = Field(default=200, ge=1)  # candidates retrieval hands the ESR per request
+    esr_k: int = Field(default=50, ge=1)  # candidates the ESR hands the final stage
+    final_k: int = Field(default=1, ge=1)  # winners the final stage picks (the ads shown)
+    vm: str | None = None  # the final-stage VM (default: the run's first VM)
+    hide_penalty: float | None = Field(default=None, ge=0.0)  # None: fxrec.funnel.value's default
+    eval_days: int = Field(default=2, ge=1)  # the candidate log's last days the funnel is measured on
+    max_requests_per_day: int | None = Field(default=400, ge=1)  # sampled requests per day (None: all)
+    recall_ks: list[int] = [10, 20, 50, 100, 200, 500]  # the recall-vs-K plot's K values
+    neighbours: int = Field(default=50, ge=1)  # ALURE: the user graph's k
+    search: Literal["hnsw", "exact"] = "hnsw"  # ALURE: neighbour search
+    esr_epochs: int = Field(default=2, ge=1)  # ESR training passes over each day before the evaluated one
+    distill: bool = True  # the ESR learns from the final-stage VM's scores too (ranking consistency)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _stages_shrink(self) -> FunnelConfig:
+        if not self.retrieval_k >= self.esr_k >= self.final_k:
+            raise ValueError(
+                f"funnel: each stage keeps at most what the one before it handed on, but retrieval_k "
+                f"{self.retrieval_k}, esr_k {self.esr_k}, final_k {self.final_k} do not shrink"
+            )
+        return self
+
+
 class TableShardingConfig(BaseModel):
     """Planner constraints for one embedding table when training on several ranks (TorchRec's
     `ParameterConstraints`); None leaves the choice to the planner."""
@@ -389,6 +422,7 @@ class RunConfig(BaseModel):
     experiment: ExperimentConfig | None = None
     sharding: ShardingConfig = ShardingConfig()  # several ranks only (fxrec.dist)
     report: ReportConfig = ReportConfig()  # cohort slices of every report (fxrec.report.cohorts)
+    funnel: FunnelConfig = FunnelConfig()  # `fxrec funnel`: retrieval -> ESR -> final-stage VM
 
     @model_validator(mode="after")
     def _experiment_needs_snapshots(self) -> RunConfig:

@@ -316,3 +316,19 @@ class Run:
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"
+
+    # -- funnel -----------------------------------------------------------------------------------
+    @property
+    def funnel_dir(self) -> Path:
+        """What `fxrec funnel` trains and the server's `/v1/funnel` loads: the early-stage ranker."""
+        return self.root / "funnel"
+
+    @property
+    def funnel_json(self) -> Path:
+        """`fxrec funnel`'s measurements: per stage recall, value kept, sizes; the report reads it."""
+        return self.root / "funnel.json"
+
+    @property
+    def funnel_png(self) -> Path:
+        """`fxrec funnel`'s recall-vs-K plot."""
+        return self.root / "funnel_recall.png"

@@ -58,3 +58,61 @@ def tiny_vm_args():
         role="vm", surfaces=["feed"], embedding_dim=8, dense_layers=[8],
         interaction={"name": "dcnv2", "num_layers": 1, "low_rank": 4}, heads={"hidden": [8]},
     )
+
+
+@pytest.fixture(scope="session")
+def funnel_log(tmp_path_factory):
+    """A tiny simulated log with a candidate log (every 30th request) and hide events."""
+    from fxrec.data.eventlog import EventLog
+    from fxrec.data.simulator import SimulatorConfig, simulate_to
+
+    config = SimulatorConfig(
+        seed=5, days=4, impressions_per_day=2500, users=500, new_users_per_day=30, advertisers=15, ads=120,
+        new_ads_per_day=8, history_length=5, candidate_log_rate=0.03, quality_events=True,
+    )
+    path = tmp_path_factory.mktemp("funnel_world") / "events"
+    simulate_to(config, path, progress=False)
+    return EventLog(path)
+
+
+@pytest.fixture(scope="session")
+def funnel_config(funnel_log, tiny_fm_config, tiny_vm_args):
+    """The tiny funnel run's config: the FM (SUM user tower, published), one feed VM with daily snapshots."""
+    from fxrec.config import RunConfig, VMConfig
+
+    return RunConfig(
+        name="funnel",
+        simulator=None,
+        events=str(funnel_log.path),
+        fm=tiny_fm_config.model_copy(update={"target_attention": None}),
+        vms=[VMConfig(name="vm_feed", **tiny_vm_args)],
+        train={"batch_size": 256, "report_days": 2, "checkpoint_every": 1000, "vm_snapshots": True, "probe": False},
+        publish={"delays": [0], "code_dim": 8, "store": False},
+        funnel={"retrieval_k": 40, "esr_k": 10, "final_k": 2, "eval_days": 2, "search": "exact",
+                "neighbours": 10, "recall_ks": [5, 10, 20, 40, 80], "esr_epochs": 1},
+    )
+
+
+@pytest.fixture(scope="session")
+def funnel_trained(tmp_path_factory, funnel_config, funnel_log):
+    """runs/<tmp>/ with the FM trained and published and the VM trained: what `fxrec funnel` needs."""
+    from fxrec.jobs.publish import publish
+    from fxrec.jobs.train import train_model
+    from fxrec.run import Run
+
+    run = tmp_path_factory.mktemp("funnel") / "run"
+    run.mkdir()
+    Run(run, funnel_config).write_config()
+    train_model(funnel_config.fm, funnel_config, run, funnel_log, quiet=True)
+    publish(run, funnel_config, delay=0, progress=False)
+    for vm in funnel_config.vms:
+        train_model(vm, funnel_config, run, funnel_log, quiet=True)
+    return run
+
+
+@pytest.fixture(scope="session")
+def funnel_ran(funnel_trained):
+    """`fxrec funnel` on the tiny funnel run: (run, what funnel.json holds)."""
+    from fxrec.jobs.funnel import run_funnel
+
+    return funnel_trained, run_funnel(funnel_trained, progress=False, quiet=True)

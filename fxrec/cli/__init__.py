@@ -309,6 +309,17 @@ def demo(config: Path = ConfigOption, run: Path = RunOption, fresh: bool = Fresh
     run_demo(_config(config), run, fresh=fresh)
 
 
+@app.command("funnel")
+def funnel(
+    run: Path = RunOption,
+    config: Path | None = typer.Option(None, "--config", "-c", help="run config (default: the run's config.yaml)"),
+) -> None:
+    """The ads funnel over the run's logged requests: retrieval -> early-stage ranker -> final-stage VM."""
+    from fxrec.jobs.funnel import run_funnel
+
+    run_funnel(run, _config(config) if config is not None else None)
+
+
 @app.command("cohorts")
 def cohorts(
     run: Path = RunOption,

@@ -46,6 +46,7 @@ _HELP = {
     "pair_ttl_seconds": "how long a precomputed pair embedding stays valid",
     "threads": "torch threads per forward pass",
     "max_body_bytes": "requests with a larger body get 413",
+    "funnel": "also serve POST /v1/funnel: retrieval -> early-stage ranker -> this VM (run `fxrec funnel` first)",
 }
 
 

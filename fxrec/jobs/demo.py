@@ -1,4 +1,6 @@
-"""`fxrec demo`: simulate -> train the FM -> train one VM per surface -> evaluate -> report -> serve.
+"""`fxrec demo`: simulate -> train the FM -> train one VM per surface -> (funnel) -> evaluate -> report -> serve.
+
+With a candidate log in the run's events, the demo also runs `fxrec funnel` before the report.
 
 The last step serves a VM of the run, scores a few requests and shows a newcomer what came back:
 `show_requests(run, vm)` starts the real HTTP server on a loopback port in a background thread (its
@@ -42,11 +44,31 @@ def run_demo(config: RunConfig, run: Path, fresh: bool = False, serve: bool = Tr
     for vm in config.expand_vms(log.spec.surfaces):
         train_model(vm, config, run, log, fresh=fresh)
     transfer = run_transfer_experiment(config, run, log, fresh=fresh) if config.experiment is not None else None
+    show_funnel(config, run, log)
     content = evaluate_and_report(config, run, log, transfer)
     if serve:
         show_serving(config, run, log, transfer)
     print_disk_usage(run, console)
     return content
+
+
+def show_funnel(config: RunConfig, run: Path, log: EventLog) -> None:
+    """`fxrec funnel` when the run's log has a candidate log (the simulator's `candidate_log_rate` > 0),
+    so the report gains its funnel section. configs/demo.yaml logs none: the funnel's candidate scoring
+    and ESR training would add minutes to a demo that already takes long; a config that wants it sets
+    `candidate_log_rate` (and `train.vm_snapshots: true`, which the final stage needs). A funnel that
+    cannot run (say, VMs without snapshots) is one line, not the end of the demo."""
+    from fxrec.data.candidates import CANDIDATE_SPEC_FILE, candidates_dir
+    from fxrec.errors import InputError
+    from fxrec.jobs.funnel import run_funnel
+
+    if not (candidates_dir(log.path) / CANDIDATE_SPEC_FILE).exists():
+        return
+    console.rule(f"the ads funnel: fxrec funnel --run {run}")
+    try:
+        run_funnel(run, config)
+    except InputError as error:
+        console.print(f"funnel skipped: {' '.join(str(error).split())}", highlight=False)
 
 
 def show_serving(config: RunConfig, run: Path, log: EventLog, transfer: dict | None) -> None:

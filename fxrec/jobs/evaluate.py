@@ -3,6 +3,7 @@ low-precision probe of its FM (fxrec.jobs.probe)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -48,6 +49,8 @@ def evaluate_and_report(config: RunConfig, run: Path, log: EventLog, transfer: d
     probe = probe_for_report(config, run, log)
     if probe is not None:
         content["probe"] = probe
+    if run_dir.funnel_json.exists():  # `fxrec funnel` ran: the report's funnel section
+        content["funnel"] = json.loads(run_dir.funnel_json.read_text())
     json_path, html_path = write_report(content, run_dir.report_json, run_dir.report_html, title=config.name)
     print_summary(content)
     if transfer is not None:

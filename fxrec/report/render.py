@@ -17,6 +17,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from fxrec.report.funnel import funnel_table, recall_vs_k_figure  # noqa: E402
 from fxrec.report.probe_table import probe_table  # noqa: E402
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -158,8 +159,13 @@ def write_report(content: dict, json_path: Path, html_path: Path, title: str) ->
         if ratio_plot is not None:
             plots["transfer_ratio"] = ratio_plot
     probe = probe_table(content["probe"]) if content.get("probe") else None
+    funnel_rows = funnel_table(content["funnel"]) if content.get("funnel") else []
+    if content.get("funnel"):
+        recall = recall_vs_k_figure(content["funnel"])
+        if recall is not None:
+            plots["funnel_recall"] = _png(recall)
     html = environment.get_template("report.html.j2").render(
-        title=title, report=content, plots=plots, facts=_facts(content), probe=probe
+        title=title, report=content, plots=plots, facts=_facts(content), probe=probe, funnel_rows=funnel_rows
     )
     html_path.write_text(html)
     return json_path, html_path

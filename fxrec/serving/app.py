@@ -1,4 +1,4 @@
-"""The HTTP API: `POST /v1/score`, `GET /healthz`, `GET /metrics` (FastAPI).
+"""The HTTP API: `POST /v1/score`, `POST /v1/funnel`, `GET /healthz`, `GET /metrics` (FastAPI).
 
 Every way a request can be wrong ends as a 4xx whose body says what is wrong (`{"error": ...,
 "details": [...]}`): bodies over the size limit (413), bodies that are not JSON or do not fit the
@@ -10,13 +10,14 @@ the error bodies are fxrec.serving.http's, shared with the audience API.
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fxrec.serving.funnel_schemas import FunnelRequest, FunnelResponse
 from fxrec.serving.http import BodyLimit, install_error_handlers
 from fxrec.serving.schemas import ErrorResponse, Health, ScoreRequest, ScoreResponse
 
@@ -58,6 +59,15 @@ def create_app(service: Service, max_body_bytes: int = 1 << 20) -> FastAPI:
         """Score the candidates for one user; the user is queued for an asynchronous FM refresh."""
         with service.metrics.latency.time():
             result = await service.score(body)
+        service.metrics.requests.labels(status="200").inc()
+        return JSONResponse(result)
+
+    @app.post("/v1/funnel", response_model=FunnelResponse, responses=_ERRORS)
+    async def funnel(body: FunnelRequest) -> Response:
+        """One ad request through retrieval, the early-stage ranker and the served VM: the winners."""
+        timer = service.funnel.metrics.latency.time() if service.funnel is not None else nullcontext()
+        with timer:
+            result = await service.run_funnel(body)
         service.metrics.requests.labels(status="200").inc()
         return JSONResponse(result)
 

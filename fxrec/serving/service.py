@@ -39,7 +39,7 @@ from fxrec.serving.schemas import ScoreRequest
 from fxrec.serving.scorer import Mode, Scorer
 from fxrec.serving.soap import Execute, RefreshJob, RefreshQueue, RefreshWorkers
 from fxrec.serving.sources import StoreSources
-from fxrec.serving.validation import RequestAssembler
+from fxrec.serving.validation import RequestAssembler, RequestError
 from fxrec.serving.windows import ServedWindows
 from fxrec.transfer.serving import Needs
 
@@ -73,6 +73,7 @@ class ServingConfig(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     probe_every: float = Field(default=0.25, gt=0)
     background_nice: int = Field(default=10, ge=0, le=19)  # how much lower the FM threads' CPU priority is
+    funnel: bool = False  # also serve POST /v1/funnel: retrieval -> ESR -> this VM (after `fxrec funnel`)
 
 
 class EventClock:
@@ -179,6 +180,11 @@ class Service:
         self.workers: RefreshWorkers | None = None
         self.stream = None  # a RedisRefreshStream when config.queue == "redis"
         self.indexer: SimilarUsersIndexer | None = None
+        self.funnel = None  # a FunnelService (fxrec.serving.funnel) when config.funnel
+        if config.funnel:
+            from fxrec.serving.funnel import FunnelService
+
+            self.funnel = FunnelService(self)
 
     # -- construction helpers -------------------------------------------------------------------
     def _guard(self, uri: str, name: str, dim: int, local_copy: int = 50_000, **kw) -> GuardedStore:
@@ -365,6 +371,15 @@ class Service:
         response, job = await loop.run_in_executor(self._score_pool, self.scorer.score, request)
         self.offer(job)
         return response
+
+    async def run_funnel(self, request) -> dict:
+        """`POST /v1/funnel` (fxrec.serving.funnel), on the scoring thread like `score`."""
+        if self.funnel is None:
+            raise RequestError(
+                404, "this server runs no funnel: start it with --funnel on a run where `fxrec funnel` ran"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._score_pool, self.funnel.funnel, request)
 
     def offer(self, job: RefreshJob) -> None:
         if self.queue is not None:

@@ -1,5 +1,6 @@
 """Nothing a client sends produces a 500: schema-driven fuzzing (schemathesis against /openapi.json,
-valid and invalid bodies) and property-based requests for real users and items with arbitrary values."""
+valid and invalid bodies) and property-based requests for real users and items with arbitrary values,
+on /v1/score and on /v1/funnel (a server with the funnel, on the tiny funnel run)."""
 
 from __future__ import annotations
 
@@ -102,4 +103,51 @@ def test_known_users_and_items_with_arbitrary_feature_values(live, known, catalo
         assert "error" in response.json() or response.status_code == 200
 
     with httpx.Client(base_url=live.url) as client:
+        check()
+
+
+@pytest.fixture(scope="module")
+def live_funnel(funnel_ran, tmp_path_factory):
+    """A real server with POST /v1/funnel on loopback."""
+    run, _ = funnel_ran
+    service = make_service(run, "vm_feed", tmp_path_factory.mktemp("fuzz_funnel"), mode="vm", funnel=True)
+    with BackgroundServer(service) as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_schema_fuzz_of_the_funnel_finds_no_server_error(live_funnel, mode):
+    schema = schemathesis.openapi.from_url(live_funnel.url + "/openapi.json")
+    session = requests.Session()
+    checks = [not_a_server_error, response_schema_conformance]
+    for method in schema["/v1/funnel"]:
+        _fuzz(schema["/v1/funnel"][method], mode, 60, live_funnel.url, session, checks)
+
+
+def test_funnel_requests_for_known_users_with_arbitrary_context(live_funnel, funnel_log):
+    events = last_day_events(funnel_log)
+    users = events["user_id"].unique().to_list()[:20]
+    service = live_funnel.service
+    names = sorted(service.catalog.roles) + ["nonsense"]
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        user=st.sampled_from(users) | st.integers(min_value=0, max_value=2**63 - 1),
+        context=st.dictionaries(st.sampled_from(names), JSON, max_size=6),
+        ts=st.none() | st.integers(min_value=-5, max_value=2**41),
+        top=st.none() | st.integers(min_value=-3, max_value=200),
+    )
+    def check(user, context, ts, top):
+        body = {"user_id": user, "context": context}
+        if ts is not None:
+            body["ts"] = ts
+        if top is not None:
+            body["top"] = top
+        response = client.post(
+            "/v1/funnel", content=json.dumps(body), headers={"content-type": "application/json"}
+        )
+        assert response.status_code < 500, response.text
+        assert "error" in response.json() or response.status_code == 200
+
+    with httpx.Client(base_url=live_funnel.url) as client:
         check()
