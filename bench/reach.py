@@ -40,6 +40,7 @@ from fxrec.audience.population import (
     read_population,
     write_population,
 )
+from fxrec.audience.margins import MarginCounter
 from fxrec.audience.reach import ReachIndex
 from fxrec.audience.sample import BottomK, CensusCounter
 from fxrec.audience.schema import Columns
@@ -86,6 +87,18 @@ def main() -> None:
                 {"type": float, "default": None, "help": "sample rows per user (default 0.01; --quick 0.02)"},
             ),
             (("--no-ray",), {"action": "store_true", "help": "skip the Ray shards' latency and fault run"}),
+            (
+                ("--census",),
+                {
+                    "choices": ["off", "rates", "weights", "both"],
+                    "default": "both",
+                    "help": "fxrec's census of margins: for the fall-back's rates, calibrated weights, both",
+                },
+            ),
+            (
+                ("--seed",),
+                {"type": int, "default": None, "help": "population seed (tuning runs: not the default's)"},
+            ),
         ],
     )
     setup = dict(QUICK if args.quick else FULL)
@@ -94,6 +107,8 @@ def main() -> None:
     if args.sample_rate:
         setup["sample_rate"] = args.sample_rate
     config = PopulationConfig(users=setup["users"], chunk_size=setup["chunk_size"])
+    if args.seed is not None:
+        config = config.model_copy(update={"seed": args.seed})
     schema = audience_schema(config)
     if args.population is not None:
         if not (args.population / "schema.yaml").exists():
@@ -121,11 +136,14 @@ def main() -> None:
     lg_k = lg_k_for_budget(pilot_counts, int(0.9 * budget * row_bytes))  # 0.9: pilot-estimated set sizes
     theta = ThetaIndex(schema, lg_k)
     counter, uniform_counter = CensusCounter(strata), CensusCounter(Stratification())
+    margin_counter = MarginCounter(schema, strata, ("interest",)) if args.census != "off" else None
     truth = np.zeros((len(queries), 2))
     pass_started = time.perf_counter()
     for chunk in chunks():
         counter.add(chunk)
         uniform_counter.add(chunk)
+        if margin_counter is not None:
+            margin_counter.add(chunk)
         theta.add(chunk)
         cache: dict = {}  # leaf masks shared by the queries on this chunk
         for i, query in enumerate(queries):
@@ -134,16 +152,25 @@ def main() -> None:
     theta.finish()
     pass1_s = time.perf_counter() - pass_started
     counts, uniform_counts = counter.result(), uniform_counter.result()
+    margins = margin_counter.result() if margin_counter is not None else None
+
+    # equal bytes: fxrec's census of margins and its stored calibrated weights come out of its rows
+    calibrate = args.census in ("weights", "both")
+    kept = margins is not None and args.census in ("rates", "both")  # "weights": used once, not kept
+    census_bytes = margins.nbytes() if kept else 0
+    fxrec_budget = int((budget * row_bytes - census_bytes) // (row_bytes + (4 if calibrate else 0)))
 
     # pass 2: the samples
     sigma = population_sigma(strata, counts, pilot, Workload.evaluate(past, pilot))
     allocations = {
-        "fxrec": (strata, counts, neyman(counts.users, sigma, budget, MINIMUM, MIX)),
+        "fxrec": (strata, counts, neyman(counts.users, sigma, fxrec_budget, MINIMUM, MIX)),
         "uniform": (Stratification(), uniform_counts, np.array([budget])),
         "proportional": (strata, counts, proportional(counts.users, budget)),
     }
     samplers = {
-        (name, r): BottomK(*allocation, seed=100 * r + i, keep=keep_interest)
+        (name, r): BottomK(
+            *allocation, seed=100 * r + i, keep=keep_interest, margins=margins if name == "fxrec" else None
+        )
         for i, (name, allocation) in enumerate(allocations.items())
         for r in range(REPLICATES)
     }
@@ -165,7 +192,12 @@ def main() -> None:
     for name in allocations:
         rows, times = [], []
         for r in range(REPLICATES):
-            index = ReachIndex(schema, samplers[(name, r)].result(), **options[name])
+            sample = samplers[(name, r)].result()
+            if name == "fxrec" and calibrate:
+                sample = sample.calibrate()
+            if name == "fxrec" and args.census == "weights":
+                sample.margins = None  # calibrated weights only: the fall-back keeps the sample's rates
+            index = ReachIndex(schema, sample, **options[name])
             first = index if (name, r) == ("fxrec", 0) else first
             for query in queries:
                 t0 = time.perf_counter()
@@ -174,6 +206,8 @@ def main() -> None:
                 rows.append((e.users, e.impressions, e.users_low, e.users_high, e.fallback))
         answers[name], latency[name] = np.array(rows, dtype=float), np.array(times)
         extra[name] = {"bytes": index.nbytes(), "rows": len(index.sample.rows)}
+        if name == "fxrec":
+            extra[name].update(census=args.census, census_bytes=census_bytes, calibrated=calibrate)
     times, rows = [], []
     for query in queries:
         t0 = time.perf_counter()

@@ -41,7 +41,8 @@ from typing import Protocol
 
 import numpy as np
 
-from fxrec.audience.query import And, Node, Or, Query, leaves, parse, substitute
+from fxrec.audience.margins import Margins, leaf_rates
+from fxrec.audience.query import And, Node, Not, Or, Query, leaves, parse, substitute
 from fxrec.audience.sample import Census, StratifiedSample
 from fxrec.audience.schema import AudienceSchema
 from fxrec.audience.statistics import Cells, SampleRows, Sums, Surface, Target
@@ -107,22 +108,25 @@ class ReachEstimator:
         min_support: int = 50,
         z: float = 1.96,
         exact_strata: bool = True,
+        margins: Margins | None = None,
     ):
         self.schema, self.strata, self.census, self.taken = schema, strata, census, np.asarray(taken)
+        self.margins = margins
         self.min_support, self.z, self.exact_strata = min_support, z, exact_strata
         self.coordinates = strata.coordinates(census.keys)
         self.size = len(census.keys)
         self.stratum_impressions = census.impressions.sum(1)
         self._decisions: dict[Node, np.ndarray] = {}
+        self._census_rates: dict[Node, np.ndarray | None] = {}
         self._bases: dict[Surface, Cells] | None = None
 
     @classmethod
     def of(cls, schema: AudienceSchema, sample: StratifiedSample, **options) -> ReachEstimator:
-        return cls(schema, sample.strata, sample.census, sample.taken, **options)
+        return cls(schema, sample.strata, sample.census, sample.taken, margins=sample.margins, **options)
 
     def sample_rows(self, sample: StratifiedSample) -> SampleRows:
         """The sample's rows with their strata, weights and cells: the statistics of this estimator."""
-        weights = (self.census.users / np.maximum(self.taken, 1))[sample.row_stratum]
+        weights = sample.weights
         return SampleRows(
             sample.rows,
             sample.row_stratum,
@@ -151,7 +155,7 @@ class ReachEstimator:
             ts, fs = self._kleene(node)
             targets.append(_Target(node, s, self.census.impressions[:, s], ts, ~(ts | fs)))
         sums = statistics.target_sums([(target.node, target.surface) for target in targets])
-        reached = sums[(users_node, None)].total  # reached sample users per stratum
+        reached = sums[(users_node, None)].rows  # reached sample users per stratum
         support = int(round(float(reached[undecided].sum())))
         fallback = bool(
             self.min_support > 0 and support < self.min_support and undecided.any() and self.strata.depth
@@ -227,13 +231,13 @@ class ReachEstimator:
         exact = float(totals[target.true].sum())
         n, big_n = self.taken, self.census.users
         counts = np.maximum(n, 1)
-        s2 = np.where(
-            n > 1, (sums.squares - sums.total * sums.total / counts) / np.maximum(n - 1, 1), 0.0
+        # the sums are of w y: with w = N_h / n_h this is N_h^2 (1 - f_h) s_h^2 / n_h; with calibrated
+        # weights, the weighted values' within-stratum spread (the weights taken as fixed)
+        spread = np.where(
+            n > 1, (sums.squares - sums.total * sums.total / counts) * counts / np.maximum(n - 1, 1), 0.0
         ).clip(min=0)
-        value = float((big_n / counts * sums.total)[undecided].sum())
-        variance = float(
-            (big_n.astype(float) ** 2 * (1 - n / np.maximum(big_n, 1)) * s2 / counts)[undecided].sum()
-        )
+        value = float(sums.total[undecided].sum())
+        variance = float(((1 - n / np.maximum(big_n, 1)) * spread)[undecided].sum())
         if target.borrowed:  # strata the budget could not reach borrow from their parents
             borrowed = self._synthetic(target.borrowed, totals, target.surface, rates)
             value, variance = value + borrowed.value, variance + borrowed.variance
@@ -291,8 +295,29 @@ class ReachEstimator:
         rate, relvar = rates[key]
         return rate[strata], relvar[strata]
 
+    def _census_rate(self, node: Node) -> np.ndarray | None:
+        """A leaf's (or a negated leaf's) share of each stratum's users raked to the census of margins
+        (fxrec.audience.margins.leaf_rates); None without a census or for a leaf it does not count."""
+        if self.margins is None:
+            return None
+        negated = isinstance(node, Not)
+        leaf = node.item if negated else node
+        if leaf not in self._census_rates:
+            counts = self.margins.leaf_counts(leaf)
+            self._census_rates[leaf] = (
+                None
+                if counts is None
+                else leaf_rates(self.margins, counts, self.coordinates, self.census.users)
+            )
+        rate = self._census_rates[leaf]
+        if rate is None:
+            return None
+        return 1 - rate if negated else rate
+
     def _rate_all(self, node, surface, rates) -> tuple[np.ndarray, np.ndarray]:
         everything = np.arange(self.size)
+        if surface is None and (known := self._census_rate(node)) is not None:
+            return known, np.zeros(self.size)  # a census rate: no sampling variance
         hit: Cells = rates["cells"][(node, surface)]
         if isinstance(node, And | Or) and hit.rows < self.min_support:
             # too thin together: its terms taken as independent given the stratum
