@@ -32,6 +32,7 @@ from _common import parse_args, print_table, write_result
 
 from fxrec.audience.build import population_sigma
 from fxrec.audience.evaluate import reach
+from fxrec.audience.margins import MarginCounter
 from fxrec.audience.population import (
     PopulationConfig,
     audience_schema,
@@ -40,7 +41,6 @@ from fxrec.audience.population import (
     read_population,
     write_population,
 )
-from fxrec.audience.margins import MarginCounter
 from fxrec.audience.reach import ReachIndex
 from fxrec.audience.sample import BottomK, CensusCounter
 from fxrec.audience.schema import Columns

@@ -52,14 +52,16 @@ def margin_partitions(
         kind, name = family
         if kind == "categorical":
             values = rows.categorical[name].astype(np.int64)
-            found += _partition(values, [target(table[:, [v]].sum(1)) for v in range(table.shape[1])], min_rows)
+            found += _partition(
+                values, [target(table[:, [v]].sum(1)) for v in range(table.shape[1])], min_rows
+            )
         elif kind == "numeric" and name == "age":
             low = margins.lows[name]
             ages = rows.numeric[name].astype(np.int64)
-            band = np.searchsorted(np.array([high for _, high in AGE_BANDS]), ages).clip(max=len(AGE_BANDS) - 1)
-            targets = [
-                target(table[:, max(a - low, 0) : max(b - low + 1, 0)].sum(1)) for a, b in AGE_BANDS
-            ]
+            band = np.searchsorted(np.array([high for _, high in AGE_BANDS]), ages).clip(
+                max=len(AGE_BANDS) - 1
+            )
+            targets = [target(table[:, max(a - low, 0) : max(b - low + 1, 0)].sum(1)) for a, b in AGE_BANDS]
             found += _partition(band, targets, min_rows)
         elif kind == "segment":
             flags = unpack_segments(rows.segments[name], table.shape[1])
@@ -81,7 +83,9 @@ def _everyone(margins: Margins, family: Family) -> np.ndarray:
     raise ValueError("the census needs a categorical field to know each cell's users")
 
 
-def _partition(values: np.ndarray, targets: list[float], min_rows: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _partition(
+    values: np.ndarray, targets: list[float], min_rows: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """One categorical margin: values with fewer than `min_rows` rows pooled with the commonest."""
     targets_ = np.array(targets, dtype=np.float64)
     rows = np.bincount(values, minlength=len(targets_))

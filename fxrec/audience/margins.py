@@ -68,7 +68,9 @@ class MarginCounter:
     """Accumulates `Margins` chunk by chunk (pass 1, next to the strata census). `namespaces`: the
     segment namespaces counted (default: the first, the one advertisers target)."""
 
-    def __init__(self, schema: AudienceSchema, strata: Stratification, namespaces: tuple[str, ...] | None = None):
+    def __init__(
+        self, schema: AudienceSchema, strata: Stratification, namespaces: tuple[str, ...] | None = None
+    ):
         self.schema, self.strata = schema, strata
         sizes = tuple(d.size for d in strata.dimensions)
         self.offsets = tuple(int(o) for o in 1 + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int))
@@ -81,7 +83,9 @@ class MarginCounter:
             self.families[("numeric", f)] = int(high - low + 1)
         for namespace in self.namespaces:
             self.families[("segment", namespace)] = len(schema.segments[namespace])
-        self.tables = {family: np.zeros((self.rows, k), dtype=np.int64) for family, k in self.families.items()}
+        self.tables = {
+            family: np.zeros((self.rows, k), dtype=np.int64) for family, k in self.families.items()
+        }
 
     def add(self, chunk: Columns) -> None:
         n = len(chunk)
@@ -108,7 +112,9 @@ class MarginCounter:
                 )
 
     def result(self) -> Margins:
-        return Margins(self.offsets, self.sizes, {f: t.copy() for f, t in self.tables.items()}, dict(self.lows))
+        return Margins(
+            self.offsets, self.sizes, {f: t.copy() for f, t in self.tables.items()}, dict(self.lows)
+        )
 
 
 def leaf_rates(

@@ -26,8 +26,10 @@ summed over surfaces):
    Y_h = N_h * rate (for impressions, I_h,s * the share of impressions reached). The answer blends
    the weighted count (weight support / min_support) with the synthetic one (the rest), so a
    minority with no sampled user still gets its parents' rate instead of zero, and the estimate moves
-   smoothly into the plain count as support grows. The variance ignores the synthetic part's bias;
-   `Estimate.fallback` says when it was used. Strata the budget could not sample at all always take
+   smoothly into the plain count as support grows. The synthetic part's variance adds a bias term:
+   the squared gap between it and the weighted count over the same strata (an estimate of its bias^2
+   plus the count's variance), so the interval widens where the two disagree; `Estimate.fallback`
+   says when it was used. Strata the budget could not sample at all always take
    the synthetic estimate.
 
 Setting `exact_strata=False, min_support=0` gives the plain stratified estimator (the baselines).
@@ -246,9 +248,13 @@ class ReachEstimator:
         # the fall-back, blended with the weighted count by the support: weight support / min_support
         # on the count, the rest on the parents' rescaled rates
         synthetic = self._synthetic(target.synthetic, totals, target.surface, rates)
+        # the synthetic part's error is mostly its model's bias, which its variance does not hold: its
+        # mean squared error takes the squared gap to the weighted count (over the same strata) too,
+        # an estimate of bias^2 + the count's variance, so on the safe side
+        gap = (synthetic.value - value) ** 2
         return _Total(
             exact + share * value + (1 - share) * synthetic.value,
-            share**2 * variance + (1 - share) ** 2 * synthetic.variance,
+            share**2 * variance + (1 - share) ** 2 * (synthetic.variance + gap),
         )
 
     def _residuals(self, node: Node, chosen: np.ndarray) -> list[tuple[Node, np.ndarray]]:

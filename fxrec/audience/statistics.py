@@ -57,9 +57,7 @@ def add(parts: list):
     if isinstance(first, dict):
         return {key: add([part[key] for part in parts]) for key in first}
     if isinstance(first, Sums):
-        return Sums(
-            sum(p.total for p in parts), sum(p.squares for p in parts), sum(p.rows for p in parts)
-        )
+        return Sums(sum(p.total for p in parts), sum(p.squares for p in parts), sum(p.rows for p in parts))
     if isinstance(first, Cells):
         return Cells(
             sum(p.rows for p in parts),
