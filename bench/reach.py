@@ -2,14 +2,28 @@
 and theta sketches at equal bytes, on a simulated population, side by side in one run.
 
 The population (10^7 users; --quick: 10^5) is generated in chunks (fxrec.audience.population) and
-read twice: pass 1 counts the strata, feeds the theta sketches and counts every query exactly; pass 2
-draws the three samples (bottom-k per stratum). Only the samples and sketches stay in memory. The
-strata are learned on a past log (users of the same world outside the population) and a past query
-workload; the measured queries are fresh random advertiser queries (>= 1,000 with a non-zero reach).
+read twice: pass 1 counts the strata, fxrec's census of margins, feeds the theta sketches and counts
+every query exactly; pass 2 draws the three samples (bottom-k per stratum). Only the samples, the
+census and the sketches stay in memory. The strata are learned on a past log (users of the same world
+outside the population) and a past query workload; the measured queries are fresh random advertiser
+queries (>= 1,000 with a non-zero reach). `--seed` sets the population's seed: tune on another seed
+than the reported run's (the default).
+
+fxrec's census of margins (fxrec.audience.margins; `--census`, default `both`): users per value of
+each categorical field, each age and each interest segment, per cell of each stratum dimension and
+overall. `weights`: the sample's weights are raked to the one-way margins and N_h at build time
+(fxrec.audience.calibration; a float32 weight stored per row); `rates`: the fall-back's synthetic
+rate of a leaf is raked to the census along every dimension; `both`; `off`: neither (the estimator
+before the census). Equal bytes: the census kept (4 bytes a cell; `rates` and `both`) and the stored
+weights (4 bytes a row) come out of fxrec's rows; `methods.fxrec` in the JSON reports the split
+(`census_bytes`, `rows`).
 
 Reported per method and true-reach bucket (<= 10^3, 10^3-10^5, >= 10^5 users): the median (and p90)
 relative error of unique users (and of impressions, for the samples), the share of queries whose 95%
-interval covers the truth, and in-process query latency p50 / p99. Goals (issue 28, full run): median
+interval covers the truth (the fall-back's interval includes its bias term: fxrec.audience.reach),
+and in-process query latency p50 / p99. Queries on one kept margin (e.g. `interest:pets`) are
+reproduced exactly by the calibrated weights, so fxrec's median at >= 10^5 is near zero: read its p90
+too. Goals (issue 28, full run): median
 error <= 5% at >= 10^5 and <= 25% at <= 10^3, every bucket better than uniform and proportional;
 p99 <= 50 ms. `--population DIR` writes the population there as Parquet once and reads it back.
 

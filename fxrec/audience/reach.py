@@ -15,14 +15,20 @@ summed over surfaces):
 1. strata the query decides (Kleene logic over the strata's cells, fxrec.audience.strata.kleene)
    count exactly: all of N_h (or I_h,s) when the query holds for the whole stratum, nothing when it
    holds for none of it;
-2. the other strata use the weighted count  Y = sum_h N_h / n_h * sum_{i in h} y_i,  unbiased, with
-   variance  sum_h N_h^2 (1 - n_h/N_h) s_h^2 / n_h  and a normal confidence interval (z);
+2. the other strata use the weighted count  Y = sum_h sum_{i in h} w_i y_i  with the row's weight
+   w_i: N_h / n_h (unbiased, variance  sum_h N_h^2 (1 - n_h/N_h) s_h^2 / n_h), or that weight
+   calibrated to the census of margins (fxrec.audience.calibration: the weighted sample reproduces
+   the users of every country, age band, device, interest segment...; the variance is then the
+   weighted values' within-stratum spread, the weights taken as fixed), and a normal interval (z);
 3. fuzzy fall-back: when the query's support (sample users it reaches in those strata) is below
    `min_support`, each such stratum h also gets a synthetic estimate from coarser strata, rescaled to
    h: its *residual* query (the query with the terms h's own cells decide fixed) has a weighted rate
    R over the whole sample; each dimension d whose parent stratum "cell c_d(h) on d, anything on the
    others" has `min_support` reached sample users multiplies it by that parent's rate over R (a
-   main-effects model), and an `and` / `or` too thin as a whole is taken as independent terms. Then
+   main-effects model), and an `and` / `or` too thin as a whole is taken as independent terms. With
+   a census of margins (fxrec.audience.margins), a leaf the census counts (`country:HU`, `age in
+   25..34`, `interest:pets`, or its negation) takes the census's rate instead, raked so its strata
+   add up to the exact count of every dimension cell (for the users target). Then
    Y_h = N_h * rate (for impressions, I_h,s * the share of impressions reached). The answer blends
    the weighted count (weight support / min_support) with the synthetic one (the rest), so a
    minority with no sampled user still gets its parents' rate instead of zero, and the estimate moves
