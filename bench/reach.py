@@ -212,12 +212,15 @@ def main() -> None:
     latency: dict[str, np.ndarray] = {}
     extra: dict[str, dict] = {}
     first: ReachIndex | None = None  # fxrec's first sample: the one the Ray shards hold
+    calibrate_s: list[float] = []
     for name in allocations:
         rows, times = [], []
         for r in range(REPLICATES):
             sample = samplers[(name, r)].result()
             if name == "fxrec" and calibrate:
+                t0 = time.perf_counter()
                 sample = sample.calibrate()
+                calibrate_s.append(time.perf_counter() - t0)
             if name == "fxrec" and args.census == "weights":
                 sample.margins = None  # calibrated weights only: the fall-back keeps the sample's rates
             index = ReachIndex(schema, sample, **options[name])
@@ -230,7 +233,12 @@ def main() -> None:
         answers[name], latency[name] = np.array(rows, dtype=float), np.array(times)
         extra[name] = {"bytes": index.nbytes(), "rows": len(index.sample.rows)}
         if name == "fxrec":
-            extra[name].update(census=args.census, census_bytes=census_bytes, calibrated=calibrate)
+            extra[name].update(
+                census=args.census,
+                census_bytes=census_bytes,
+                calibrated=calibrate,
+                calibrate_s=max(calibrate_s, default=0.0),
+            )
     times, rows = [], []
     for query in queries:
         t0 = time.perf_counter()
