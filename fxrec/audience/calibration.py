@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fxrec.audience.margins import Family, Margins, leaf_rates, unpack_segments
+from fxrec.audience.margins import Margins, leaf_rates, unpack_segments
 from fxrec.audience.schema import Columns
 from fxrec.audience.strata import AGE_BANDS
 
@@ -65,7 +65,7 @@ def margin_partitions(
             found += _partition(band, targets, min_rows)
         elif kind == "segment":
             flags = unpack_segments(rows.segments[name], table.shape[1])
-            everyone = target(_everyone(margins, family))
+            everyone = target(margins.everyone())
             for k in range(table.shape[1]):
                 holds = flags[:, k].astype(np.int64)
                 inside = int(holds.sum())
@@ -73,14 +73,6 @@ def margin_partitions(
                     t = target(table[:, k])
                     found.append((holds, np.array([everyone - t, t])))
     return found
-
-
-def _everyone(margins: Margins, family: Family) -> np.ndarray:
-    """Users per table row (any family's categorical table adds up to it; else the strata's cells)."""
-    for (kind, _), table in margins.tables.items():
-        if kind == "categorical":
-            return table.sum(1)
-    raise ValueError("the census needs a categorical field to know each cell's users")
 
 
 def _partition(

@@ -26,7 +26,7 @@ import numpy as np
 
 from fxrec.audience.query import Categorical, Node, Numeric, Segment
 from fxrec.audience.schema import AudienceSchema, Columns
-from fxrec.audience.strata import Stratification
+from fxrec.audience.strata import AGE_BANDS, Dimension, Stratification
 
 Family = tuple[str, str]  # ("categorical", field) | ("numeric", field) | ("segment", namespace)
 
@@ -39,13 +39,23 @@ def unpack_segments(bits: np.ndarray, count: int) -> np.ndarray:
 
 @dataclass
 class Margins:
-    """`tables[family]`: users [1 + sum of dimension sizes, values]; row 0 is everyone, then each
-    dimension's cells in order (`offsets[d]` the first row of dimension d)."""
+    """`tables[family]`: users [rows, values]; row 0 is everyone, then each stratum dimension's cells
+    in order (`offsets[d]` the first row of dimension d), then each context partition's cells
+    (`contexts`: age band, every country; not strata, but a thin `and` of two leaves takes them as
+    independent given the context cell: fxrec.audience.reach)."""
 
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
     tables: dict[Family, np.ndarray]
     lows: dict[str, int] = field(default_factory=dict)  # numeric families: the value of column 0
+    contexts: tuple[tuple[int, int], ...] = ()  # (first row, cells) of each context partition
+
+    def everyone(self) -> np.ndarray:
+        """Users per row of the tables."""
+        for (kind, _), table in self.tables.items():
+            if kind == "categorical":
+                return table.sum(1)
+        raise ValueError("the census needs a categorical field to know each row's users")
 
     def nbytes(self) -> int:
         return int(sum(4 * t.size for t in self.tables.values()))
@@ -69,13 +79,23 @@ class MarginCounter:
     segment namespaces counted (default: the first, the one advertisers target)."""
 
     def __init__(
-        self, schema: AudienceSchema, strata: Stratification, namespaces: tuple[str, ...] | None = None
+        self,
+        schema: AudienceSchema,
+        strata: Stratification,
+        namespaces: tuple[str, ...] | None = None,
+        contexts: tuple[Dimension, ...] | None = None,
     ):
         self.schema, self.strata = schema, strata
+        self.context_dimensions = context_dimensions(schema) if contexts is None else contexts
         sizes = tuple(d.size for d in strata.dimensions)
         self.offsets = tuple(int(o) for o in 1 + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int))
         self.sizes = sizes
-        self.rows = 1 + int(sum(sizes))
+        first, found = 1 + int(sum(sizes)), []
+        for dimension in self.context_dimensions:
+            found.append((first, dimension.size))
+            first += dimension.size
+        self.contexts = tuple(found)
+        self.rows = first
         self.namespaces = tuple(list(schema.segments)[:1]) if namespaces is None else namespaces
         self.families: dict[Family, int] = {("categorical", f): len(v) for f, v in schema.categorical.items()}
         self.lows = {f: int(low) for f, (low, _) in schema.numeric.items()}
@@ -92,6 +112,8 @@ class MarginCounter:
         cells = [np.zeros(n, dtype=np.int64)]  # row 0: everyone
         for d, dimension in enumerate(self.strata.dimensions):
             cells.append(self.offsets[d] + dimension.coordinate(chunk))
+        for (offset, _), dimension in zip(self.contexts, self.context_dimensions, strict=True):
+            cells.append(offset + dimension.coordinate(chunk))
         for family, k in self.families.items():
             kind, name = family
             if kind == "segment":
@@ -113,8 +135,52 @@ class MarginCounter:
 
     def result(self) -> Margins:
         return Margins(
-            self.offsets, self.sizes, {f: t.copy() for f, t in self.tables.items()}, dict(self.lows)
+            self.offsets,
+            self.sizes,
+            {f: t.copy() for f, t in self.tables.items()},
+            dict(self.lows),
+            self.contexts,
         )
+
+
+def context_dimensions(schema: AudienceSchema) -> tuple[Dimension, ...]:
+    """The context partitions counted besides the strata: advertiser age bands and every country
+    (what interests lean by, and what a region lies in)."""
+    found = []
+    if "age" in schema.numeric:
+        found.append(Dimension("age band", "band", "age", AGE_BANDS))
+    if "country" in schema.categorical:
+        values = schema.categorical["country"]
+        found.append(
+            Dimension("country", "categorical", "country", tuple(frozenset({v}) for v in range(len(values))))
+        )
+    return tuple(found)
+
+
+def pair_count(margins: Margins, a: np.ndarray, b: np.ndarray) -> float | None:
+    """Users two leaves both hold for (`a`, `b`: `Margins.leaf_counts`), taken as independent given the
+    cell of the context partition where either leaf is the most concentrated (a region: its country;
+    an age range: its bands). None without contexts."""
+    if not margins.contexts:
+        return None
+    everyone = margins.everyone().astype(np.float64)
+    best, found = np.inf, None
+    for offset, size in margins.contexts:
+        users = everyone[offset : offset + size]
+        ta, tb = (x[offset : offset + size].astype(np.float64) for x in (a, b))
+        spread = min(_entropy(ta), _entropy(tb))
+        if spread < best:
+            best = spread
+            found = float((ta * tb / np.maximum(users, 1.0))[users > 0].sum())
+    return found
+
+
+def _entropy(counts: np.ndarray) -> float:
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * np.log(p)).sum())
 
 
 def leaf_rates(
@@ -141,4 +207,4 @@ def leaf_rates(
     return (expected / np.maximum(users, 1.0)).clip(0.0, 1.0)
 
 
-__all__ = ["Margins", "MarginCounter", "leaf_rates", "unpack_segments"]
+__all__ = ["Margins", "MarginCounter", "context_dimensions", "leaf_rates", "pair_count", "unpack_segments"]

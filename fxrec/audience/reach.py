@@ -49,7 +49,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fxrec.audience.margins import Margins, leaf_rates
+from fxrec.audience.margins import Margins, leaf_rates, pair_count
 from fxrec.audience.query import And, Node, Not, Or, Query, leaves, parse, substitute
 from fxrec.audience.sample import Census, StratifiedSample
 from fxrec.audience.schema import AudienceSchema
@@ -326,6 +326,31 @@ class ReachEstimator:
             return None
         return 1 - rate if negated else rate
 
+    def _census_counts(self, node: Node) -> np.ndarray | None:
+        """A leaf's (or a negated leaf's) users per row of the census of margins, else None."""
+        if self.margins is None:
+            return None
+        negated = isinstance(node, Not)
+        counts = self.margins.leaf_counts(node.item if negated else node)
+        if counts is None:
+            return None
+        return self.margins.everyone() - counts if negated else counts
+
+    def _pair_lift(self, items) -> float:
+        """For a thin `and` whose first two census leaves the strata take as independent: how far the
+        census's count of both (independent only given an age band or country, where one of them lies:
+        fxrec.audience.margins.pair_count) is from what the strata's rates give; 1 otherwise."""
+        known = [(item, counts) for item in items if (counts := self._census_counts(item)) is not None]
+        if len(known) < 2:
+            return 1.0
+        (a, ca), (b, cb) = known[:2]
+        both = pair_count(self.margins, ca, cb)
+        ra, rb = self._census_rate(a), self._census_rate(b)
+        if both is None or ra is None or rb is None:
+            return 1.0
+        strata = float((self.census.users * ra * rb).sum())
+        return both / strata if strata > 0 else 1.0
+
     def _rate_all(self, node, surface, rates) -> tuple[np.ndarray, np.ndarray]:
         everything = np.arange(self.size)
         if surface is None and (known := self._census_rate(node)) is not None:
@@ -338,6 +363,8 @@ class ReachEstimator:
                 part, part_relvar = self._rate(item, everything, surface, rates)
                 part = part.clip(0, 1)
                 rate, relvar = rate * (part if isinstance(node, And) else 1 - part), relvar + part_relvar
+            if isinstance(node, And):
+                rate = rate * self._pair_lift(node.items)
             return (rate if isinstance(node, And) else 1 - rate), relvar
         # the reached rows carry y = base: sum (w y)(w base) = sum (w y)^2 = hit.squares
         assert self._bases is not None

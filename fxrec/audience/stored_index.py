@@ -191,6 +191,7 @@ def save_margins(path: Path, margins: Margins) -> None:
         __offsets=np.array(margins.offsets, dtype=np.int64),
         __sizes=np.array(margins.sizes, dtype=np.int64),
         __lows=np.array(json.dumps(margins.lows)),
+        __contexts=np.array(margins.contexts, dtype=np.int64).reshape(-1, 2),
         **tables,
     )
 
@@ -203,6 +204,7 @@ def load_margins(path: Path) -> Margins:
             tuple(int(s) for s in data["__sizes"]),
             tables,
             {k: int(v) for k, v in json.loads(str(data["__lows"])).items()},
+            tuple((int(o), int(n)) for o, n in data["__contexts"]) if "__contexts" in data.files else (),
         )
 
 
