@@ -14,7 +14,7 @@ one row for everyone (the one-way margin). A query leaf (`country:HU`, `age in 2
   main-effects rates of the ~10 sample rows a thin query reaches.
 
 The counts add up over chunks and over shards of the log; the census is replicated with the strata
-(it is part of the estimator, not of the rows). `nbytes` counts it at 4 bytes a cell: it is part of
+(it is part of the estimator, not of the rows). `nbytes` counts it (int32 cells): it is part of
 fxrec's memory budget.
 """
 
@@ -58,7 +58,7 @@ class Margins:
         raise ValueError("the census needs a categorical field to know each row's users")
 
     def nbytes(self) -> int:
-        return int(sum(4 * t.size for t in self.tables.values()))
+        return int(sum(t.nbytes for t in self.tables.values()))
 
     def leaf_counts(self, leaf: Node) -> np.ndarray | None:
         """The users the leaf holds for, per row of the tables (None: not a leaf the census counts)."""
@@ -137,7 +137,7 @@ class MarginCounter:
         return Margins(
             self.offsets,
             self.sizes,
-            {f: t.copy() for f, t in self.tables.items()},
+            {f: t.astype(np.int32) for f, t in self.tables.items()},
             dict(self.lows),
             self.contexts,
         )

@@ -341,15 +341,16 @@ class ReachEstimator:
         census's count of both (independent only given an age band or country, where one of them lies:
         fxrec.audience.margins.pair_count) is from what the strata's rates give; 1 otherwise."""
         known = [(item, counts) for item in items if (counts := self._census_counts(item)) is not None]
-        if len(known) < 2:
-            return 1.0
-        (a, ca), (b, cb) = known[:2]
-        both = pair_count(self.margins, ca, cb)
-        ra, rb = self._census_rate(a), self._census_rate(b)
-        if both is None or ra is None or rb is None:
-            return 1.0
-        strata = float((self.census.users * ra * rb).sum())
-        return both / strata if strata > 0 else 1.0
+        lift = 1.0
+        for i, (a, ca) in enumerate(known):
+            for b, cb in known[i + 1 :]:
+                both = pair_count(self.margins, ca, cb)
+                ra, rb = self._census_rate(a), self._census_rate(b)
+                if both is None or ra is None or rb is None:
+                    continue
+                strata = float((self.census.users * ra * rb).sum())
+                lift *= both / strata if strata > 0 else 1.0
+        return lift
 
     def _rate_all(self, node, surface, rates) -> tuple[np.ndarray, np.ndarray]:
         everything = np.arange(self.size)
