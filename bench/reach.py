@@ -10,11 +10,12 @@ queries (>= 1,000 with a non-zero reach). `--seed` sets the population's seed: t
 than the reported run's (the default).
 
 fxrec's census of margins (fxrec.audience.margins; `--census`, default `both`): users per value of
-each categorical field, each age and each interest segment, per cell of each stratum dimension and
-overall. `weights`: the sample's weights are raked to the one-way margins and N_h at build time
-(fxrec.audience.calibration; a float32 weight stored per row); `rates`: the fall-back's synthetic
-rate of a leaf is raked to the census along every dimension; `both`; `off`: neither (the estimator
-before the census). Equal bytes: the census kept (4 bytes a cell; `rates` and `both`) and the stored
+each categorical field, each age and each interest segment, per cell of each stratum dimension, of
+the age bands and of every country, and overall. `weights`: the sample's weights are raked to the
+one-way margins and N_h at build time (fxrec.audience.calibration; a float32 weight stored per row);
+`rates`: the fall-back's synthetic rate of a leaf is raked to the census along every dimension, and
+a thin `and` of such leaves lifted to each pair's count given the age band or country; `both`;
+`off`: neither (the estimator before the census). Equal bytes: the census kept (4 bytes a cell; `rates` and `both`) and the stored
 weights (4 bytes a row) come out of fxrec's rows; `methods.fxrec` in the JSON reports the split
 (`census_bytes`, `rows`).
 

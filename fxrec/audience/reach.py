@@ -28,7 +28,10 @@ summed over surfaces):
    main-effects model), and an `and` / `or` too thin as a whole is taken as independent terms. With
    a census of margins (fxrec.audience.margins), a leaf the census counts (`country:HU`, `age in
    25..34`, `interest:pets`, or its negation) takes the census's rate instead, raked so its strata
-   add up to the exact count of every dimension cell (for the users target). Then
+   add up to the exact count of every dimension cell (for the users target), and a thin `and` is
+   lifted, for each pair of such leaves, to the pair's count taken as independent only given the
+   age band or country where one of them lies (`margins.pair_count`: a region and an interest meet
+   in the region's country, an age range and an interest in its bands). Then
    Y_h = N_h * rate (for impressions, I_h,s * the share of impressions reached). The answer blends
    the weighted count (weight support / min_support) with the synthetic one (the rest), so a
    minority with no sampled user still gets its parents' rate instead of zero, and the estimate moves

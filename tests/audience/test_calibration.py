@@ -5,10 +5,11 @@ to calibration's O(1/n) (many seeds), and the fall-back's census rates add up to
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fxrec.audience.calibration import margin_partitions
 from fxrec.audience.evaluate import reach
-from fxrec.audience.margins import MarginCounter, leaf_rates
+from fxrec.audience.margins import MarginCounter, leaf_rates, pair_count
 from fxrec.audience.population import PopulationConfig, audience_schema, generate_chunk, past_users
 from fxrec.audience.query import Segment, parse
 from fxrec.audience.reach import ReachIndex
@@ -147,3 +148,14 @@ def test_census_rates_add_up_to_the_dimension_totals():
         size = strata.dimensions[d].size
         got = np.bincount(coordinates[:, d], weights=expected, minlength=size)
         np.testing.assert_allclose(got, cells[offset : offset + size], atol=1e-3)
+
+
+def test_pair_count_given_the_context_is_exact_for_whole_age_bands():
+    strata = _strata()
+    margins = _margins(strata)
+    age = parse("age in 25..34", SCHEMA).node
+    interest = Segment("interest", 2)
+    both = pair_count(margins, margins.leaf_counts(age), margins.leaf_counts(interest))
+    # an age range of whole bands lies in its bands: independent given the band is exact
+    assert both == pytest.approx(_truth("age in 25..34 and interest:travel"), rel=1e-9)
+    assert SCHEMA.segments["interest"][2] == "travel"
