@@ -21,6 +21,7 @@ from fxrec.audience.schema import AudienceSchema, Columns
 from fxrec.audience.strata import Stratification, Workload, learn_stratification, neyman, stratum_sigma
 
 PILOT_SUPPORT = 20  # pilot users a stratum needs for its own sigma; else its nearest parent's
+MAX_CENSUS_SHARE = 0.25  # of a byte budget: a larger census of margins would cost too many rows
 
 
 def population_sigma(
@@ -57,11 +58,14 @@ def build_reach_index(
     seed: int = 0,
     population: int | None = None,
     calibrate: bool = True,
+    row_bytes: int | None = None,
 ) -> ReachIndex:
     """Strata learned on `pilot` and `past_queries`, a sample of `budget` users drawn in two passes over
     `chunks()` (three when `population`, the number of users, is not given). `calibrate`: pass 1 also
     counts the census of margins (fxrec.audience.margins), kept for the fall-back's rates, and the
-    sample's weights are raked to it (fxrec.audience.calibration)."""
+    sample's weights are raked to it (fxrec.audience.calibration). `row_bytes` (a budget in bytes:
+    `budget` rows of that size): the census and the stored weights (4 bytes a row) come out of the
+    rows, and a census over MAX_CENSUS_SHARE of the bytes is not kept (nor calibrated to)."""
     if population is None:
         population = sum(len(chunk) for chunk in chunks())
     strata = learn_stratification(schema, pilot, past_queries, population, budget, minimum)
@@ -72,10 +76,17 @@ def build_reach_index(
         if margin_counter is not None:
             margin_counter.add(chunk)
     counts = counter.result()
+    margins = margin_counter.result() if margin_counter is not None else None
+    if margins is not None and row_bytes is not None:
+        total = budget * row_bytes
+        if margins.nbytes() > MAX_CENSUS_SHARE * total:
+            margins = None
+        else:
+            budget = max(1, int((total - margins.nbytes()) // (row_bytes + 4)))
     sigma = population_sigma(strata, counts, pilot, Workload.evaluate(past_queries, pilot))
     taken = neyman(counts.users, sigma, budget, minimum, mix)
     sample = draw(strata, counts, taken, chunks(), seed)
-    if margin_counter is not None:
-        sample.margins = margin_counter.result()
+    if margins is not None:
+        sample.margins = margins
         sample = sample.calibrate()
     return ReachIndex(schema, sample, min_support=min_support)

@@ -16,6 +16,7 @@ from fxrec.audience.reach import ReachIndex
 from fxrec.audience.sample import census, draw
 from fxrec.audience.schema import has_bit
 from fxrec.audience.statistics import add
+from fxrec.audience.stored_index import load_index, save_index
 from fxrec.audience.strata import Stratification, candidate_dimensions, neyman
 
 CONFIG = PopulationConfig(users=8000, chunk_size=4000, interests=40)
@@ -159,3 +160,17 @@ def test_pair_count_given_the_context_is_exact_for_whole_age_bands():
     # an age range of whole bands lies in its bands: independent given the band is exact
     assert both == pytest.approx(_truth("age in 25..34 and interest:travel"), rel=1e-9)
     assert SCHEMA.segments["interest"][2] == "travel"
+
+
+def test_index_folder_keeps_the_census_and_the_calibrated_weights(tmp_path):
+    sample = _sample(seed=2).calibrate()
+    index = ReachIndex(SCHEMA, sample)
+    save_index(tmp_path / "idx", SCHEMA, sample, 2)
+    stored = load_index(tmp_path / "idx")
+    assert stored.margins is not None and stored.margins.contexts == sample.margins.contexts
+    for family, table in sample.margins.tables.items():
+        assert (stored.margins.tables[family] == table).all()
+    estimator, rows = stored.estimator(), stored.rows()
+    for text in ["country:CH and interest:pets", "age in 27..33 and interest:topic_030"]:
+        a, b = index.query(text), estimator.answer(text, rows)
+        assert abs(a.users - b.users) <= 1e-6 * max(a.users, 1)
