@@ -2,14 +2,29 @@
 and theta sketches at equal bytes, on a simulated population, side by side in one run.
 
 The population (10^7 users; --quick: 10^5) is generated in chunks (fxrec.audience.population) and
-read twice: pass 1 counts the strata, feeds the theta sketches and counts every query exactly; pass 2
-draws the three samples (bottom-k per stratum). Only the samples and sketches stay in memory. The
-strata are learned on a past log (users of the same world outside the population) and a past query
-workload; the measured queries are fresh random advertiser queries (>= 1,000 with a non-zero reach).
+read twice: pass 1 counts the strata, fxrec's census of margins, feeds the theta sketches and counts
+every query exactly; pass 2 draws the three samples (bottom-k per stratum). Only the samples, the
+census and the sketches stay in memory. The strata are learned on a past log (users of the same world
+outside the population) and a past query workload; the measured queries are fresh random advertiser
+queries (>= 1,000 with a non-zero reach). `--seed` sets the population's seed: tune on another seed
+than the reported run's (the default).
+
+fxrec's census of margins (fxrec.audience.margins; `--census`, default `both`): users per value of
+each categorical field, each age and each interest segment, per cell of each stratum dimension, of
+the age bands and of every country, and overall. `weights`: the sample's weights are raked to the
+one-way margins and N_h at build time (fxrec.audience.calibration; a float32 weight stored per row);
+`rates`: the fall-back's synthetic rate of a leaf is raked to the census along every dimension, and
+a thin `and` of such leaves lifted to each pair's count given the age band or country; `both`;
+`off`: neither (the estimator before the census). Equal bytes: the census kept (4 bytes a cell; `rates` and `both`) and the stored
+weights (4 bytes a row) come out of fxrec's rows; `methods.fxrec` in the JSON reports the split
+(`census_bytes`, `rows`).
 
 Reported per method and true-reach bucket (<= 10^3, 10^3-10^5, >= 10^5 users): the median (and p90)
 relative error of unique users (and of impressions, for the samples), the share of queries whose 95%
-interval covers the truth, and in-process query latency p50 / p99. Goals (issue 28, full run): median
+interval covers the truth (the fall-back's interval includes its bias term: fxrec.audience.reach),
+and in-process query latency p50 / p99. Queries on one kept margin (e.g. `interest:pets`) are
+reproduced exactly by the calibrated weights, so fxrec's median at >= 10^5 is near zero: read its p90
+too. Goals (issue 28, full run): median
 error <= 5% at >= 10^5 and <= 25% at <= 10^3, every bucket better than uniform and proportional;
 p99 <= 50 ms. `--population DIR` writes the population there as Parquet once and reads it back.
 
@@ -32,6 +47,7 @@ from _common import parse_args, print_table, write_result
 
 from fxrec.audience.build import population_sigma
 from fxrec.audience.evaluate import reach
+from fxrec.audience.margins import MarginCounter
 from fxrec.audience.population import (
     PopulationConfig,
     audience_schema,
@@ -50,10 +66,15 @@ from fxrec.audience.workload import random_queries
 NAME = "reach"
 FULL = {"users": 10_000_000, "chunk_size": 100_000, "pilot": 100_000, "sample_rate": 0.01, "queries": 1200}
 QUICK = {"users": 100_000, "chunk_size": 25_000, "pilot": 20_000, "sample_rate": 0.02, "queries": 1200}
-PAST_QUERIES, MINIMUM, MIN_SUPPORT = 200, 5, 50  # 50: on 10^6 users, better than 8, 20 and 100
-# Neyman allocation blended with proportional: on 10^6 users (1% sample), 0.8 beat 0.5 and 0 (pure
-# Neyman) on the 10^3-10^5 and >= 10^5 buckets and cost little on the smallest
-MIX = 0.8
+# MIN_SUPPORT 50: on 10^6 users, better than 8, 20 and 100; re-checked with the census of margins on
+# another population seed (23): 20 / 50 / 100 gave 0.211 / 0.206 / 0.200 at <= 10^3 and 0.0078 /
+# 0.0062 / 0.0059 at 10^3-10^5 (users), 100 worse on impressions at <= 10^3: within noise, kept
+PAST_QUERIES, MINIMUM, MIN_SUPPORT = 200, 5, 50
+# Neyman allocation blended with proportional: on 10^6 users (1% sample), before the census of margins
+# 0.8 beat 0.5 and 0 (pure Neyman) on the 10^3-10^5 and >= 10^5 buckets; with it (population seed 23)
+# 0.5 / 0.8 / 1.0 gave 0.201 / 0.206 / 0.205 at <= 10^3 and 0.0053 / 0.0062 / 0.0073 at 10^3-10^5
+# (users), 0.5 best on impressions too
+MIX = 0.5
 REPLICATES = 3  # samples per method (seeds): errors pool over them, so one lucky draw does not decide
 BUCKETS = (("<=1e3", 0, 1e3), ("1e3-1e5", 1e3, 1e5), (">=1e5", 1e5, np.inf))
 
@@ -86,6 +107,22 @@ def main() -> None:
                 {"type": float, "default": None, "help": "sample rows per user (default 0.01; --quick 0.02)"},
             ),
             (("--no-ray",), {"action": "store_true", "help": "skip the Ray shards' latency and fault run"}),
+            (
+                ("--mix",),
+                {"type": float, "default": MIX, "help": "fxrec's Neyman / proportional blend (0: Neyman)"},
+            ),
+            (
+                ("--census",),
+                {
+                    "choices": ["off", "rates", "weights", "both"],
+                    "default": "both",
+                    "help": "fxrec's census of margins: for the fall-back's rates, calibrated weights, both",
+                },
+            ),
+            (
+                ("--seed",),
+                {"type": int, "default": None, "help": "population seed (tuning runs: not the default's)"},
+            ),
         ],
     )
     setup = dict(QUICK if args.quick else FULL)
@@ -94,6 +131,8 @@ def main() -> None:
     if args.sample_rate:
         setup["sample_rate"] = args.sample_rate
     config = PopulationConfig(users=setup["users"], chunk_size=setup["chunk_size"])
+    if args.seed is not None:
+        config = config.model_copy(update={"seed": args.seed})
     schema = audience_schema(config)
     if args.population is not None:
         if not (args.population / "schema.yaml").exists():
@@ -121,11 +160,14 @@ def main() -> None:
     lg_k = lg_k_for_budget(pilot_counts, int(0.9 * budget * row_bytes))  # 0.9: pilot-estimated set sizes
     theta = ThetaIndex(schema, lg_k)
     counter, uniform_counter = CensusCounter(strata), CensusCounter(Stratification())
+    margin_counter = MarginCounter(schema, strata, ("interest",)) if args.census != "off" else None
     truth = np.zeros((len(queries), 2))
     pass_started = time.perf_counter()
     for chunk in chunks():
         counter.add(chunk)
         uniform_counter.add(chunk)
+        if margin_counter is not None:
+            margin_counter.add(chunk)
         theta.add(chunk)
         cache: dict = {}  # leaf masks shared by the queries on this chunk
         for i, query in enumerate(queries):
@@ -134,16 +176,25 @@ def main() -> None:
     theta.finish()
     pass1_s = time.perf_counter() - pass_started
     counts, uniform_counts = counter.result(), uniform_counter.result()
+    margins = margin_counter.result() if margin_counter is not None else None
+
+    # equal bytes: fxrec's census of margins and its stored calibrated weights come out of its rows
+    calibrate = args.census in ("weights", "both")
+    kept = margins is not None and args.census in ("rates", "both")  # "weights": used once, not kept
+    census_bytes = margins.nbytes() if kept else 0
+    fxrec_budget = int((budget * row_bytes - census_bytes) // (row_bytes + (4 if calibrate else 0)))
 
     # pass 2: the samples
     sigma = population_sigma(strata, counts, pilot, Workload.evaluate(past, pilot))
     allocations = {
-        "fxrec": (strata, counts, neyman(counts.users, sigma, budget, MINIMUM, MIX)),
+        "fxrec": (strata, counts, neyman(counts.users, sigma, fxrec_budget, MINIMUM, args.mix)),
         "uniform": (Stratification(), uniform_counts, np.array([budget])),
         "proportional": (strata, counts, proportional(counts.users, budget)),
     }
     samplers = {
-        (name, r): BottomK(*allocation, seed=100 * r + i, keep=keep_interest)
+        (name, r): BottomK(
+            *allocation, seed=100 * r + i, keep=keep_interest, margins=margins if name == "fxrec" else None
+        )
         for i, (name, allocation) in enumerate(allocations.items())
         for r in range(REPLICATES)
     }
@@ -162,10 +213,18 @@ def main() -> None:
     latency: dict[str, np.ndarray] = {}
     extra: dict[str, dict] = {}
     first: ReachIndex | None = None  # fxrec's first sample: the one the Ray shards hold
+    calibrate_s: list[float] = []
     for name in allocations:
         rows, times = [], []
         for r in range(REPLICATES):
-            index = ReachIndex(schema, samplers[(name, r)].result(), **options[name])
+            sample = samplers[(name, r)].result()
+            if name == "fxrec" and calibrate:
+                t0 = time.perf_counter()
+                sample = sample.calibrate()
+                calibrate_s.append(time.perf_counter() - t0)
+            if name == "fxrec" and args.census == "weights":
+                sample.margins = None  # calibrated weights only: the fall-back keeps the sample's rates
+            index = ReachIndex(schema, sample, **options[name])
             first = index if (name, r) == ("fxrec", 0) else first
             for query in queries:
                 t0 = time.perf_counter()
@@ -174,6 +233,13 @@ def main() -> None:
                 rows.append((e.users, e.impressions, e.users_low, e.users_high, e.fallback))
         answers[name], latency[name] = np.array(rows, dtype=float), np.array(times)
         extra[name] = {"bytes": index.nbytes(), "rows": len(index.sample.rows)}
+        if name == "fxrec":
+            extra[name].update(
+                census=args.census,
+                census_bytes=census_bytes,
+                calibrated=calibrate,
+                calibrate_s=max(calibrate_s, default=0.0),
+            )
     times, rows = [], []
     for query in queries:
         t0 = time.perf_counter()

@@ -15,19 +15,30 @@ summed over surfaces):
 1. strata the query decides (Kleene logic over the strata's cells, fxrec.audience.strata.kleene)
    count exactly: all of N_h (or I_h,s) when the query holds for the whole stratum, nothing when it
    holds for none of it;
-2. the other strata use the weighted count  Y = sum_h N_h / n_h * sum_{i in h} y_i,  unbiased, with
-   variance  sum_h N_h^2 (1 - n_h/N_h) s_h^2 / n_h  and a normal confidence interval (z);
+2. the other strata use the weighted count  Y = sum_h sum_{i in h} w_i y_i  with the row's weight
+   w_i: N_h / n_h (unbiased, variance  sum_h N_h^2 (1 - n_h/N_h) s_h^2 / n_h), or that weight
+   calibrated to the census of margins (fxrec.audience.calibration: the weighted sample reproduces
+   the users of every country, age band, device, interest segment...; the variance is then the
+   weighted values' within-stratum spread, the weights taken as fixed), and a normal interval (z);
 3. fuzzy fall-back: when the query's support (sample users it reaches in those strata) is below
    `min_support`, each such stratum h also gets a synthetic estimate from coarser strata, rescaled to
    h: its *residual* query (the query with the terms h's own cells decide fixed) has a weighted rate
    R over the whole sample; each dimension d whose parent stratum "cell c_d(h) on d, anything on the
    others" has `min_support` reached sample users multiplies it by that parent's rate over R (a
-   main-effects model), and an `and` / `or` too thin as a whole is taken as independent terms. Then
+   main-effects model), and an `and` / `or` too thin as a whole is taken as independent terms. With
+   a census of margins (fxrec.audience.margins), a leaf the census counts (`country:HU`, `age in
+   25..34`, `interest:pets`, or its negation) takes the census's rate instead, raked so its strata
+   add up to the exact count of every dimension cell (for the users target), and a thin `and` is
+   lifted, for each pair of such leaves, to the pair's count taken as independent only given the
+   age band or country where one of them lies (`margins.pair_count`: a region and an interest meet
+   in the region's country, an age range and an interest in its bands). Then
    Y_h = N_h * rate (for impressions, I_h,s * the share of impressions reached). The answer blends
    the weighted count (weight support / min_support) with the synthetic one (the rest), so a
    minority with no sampled user still gets its parents' rate instead of zero, and the estimate moves
-   smoothly into the plain count as support grows. The variance ignores the synthetic part's bias;
-   `Estimate.fallback` says when it was used. Strata the budget could not sample at all always take
+   smoothly into the plain count as support grows. The synthetic part's variance adds a bias term:
+   the squared gap between it and the weighted count over the same strata (an estimate of its bias^2
+   plus the count's variance), so the interval widens where the two disagree; `Estimate.fallback`
+   says when it was used. Strata the budget could not sample at all always take
    the synthetic estimate.
 
 Setting `exact_strata=False, min_support=0` gives the plain stratified estimator (the baselines).
@@ -41,7 +52,8 @@ from typing import Protocol
 
 import numpy as np
 
-from fxrec.audience.query import And, Node, Or, Query, leaves, parse, substitute
+from fxrec.audience.margins import Margins, leaf_rates, pair_count
+from fxrec.audience.query import And, Node, Not, Or, Query, leaves, parse, substitute
 from fxrec.audience.sample import Census, StratifiedSample
 from fxrec.audience.schema import AudienceSchema
 from fxrec.audience.statistics import Cells, SampleRows, Sums, Surface, Target
@@ -107,22 +119,25 @@ class ReachEstimator:
         min_support: int = 50,
         z: float = 1.96,
         exact_strata: bool = True,
+        margins: Margins | None = None,
     ):
         self.schema, self.strata, self.census, self.taken = schema, strata, census, np.asarray(taken)
+        self.margins = margins
         self.min_support, self.z, self.exact_strata = min_support, z, exact_strata
         self.coordinates = strata.coordinates(census.keys)
         self.size = len(census.keys)
         self.stratum_impressions = census.impressions.sum(1)
         self._decisions: dict[Node, np.ndarray] = {}
+        self._census_rates: dict[Node, np.ndarray | None] = {}
         self._bases: dict[Surface, Cells] | None = None
 
     @classmethod
     def of(cls, schema: AudienceSchema, sample: StratifiedSample, **options) -> ReachEstimator:
-        return cls(schema, sample.strata, sample.census, sample.taken, **options)
+        return cls(schema, sample.strata, sample.census, sample.taken, margins=sample.margins, **options)
 
     def sample_rows(self, sample: StratifiedSample) -> SampleRows:
         """The sample's rows with their strata, weights and cells: the statistics of this estimator."""
-        weights = (self.census.users / np.maximum(self.taken, 1))[sample.row_stratum]
+        weights = sample.weights
         return SampleRows(
             sample.rows,
             sample.row_stratum,
@@ -151,7 +166,7 @@ class ReachEstimator:
             ts, fs = self._kleene(node)
             targets.append(_Target(node, s, self.census.impressions[:, s], ts, ~(ts | fs)))
         sums = statistics.target_sums([(target.node, target.surface) for target in targets])
-        reached = sums[(users_node, None)].total  # reached sample users per stratum
+        reached = sums[(users_node, None)].rows  # reached sample users per stratum
         support = int(round(float(reached[undecided].sum())))
         fallback = bool(
             self.min_support > 0 and support < self.min_support and undecided.any() and self.strata.depth
@@ -227,13 +242,13 @@ class ReachEstimator:
         exact = float(totals[target.true].sum())
         n, big_n = self.taken, self.census.users
         counts = np.maximum(n, 1)
-        s2 = np.where(
-            n > 1, (sums.squares - sums.total * sums.total / counts) / np.maximum(n - 1, 1), 0.0
+        # the sums are of w y: with w = N_h / n_h this is N_h^2 (1 - f_h) s_h^2 / n_h; with calibrated
+        # weights, the weighted values' within-stratum spread (the weights taken as fixed)
+        spread = np.where(
+            n > 1, (sums.squares - sums.total * sums.total / counts) * counts / np.maximum(n - 1, 1), 0.0
         ).clip(min=0)
-        value = float((big_n / counts * sums.total)[undecided].sum())
-        variance = float(
-            (big_n.astype(float) ** 2 * (1 - n / np.maximum(big_n, 1)) * s2 / counts)[undecided].sum()
-        )
+        value = float(sums.total[undecided].sum())
+        variance = float(((1 - n / np.maximum(big_n, 1)) * spread)[undecided].sum())
         if target.borrowed:  # strata the budget could not reach borrow from their parents
             borrowed = self._synthetic(target.borrowed, totals, target.surface, rates)
             value, variance = value + borrowed.value, variance + borrowed.variance
@@ -242,9 +257,13 @@ class ReachEstimator:
         # the fall-back, blended with the weighted count by the support: weight support / min_support
         # on the count, the rest on the parents' rescaled rates
         synthetic = self._synthetic(target.synthetic, totals, target.surface, rates)
+        # the synthetic part's error is mostly its model's bias, which its variance does not hold: its
+        # mean squared error takes the squared gap to the weighted count (over the same strata) too,
+        # an estimate of bias^2 + the count's variance, so on the safe side
+        gap = (synthetic.value - value) ** 2
         return _Total(
             exact + share * value + (1 - share) * synthetic.value,
-            share**2 * variance + (1 - share) ** 2 * synthetic.variance,
+            share**2 * variance + (1 - share) ** 2 * (synthetic.variance + gap),
         )
 
     def _residuals(self, node: Node, chosen: np.ndarray) -> list[tuple[Node, np.ndarray]]:
@@ -291,8 +310,55 @@ class ReachEstimator:
         rate, relvar = rates[key]
         return rate[strata], relvar[strata]
 
+    def _census_rate(self, node: Node) -> np.ndarray | None:
+        """A leaf's (or a negated leaf's) share of each stratum's users raked to the census of margins
+        (fxrec.audience.margins.leaf_rates); None without a census or for a leaf it does not count."""
+        if self.margins is None:
+            return None
+        negated = isinstance(node, Not)
+        leaf = node.item if negated else node
+        if leaf not in self._census_rates:
+            counts = self.margins.leaf_counts(leaf)
+            self._census_rates[leaf] = (
+                None
+                if counts is None
+                else leaf_rates(self.margins, counts, self.coordinates, self.census.users)
+            )
+        rate = self._census_rates[leaf]
+        if rate is None:
+            return None
+        return 1 - rate if negated else rate
+
+    def _census_counts(self, node: Node) -> np.ndarray | None:
+        """A leaf's (or a negated leaf's) users per row of the census of margins, else None."""
+        if self.margins is None:
+            return None
+        negated = isinstance(node, Not)
+        counts = self.margins.leaf_counts(node.item if negated else node)
+        if counts is None:
+            return None
+        return self.margins.everyone() - counts if negated else counts
+
+    def _pair_lift(self, items) -> float:
+        """For a thin `and` whose first two census leaves the strata take as independent: how far the
+        census's count of both (independent only given an age band or country, where one of them lies:
+        fxrec.audience.margins.pair_count) is from what the strata's rates give; 1 otherwise."""
+        known = [(item, counts) for item in items if (counts := self._census_counts(item)) is not None]
+        lift = 1.0
+        for i, (a, ca) in enumerate(known):
+            for b, cb in known[i + 1 :]:
+                both = pair_count(self.margins, ca, cb)
+                ra, rb = self._census_rate(a), self._census_rate(b)
+                if both is None or ra is None or rb is None:
+                    continue
+                strata = float((self.census.users * ra * rb).sum())
+                lift *= both / strata if strata > 0 else 1.0
+        return lift
+
     def _rate_all(self, node, surface, rates) -> tuple[np.ndarray, np.ndarray]:
         everything = np.arange(self.size)
+        if surface is None and (known := self._census_rate(node)) is not None:
+            return known, np.zeros(self.size)  # a census rate: no sampling variance
         hit: Cells = rates["cells"][(node, surface)]
         if isinstance(node, And | Or) and hit.rows < self.min_support:
             # too thin together: its terms taken as independent given the stratum
@@ -301,6 +367,8 @@ class ReachEstimator:
                 part, part_relvar = self._rate(item, everything, surface, rates)
                 part = part.clip(0, 1)
                 rate, relvar = rate * (part if isinstance(node, And) else 1 - part), relvar + part_relvar
+            if isinstance(node, And):
+                rate = rate * self._pair_lift(node.items)
             return (rate if isinstance(node, And) else 1 - rate), relvar
         # the reached rows carry y = base: sum (w y)(w base) = sum (w y)^2 = hit.squares
         assert self._bases is not None

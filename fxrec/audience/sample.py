@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fxrec.audience.margins import Margins
 from fxrec.audience.schema import Columns
 from fxrec.audience.strata import Stratification
 
@@ -81,18 +82,43 @@ class StratifiedSample:
     taken: np.ndarray  # int64 [H]
     rows: Columns
     row_stratum: np.ndarray  # int32 [rows]
+    margins: Margins | None = None  # the census of one-way (and dimension x value) margins, if kept
+    calibrated: np.ndarray | None = None  # float32 [rows]: weights raked to the margins, if calibrated
 
     @property
     def weights(self) -> np.ndarray:
-        """Each row's expansion weight N_h / n_h."""
+        """Each row's expansion weight: calibrated (fxrec.audience.calibration), else N_h / n_h."""
+        if self.calibrated is not None:
+            return self.calibrated.astype(np.float64)
         return (self.census.users / np.maximum(self.taken, 1))[self.row_stratum]
 
+    def calibrate(self, min_rows: int | None = None) -> StratifiedSample:
+        """This sample with its weights raked to its margins (a stored float32 weight per row)."""
+        from fxrec.audience.calibration import MIN_ROWS, calibrated_weights
+
+        assert self.margins is not None, "calibration needs the census of margins"
+        weights = calibrated_weights(
+            self.margins,
+            self.rows,
+            self.row_stratum,
+            self.census.users,
+            self.taken,
+            self.strata.coordinates(self.census.keys),
+            MIN_ROWS if min_rows is None else min_rows,
+        )
+        return StratifiedSample(
+            self.strata, self.census, self.taken, self.rows, self.row_stratum, self.margins, weights
+        )
+
     def nbytes(self) -> int:
+        extra = self.margins.nbytes() if self.margins is not None else 0
+        extra += self.calibrated.nbytes if self.calibrated is not None else 0
         return (
             self.rows.nbytes()
             + self.row_stratum.nbytes
             + 3 * 8 * len(self.census.keys)
             + self.census.impressions.nbytes
+            + extra
         )
 
 
@@ -106,8 +132,9 @@ class BottomK:
         taken: np.ndarray,
         seed: int,
         keep: Callable[[Columns], Columns] | None = None,
+        margins: Margins | None = None,
     ):
-        self.strata, self.census, self.taken = strata, census, taken
+        self.strata, self.census, self.taken, self.margins = strata, census, taken, margins
         self.rng = np.random.default_rng(seed)
         self.keep = keep or (lambda columns: columns)
         self.rows: Columns | None = None
@@ -135,7 +162,12 @@ class BottomK:
     def result(self) -> StratifiedSample:
         assert self.rows is not None, "no chunks were added"
         return StratifiedSample(
-            self.strata, self.census, self.taken.copy(), self.rows, self.stratum.astype(np.int32)
+            self.strata,
+            self.census,
+            self.taken.copy(),
+            self.rows,
+            self.stratum.astype(np.int32),
+            self.margins,
         )
 
 

@@ -2,7 +2,7 @@
 as sums that add up over any split of the rows.
 
 fxrec's reach estimator (fxrec.audience.reach) needs nothing from the sample rows but sums: per
-stratum, the sum and sum of squares of each target y (reached users, reached impressions); per
+stratum, the weighted sum and sum of squares of each target y (reached users, reached impressions); per
 fall-back node, the weighted sums of its reached rows overall and per cell of each dimension, and how
 many rows it reaches. `SampleRows` computes them over the rows it holds, the whole sample in
 process or one shard of it on a Ray actor (fxrec.audience.shards); the estimator adds the shards'
@@ -31,10 +31,11 @@ Surface = int | None  # None: users; -1: all impressions; s >= 0: impressions on
 
 @dataclass
 class Sums:
-    """A target's per-stratum sums over the rows: sum y and sum y^2 ([strata] each)."""
+    """A target's per-stratum sums over the rows: sum w y, sum (w y)^2 and the rows with y != 0."""
 
     total: np.ndarray
     squares: np.ndarray
+    rows: np.ndarray  # rows with y != 0 (for users: the sample users reached)
 
 
 @dataclass
@@ -56,7 +57,7 @@ def add(parts: list):
     if isinstance(first, dict):
         return {key: add([part[key] for part in parts]) for key in first}
     if isinstance(first, Sums):
-        return Sums(sum(p.total for p in parts), sum(p.squares for p in parts))
+        return Sums(sum(p.total for p in parts), sum(p.squares for p in parts), sum(p.rows for p in parts))
     if isinstance(first, Cells):
         return Cells(
             sum(p.rows for p in parts),
@@ -124,16 +125,18 @@ class SampleRows:
         return self._bases[surface]
 
     def target_sums(self, targets: list[Target]) -> dict[Target, Sums]:
-        """Per-stratum sum y and sum y^2 of each target: y is 1 per reached user (surface None), or the
-        reached user's impressions (all of them: -1; on surface s: s)."""
+        """Per-stratum sum w y and sum (w y)^2 of each target (w: the row's weight): y is 1 per reached
+        user (surface None), or the reached user's impressions (all of them: -1; on surface s: s)."""
         cache: dict = {}
         found = {}
         for node, surface in targets:
             reached = mask(node, self.rows, cache)
             y = reached.astype(float) if surface is None else np.where(reached, self.base(surface), 0.0)
+            y = self.weights * y
             found[(node, surface)] = Sums(
                 np.bincount(self.row_stratum, weights=y, minlength=self.strata),
                 np.bincount(self.row_stratum, weights=y * y, minlength=self.strata),
+                np.bincount(self.row_stratum, weights=y != 0, minlength=self.strata),
             )
         return found
 

@@ -7,9 +7,11 @@ One folder:
 - `schema.yaml`: the targetable fields (fxrec.audience.schema.AudienceSchema);
 - `strata.json`: the stratification's dimensions and their cells;
 - `census.npz`: per stratum, its key, users N_h, impressions per surface and sampled rows n_h;
+- `margins.npz` (when the index keeps one): the census of margins per stratum dimension cell
+  (fxrec.audience.margins), which the fall-back's synthetic rates are raked to;
 - `shard-00000.parquet`, ...: the sample's rows split into shards (row r in shard r mod S), each row
-  with its stratum (an index into the census) and weight N_h / n_h, so a shard alone is enough for a
-  Ray actor to answer for its rows (`load_shard`).
+  with its stratum (an index into the census) and weight (N_h / n_h, or calibrated to the margins),
+  so a shard alone is enough for a Ray actor to answer for its rows (`load_shard`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fxrec.audience.margins import Margins
 from fxrec.audience.reach import ReachEstimator
 from fxrec.audience.sample import Census, StratifiedSample
 from fxrec.audience.schema import AudienceSchema, Columns
@@ -30,6 +33,7 @@ from fxrec.audience.strata import Dimension, Stratification
 from fxrec.errors import InputError
 
 CARD, SCHEMA, STRATA, CENSUS = "card.json", "schema.yaml", "strata.json", "census.npz"
+MARGINS = "margins.npz"
 FORMAT = "fxrec reach index"
 STRATUM, WEIGHT = "__stratum", "__weight"
 
@@ -78,6 +82,8 @@ def save_index(
     np.savez(
         out / CENSUS, keys=census.keys, users=census.users, impressions=census.impressions, taken=sample.taken
     )
+    if sample.margins is not None:
+        save_margins(out / MARGINS, sample.margins)
     for s, part in enumerate(rows.split(shards)):
         table = part.rows.to_arrow(schema)
         table = table.append_column(STRATUM, pa.array(part.row_stratum.astype(np.int32)))
@@ -111,13 +117,16 @@ class StoredIndex:
     strata: Stratification
     census: Census
     taken: np.ndarray
+    margins: Margins | None = None
 
     @property
     def shards(self) -> int:
         return int(self.card["shards"])
 
     def estimator(self, **options) -> ReachEstimator:
-        return ReachEstimator(self.schema, self.strata, self.census, self.taken, **options)
+        return ReachEstimator(
+            self.schema, self.strata, self.census, self.taken, margins=self.margins, **options
+        )
 
     def shard(self, index: int) -> SampleRows:
         table = pq.read_table(self.path / shard_file(index))
@@ -171,7 +180,32 @@ def load_index(path: Path) -> StoredIndex:
     with np.load(path / CENSUS) as data:
         census = Census(data["keys"], data["users"], data["impressions"])
         taken = data["taken"]
-    return StoredIndex(path, card, schema, strata, census, taken)
+    margins = load_margins(path / MARGINS) if (path / MARGINS).is_file() else None
+    return StoredIndex(path, card, schema, strata, census, taken, margins)
+
+
+def save_margins(path: Path, margins: Margins) -> None:
+    tables = {f"{kind}:{name}": table for (kind, name), table in margins.tables.items()}
+    np.savez(
+        path,
+        __offsets=np.array(margins.offsets, dtype=np.int64),
+        __sizes=np.array(margins.sizes, dtype=np.int64),
+        __lows=np.array(json.dumps(margins.lows)),
+        __contexts=np.array(margins.contexts, dtype=np.int64).reshape(-1, 2),
+        **tables,
+    )
+
+
+def load_margins(path: Path) -> Margins:
+    with np.load(path) as data:
+        tables = {tuple(key.split(":", 1)): data[key] for key in data.files if not key.startswith("__")}
+        return Margins(
+            tuple(int(o) for o in data["__offsets"]),
+            tuple(int(s) for s in data["__sizes"]),
+            tables,
+            {k: int(v) for k, v in json.loads(str(data["__lows"])).items()},
+            tuple((int(o), int(n)) for o, n in data["__contexts"]) if "__contexts" in data.files else (),
+        )
 
 
 def load_shard(path: Path, index: int) -> SampleRows:

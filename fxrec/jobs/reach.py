@@ -128,7 +128,16 @@ def build_index(
     rows = min(rows, users)
     past = random_queries(schema, PAST_QUERIES, seed=seed + 2)
     index = build_reach_index(
-        schema, chunks, pilot.rows, past, rows, MINIMUM, min_support, seed=seed, population=users
+        schema,
+        chunks,
+        pilot.rows,
+        past,
+        rows,
+        MINIMUM,
+        min_support,
+        seed=seed,
+        population=users,
+        row_bytes=row_bytes if nbytes is not None else None,
     )
     card = {
         **source,
