@@ -25,18 +25,19 @@ from fxrec.run import Run
 
 
 def end_to_end(
-    run: Path, config: RunConfig, esr_model, vm: str, days: int, funnel: dict | None = None
+    run: Path, config: RunConfig, esr_models: dict, vm: str, days: int, funnel: dict | None = None
 ) -> dict:
-    """`fxrec funnel` on the bench's run with `esr_model` (trained before the first evaluation day)
-    serving every evaluation day; writes the funnel block into the run's config (for the server)."""
+    """`fxrec funnel` on the bench's run with `esr_models[day]` (the ESR trained on the days before `day`)
+    serving each evaluation day; writes the funnel block into the run's config (for the server)."""
     from fxrec.funnel.esr import EsrFeatures
     from fxrec.jobs.funnel import EsrStage, run_funnel
 
     block = FunnelConfig(vm=vm, eval_days=days, **(funnel or {}))
     config = config.model_copy(update={"funnel": block})
     Run(run, config).write_config()
-    stage = EsrStage(esr_model, EsrFeatures(Run(run, config).event_log().spec))
-    return run_funnel(run, config, progress=False, quiet=True, esr_for_day=lambda day: stage)
+    features = EsrFeatures(Run(run, config).event_log().spec)
+    stages = {day: EsrStage(model, features) for day, model in esr_models.items()}
+    return run_funnel(run, config, progress=False, quiet=True, esr_for_day=stages.__getitem__)
 
 
 def request_latency(run: Path, vm: str, requests: int = 300, warmup: int = 20, seed: int = 0) -> dict:

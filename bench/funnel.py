@@ -248,7 +248,14 @@ def main() -> None:
         graph = graph_quality(publish_dir, interests, days)
         esr, rankers = early_stage(config, run, log, days, timings)
         started = time.perf_counter()
-        funnel = end_to_end(run, config, rankers["esr_mt_distilled"], VM.name, len(days), FUNNEL)
+        funnel = end_to_end(
+            run,
+            config,
+            {day: r["esr_mt_distilled"] for day, r in rankers.items()},
+            VM.name,
+            len(days),
+            FUNNEL,
+        )
         timings["funnel_end_to_end_s"] = time.perf_counter() - started
         started = time.perf_counter()
         latency = request_latency(run, VM.name, requests=100 if args.quick else 300)

@@ -39,6 +39,7 @@ from typing import Any
 from fxrec.audience.query import Query
 from fxrec.audience.reach import Estimate, ReachEstimator
 from fxrec.audience.statistics import Cells, SampleRows, Sums, Surface, Target, add
+from fxrec.cluster import import_ray, start_ray
 from fxrec.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -84,28 +85,7 @@ class ShardUnavailable(RuntimeError):
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError as error:
-        raise InputError("sharded reach estimation needs Ray: pip install 'fxrec[ray]'") from error
-    return ray
-
-
-def start_ray(address: str | None = None, num_cpus: int = 2) -> bool:
-    """Ray for the shards: True when this call started it (and the caller should shut it down)."""
-    ray = _ray()
-    if ray.is_initialized():
-        return False
-    quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-    try:
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        ray.shutdown()
-        raise InputError(f"cannot start or join Ray at {address or 'a local instance'}: {error}") from error
-    return True
+    return import_ray("sharded reach estimation")
 
 
 class ShardedReachIndex:
@@ -129,7 +109,7 @@ class ShardedReachIndex:
             )
         self.estimator, self.timeout, self.check_every = estimator, timeout, check_every
         self._ray = _ray()
-        self._owns_ray = start_ray(address, num_cpus)
+        self._owns_ray = start_ray(address, num_cpus, purpose="sharded reach estimation")
         ray = self._ray
         self._errors = (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError)
         self._holder = ray.remote(ShardHolder).options(

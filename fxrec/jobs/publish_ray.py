@@ -25,10 +25,8 @@ Locally Ray starts with one CPU per actor and no dashboard, and stops when the p
 from __future__ import annotations
 
 import logging
-import socket
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import pyarrow as pa
 from rich.console import Console
 from rich.progress import Progress
 
+from fxrec.cluster import import_ray, ray_session
 from fxrec.config import RunConfig
 from fxrec.data.batches import EventFrame
 from fxrec.data.reader import iter_tables
@@ -82,7 +81,7 @@ def publish_delays_ray(
         if fresh or not (run_dir.publish_dir(run_config.fm.name, delay) / PUBLISH_META).exists():
             check_snapshots(run_dir, log.days, delay)
     outs = []
-    with ray_session(address, actors):
+    with ray_session(address, actors, purpose="`fxrec publish --engine ray`"):
         for delay in todo:
             outs.append(
                 publish_ray(run, run_config, delay=delay, fresh=fresh, actors=actors, progress=progress)
@@ -90,31 +89,6 @@ def publish_delays_ray(
             console.print(f"published {run_config.fm.name} (delay {delay}) on Ray -> {outs[-1]}")
     print_disk_usage(run, console)
     return outs
-
-
-@contextmanager
-def ray_session(address: str | None = None, num_cpus: int = 2) -> Iterator[None]:
-    """Ray for one publish: a local instance (`num_cpus`, no dashboard) or the cluster at `address`,
-    shut down on the way out. An already initialised Ray (a caller's own session) is used and left up."""
-    ray = _import_ray()
-    if ray.is_initialized():
-        yield
-        return
-    if address:
-        _check_reachable(address)
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-    try:
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        ray.shutdown()
-        raise InputError(f"cannot join the Ray cluster at {address}: {error}") from error
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def publish_ray(
@@ -334,23 +308,5 @@ class _FMActor:
         return pa.table(columns)
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """InputError at once for an address no cluster answers at (Ray itself retries for minutes)."""
-    if address in ("auto", "local"):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"bad Ray address {address!r}: write host:port, ray://host:port or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as error:
-        raise InputError(f"cannot join the Ray cluster at {address}: nothing answers ({error})") from error
-
-
 def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as error:
-        raise InputError("`fxrec publish --engine ray` needs Ray Data: pip install 'fxrec[ray]'") from error
-    return ray
+    return import_ray("`fxrec publish --engine ray`", data=True)

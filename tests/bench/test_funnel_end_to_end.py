@@ -1,4 +1,4 @@
-"""bench/funnel.py's end-to-end part on the tiny funnel run: `fxrec funnel` with a given ESR (nothing
+"""bench/funnel.py's end-to-end part on the tiny funnel run: `fxrec funnel` with a given ESR per day (nothing
 retrained) and the per-stage p50 / p99 latency of one /v1/funnel request."""
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ def test_end_to_end_and_request_latency(funnel_ran, tmp_path):
     shutil.copytree(source, run)
     esr = EarlyStageRanker.load(run / "funnel" / "esr")
     config = Run(run).config
-    funnel = end_to_end(run, config, esr, "vm_feed", 1, {"retrieval_k": 30, "esr_k": 8, "final_k": 1})
+    last_day = Run(run).event_log().days[-1]
+    funnel = end_to_end(
+        run, config, {last_day: esr}, "vm_feed", 1, {"retrieval_k": 30, "esr_k": 8, "final_k": 1}
+    )
     assert len(funnel["days"]) == 1 and funnel["vm"] == "vm_feed"
     assert funnel["stages"]["esr"]["k"] == 8 and 0 < funnel["end_to_end_value_kept"] <= 1
     assert Run(run).config.funnel.esr_k == 8  # the server reads the same block
