@@ -19,7 +19,7 @@ a population of 10^7 users is written to Parquet (`write_population`) without ev
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -264,15 +264,19 @@ def provider_truth(config: PopulationConfig) -> dict:
 SCHEMA_FILE, TRUTH_FILE = "schema.yaml", "providers.json"
 
 
-def write_population(config: PopulationConfig, out: Path) -> Path:
+def write_population(
+    config: PopulationConfig, out: Path, track: Callable[[Iterable, int], Iterable] | None = None
+) -> Path:
     """The population as Parquet chunks under `out` (part-00000.parquet, ...), with its schema.yaml
-    and providers.json (the providers' true rates)."""
+    and providers.json (the providers' true rates). `track(chunks, count)`: a progress bar around the
+    chunks (fxrec's jobs pass rich's)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     schema = audience_schema(config)
     schema.save(out / SCHEMA_FILE)
     (out / TRUTH_FILE).write_text(json.dumps(provider_truth(config)))
-    for index, chunk in enumerate(iter_chunks(config)):
+    chunks = iter_chunks(config)
+    for index, chunk in enumerate(track(chunks, chunk_count(config)) if track else chunks):
         pq.write_table(chunk.to_arrow(schema), out / f"part-{index:05d}.parquet")
     return out
 

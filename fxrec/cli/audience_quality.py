@@ -59,8 +59,11 @@ def campaigns(
         config = CampaignConfig(seed=seed, campaigns=count, segments=segments)
     except ValidationError as error:
         raise InputError(*[f"--{e['loc'][0]}: {e['msg']}" for e in error.errors()]) from None
+    from rich.progress import track
+
     schema, chunks = _population(population)
-    aggregates = measure_campaigns(schema, chunks, config)
+    parts = len(list(population.glob("part-*.parquet")))
+    aggregates = measure_campaigns(schema, track(chunks, "running the campaigns", parts), config)
     path = aggregates.save(population)
     console.print(
         f"{len(aggregates)} campaigns, {len(aggregates.segments)} segments, "

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from rich.progress import track
 
 from fxrec.audience.build import build_reach_index
 from fxrec.audience.events import EventAudienceSpec, population_from_events
@@ -53,7 +54,15 @@ def simulate_population(out: Path, users: int, seed: int = 11, chunk_size: int =
     if users < 1 or chunk_size < 1:
         raise InputError(f"--users and --chunk-size must be positive (got {users}, {chunk_size})")
     _check_out(out, marker=SCHEMA_FILE, what="a population")
-    return write_population(PopulationConfig(users=users, seed=seed, chunk_size=chunk_size), out)
+    config = PopulationConfig(users=users, seed=seed, chunk_size=chunk_size)
+    return write_population(config, out, lambda chunks, count: track(chunks, "writing the population", count))
+
+
+def _passes(chunks, total: int | None):
+    """`chunks` with a progress bar per pass over the population (pass 0: the pilot, 1: the strata and
+    the census, 2: the sample)."""
+    passes = iter(range(1_000_000))
+    return lambda: track(chunks(), description=f"reading the users, pass {next(passes)}", total=total)
 
 
 def _check_out(out: Path, marker: str, what: str) -> None:
@@ -109,6 +118,8 @@ def build_index(
         raise InputError(f"--bytes must be positive (got {nbytes})")
     _check_out(out, marker=CARD, what="a reach index")
     schema, chunks, source = _chunks(population, events, spec)
+    parts = len(list(Path(population).glob("part-*.parquet"))) if population is not None else 1
+    chunks = _passes(chunks, parts)
     started = time.perf_counter()
     # pass 0: how many users, and a uniform pilot (bottom-k on random keys)
     users = 0
