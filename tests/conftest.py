@@ -94,20 +94,31 @@ def funnel_config(funnel_log, tiny_fm_config, tiny_vm_args):
 
 
 @pytest.fixture(scope="session")
-def funnel_trained(tmp_path_factory, funnel_config, funnel_log):
-    """runs/<tmp>/ with the FM trained and published and the VM trained: what `fxrec funnel` needs."""
-    from fxrec.jobs.publish import publish
-    from fxrec.jobs.train import train_model
-    from fxrec.run import Run
+def trained_run(tmp_path_factory):
+    """A builder of runs: `trained_run(name, config, log)` -> runs/<tmp>/ with config.yaml, the FM trained
+    and published (delay 0) and every VM trained."""
 
-    run = tmp_path_factory.mktemp("funnel") / "run"
-    run.mkdir()
-    Run(run, funnel_config).write_config()
-    train_model(funnel_config.fm, funnel_config, run, funnel_log, quiet=True)
-    publish(run, funnel_config, delay=0, progress=False)
-    for vm in funnel_config.vms:
-        train_model(vm, funnel_config, run, funnel_log, quiet=True)
-    return run
+    def build(name: str, config, log):
+        from fxrec.jobs.publish import publish
+        from fxrec.jobs.train import train_model
+        from fxrec.run import Run
+
+        run = tmp_path_factory.mktemp(name) / "run"
+        run.mkdir()
+        Run(run, config).write_config()
+        train_model(config.fm, config, run, log, quiet=True)
+        publish(run, config, delay=0, progress=False)
+        for vm in config.vms:
+            train_model(vm, config, run, log, quiet=True)
+        return run
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def funnel_trained(trained_run, funnel_config, funnel_log):
+    """runs/<tmp>/ with the FM trained and published and the VM trained: what `fxrec funnel` needs."""
+    return trained_run("funnel", funnel_config, funnel_log)
 
 
 @pytest.fixture(scope="session")

@@ -27,20 +27,9 @@ def serving_config(small_log, tiny_fm_config, tiny_vm_args):
 
 
 @pytest.fixture(scope="session")
-def served_run(tmp_path_factory, serving_config, small_log):
+def served_run(trained_run, serving_config, small_log):
     """runs/<tmp>/ with config.yaml, the FM (published) and both VMs trained."""
-    from fxrec.jobs.publish import publish
-    from fxrec.jobs.train import train_model
-    from fxrec.run import Run
-
-    run = tmp_path_factory.mktemp("serving") / "run"
-    run.mkdir()
-    Run(run, serving_config).write_config()
-    train_model(serving_config.fm, serving_config, run, small_log, quiet=True)
-    publish(run, serving_config, delay=0, progress=False)
-    for vm in serving_config.vms:
-        train_model(vm, serving_config, run, small_log, quiet=True)
-    return run
+    return trained_run("serving", serving_config, small_log)
 
 
 @pytest.fixture(scope="session")
