@@ -141,11 +141,6 @@ def check_inputs(run: Path | str, config: RunConfig | None = None) -> FunnelInpu
     return FunnelInputs(run_dir, config, funnel, log, candidates, vm, surfaces, days, penalty, publish_dir)
 
 
-def make_retriever(inputs: FunnelInputs) -> Retriever:
-    """The configured retriever (`funnel.retriever`)."""
-    return configured_retriever(inputs.funnel, inputs.publish_dir, inputs.log.spec)
-
-
 # -- requests of a day --------------------------------------------------------------------------------
 class SampledCandidates(CandidateLog):
     """A candidate log read through a filter: day -> the event ids (requests) to keep."""
@@ -413,7 +408,7 @@ def run_funnel(
     funnel = inputs.funnel
     final = FinalStage.from_run(inputs.run, inputs.vm, hide_penalty=inputs.hide_penalty)
     engagements = Engagements.from_log(inputs.log)
-    retriever = make_retriever(inputs)
+    retriever = configured_retriever(inputs.funnel, inputs.publish_dir, inputs.log.spec)
     total = FunnelTally(funnel.final_k, sorted(set(funnel.recall_ks)))
     per_day, seconds = {}, {**dict.fromkeys(STAGES, 0.0), "esr_training": 0.0}
     esr = None

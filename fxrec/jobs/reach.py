@@ -16,6 +16,7 @@ the rows are split here and travel through Ray's object store).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import time
@@ -61,7 +62,7 @@ def simulate_population(out: Path, users: int, seed: int = 11, chunk_size: int =
 def _passes(chunks, total: int | None):
     """`chunks` with a progress bar per pass over the population (pass 0: the pilot, 1: the strata and
     the census, 2: the sample)."""
-    passes = iter(range(1_000_000))
+    passes = itertools.count()
     return lambda: track(chunks(), description=f"reading the users, pass {next(passes)}", total=total)
 
 

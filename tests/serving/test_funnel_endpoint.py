@@ -28,18 +28,26 @@ def live_funnel(funnel_service):
 def _offline_last_day(run, service):
     """The offline pipeline of the candidate log's last day with the served models: the VM's final
     weights (the service's) and the ESR `fxrec funnel` saved (the one that served that day)."""
+    from fxrec.funnel.cascade import configured_retriever
     from fxrec.funnel.engagements import Engagements
     from fxrec.funnel.esr.features import EsrFeatures
     from fxrec.funnel.esr.model import EarlyStageRanker
     from fxrec.funnel.final_stage import FinalStage
-    from fxrec.jobs.funnel import EsrStage, check_inputs, funnel_day, make_retriever
+    from fxrec.jobs.funnel import EsrStage, check_inputs, funnel_day
 
     inputs = check_inputs(run)
     log = inputs.log
     final = FinalStage(service.vm.model, log.spec, log, hide_penalty=inputs.hide_penalty)
     esr = EsrStage(EarlyStageRanker.load(run / "funnel" / "esr"), EsrFeatures(log.spec))
     day = inputs.days[-1]
-    return day, funnel_day(inputs, day, make_retriever(inputs), esr, final, Engagements.from_log(log))
+    return day, funnel_day(
+        inputs,
+        day,
+        configured_retriever(inputs.funnel, inputs.publish_dir, inputs.log.spec),
+        esr,
+        final,
+        Engagements.from_log(log),
+    )
 
 
 def _request(catalog, log, event_id: int) -> dict:
